@@ -1,0 +1,1 @@
+"""VisionTrack aggregator: moves the telemetry stream into Postgres and keeps the data tidy (Celery)."""

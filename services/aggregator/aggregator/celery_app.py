@@ -1,0 +1,87 @@
+"""The Celery app: `celery --app aggregator.celery_app worker|beat`.
+
+The stream, not Celery, carries durability: every task is short and idempotent, so a lost or repeated
+task message costs nothing but a little time.
+"""
+from __future__ import annotations
+
+import logging
+
+from celery import Celery, signals
+
+from visiontrack import config as config_module
+from visiontrack import logs
+
+from . import metrics, state
+
+config = config_module.load()
+
+app = Celery("aggregator", include=["aggregator.tasks.ingest", "aggregator.tasks.maintenance"])
+app.conf.update(
+    broker_url=config.redis_url,
+    broker_connection_retry_on_startup=True,
+    # Redis redelivers an unacked task after visibility_timeout; tasks are short, so keep it short too.
+    broker_transport_options={"visibility_timeout": 300},
+    result_backend=None,
+    task_ignore_result=True,
+    task_default_queue="visiontrack",
+    task_time_limit=120,
+    task_soft_time_limit=90,
+    worker_concurrency=config.worker_concurrency,
+    worker_prefetch_multiplier=1,
+    worker_hijack_root_logger=False,
+    worker_send_task_events=False,
+    beat_schedule_filename=config.beat_schedule_file,
+    timezone="UTC",
+)
+
+
+def _schedule() -> dict:
+    drain_every = config.drain_interval_seconds
+    schedule = {
+        f"drain-{i}": {"task": "aggregator.drain", "schedule": drain_every, "args": (key,),
+                       "options": {"expires": max(drain_every * 2, 2)}}
+        for i, key in enumerate(config.stream_keys)
+    }
+    schedule.update({
+        "trim-streams": {"task": "aggregator.trim_streams", "schedule": config.trim_interval_seconds,
+                         "options": {"expires": config.trim_interval_seconds * 2}},
+        "ensure-partitions": {"task": "aggregator.ensure_partitions", "schedule": 600.0},
+        "repair-token-index": {"task": "aggregator.repair_token_index",
+                               "schedule": config.token_index_repair_seconds},
+        "purge-deleted-devices": {"task": "aggregator.purge_deleted_devices", "schedule": 30.0},
+    })
+    return schedule
+
+
+app.conf.beat_schedule = _schedule()
+
+
+@signals.setup_logging.connect
+def _logging(**_):
+    logs.configure(config.log_level, config.log_format, "aggregator")
+
+
+@signals.worker_init.connect
+def _serve_metrics(**_):
+    metrics.serve(config.metrics_port)
+
+
+@signals.beat_init.connect
+def _serve_beat_metrics(**_):
+    metrics.serve(config.metrics_port)
+
+
+@signals.worker_process_init.connect
+def _fresh_connections(**_):
+    state.reset()  # nothing opened by the parent may be used by a child
+
+
+@signals.worker_process_shutdown.connect
+def _child_exit(pid=None, **_):
+    state.reset()
+    if pid:
+        metrics.process_exited(pid)
+
+
+logging.getLogger("aggregator").debug("celery app ready with %d stream shard(s)", len(config.stream_keys))

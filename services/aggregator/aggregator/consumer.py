@@ -1,0 +1,146 @@
+"""The aggregator's side of the stream: consumer group reads, claims, acks and dead letters.
+
+Entries are acknowledged only after the batch they belong to is committed; a consumer that dies leaves
+them pending and another one claims them (XAUTOCLAIM) once they have been idle long enough.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import redis
+
+log = logging.getLogger("aggregator.consumer")
+
+Raw = tuple[str, dict]  # (entry id, fields)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entries(items) -> tuple[list[Raw], list[str]]:
+    """Readable entries, and the ids of pending entries whose content is gone (deleted while pending)."""
+    out, gone = [], []
+    for entry_id, fields in items or ():
+        if fields is None:
+            gone.append(_text(entry_id))
+        else:
+            out.append((_text(entry_id), {_text(k): v for k, v in fields.items()}))
+    return out, gone
+
+
+def _stream_reply(reply, key: str) -> list:
+    """XREADGROUP's reply for one key, RESP2 (list of pairs) or RESP3 (map)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        for k, v in reply.items():
+            if _text(k) == key:
+                return v[0] if v and isinstance(v[0], list) and v and len(v) == 1 and isinstance(v[0][0], list) else v
+        return []
+    for k, v in reply:
+        if _text(k) == key:
+            return v
+    return []
+
+
+class StreamConsumer:
+    def __init__(self, client: redis.Redis, key: str, group: str, consumer: str, dead_letter_key: str,
+                 claim_idle_ms: int, max_deliveries: int):
+        self.redis = client
+        self.key = key
+        self.group = group
+        self.consumer = consumer
+        self.dead_letter_key = dead_letter_key
+        self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries = max_deliveries
+
+    def ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(self.key, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read(self, count: int, start: str) -> list[Raw]:
+        """`start` "0": this consumer's own pending entries (after a restart); ">": new ones."""
+        try:
+            reply = self.redis.xreadgroup(self.group, self.consumer, {self.key: start}, count=count)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.ensure_group()
+            return []
+        entries, gone = _entries(_stream_reply(reply, self.key))
+        self.ack(gone)  # nothing left to store; acking keeps them from coming back forever
+        return entries
+
+    def claim(self, count: int) -> tuple[list[Raw], list[Raw]]:
+        """Take over entries a dead consumer left; split off those delivered too often (poison suspects)."""
+        claimed: list[Raw] = []
+        cursor = "0-0"
+        while len(claimed) < count:
+            reply = self.redis.xautoclaim(self.key, self.group, self.consumer, self.claim_idle_ms,
+                                          start_id=cursor, count=count - len(claimed))
+            cursor = _text(reply[0])
+            entries, gone = _entries(reply[1])
+            self.ack(gone)
+            claimed.extend(entries)
+            if cursor == "0-0":
+                break
+        if not claimed:
+            return [], []
+        deliveries = self.delivery_counts([entry_id for entry_id, _ in claimed])
+        fresh = [e for e in claimed if deliveries.get(e[0], 0) <= self.max_deliveries]
+        tired = [e for e in claimed if deliveries.get(e[0], 0) > self.max_deliveries]
+        return fresh, tired
+
+    def delivery_counts(self, ids: list[str]) -> dict[str, int]:
+        rows = self.redis.xpending_range(self.key, self.group, min=min(ids), max=max(ids), count=len(ids) * 2,
+                                         consumername=self.consumer)
+        return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    def ack(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        if ids:
+            self.redis.xack(self.key, self.group, *ids)
+
+    def dead_letter(self, items: list[tuple[str, dict, str]]) -> None:
+        """Move unstorable entries aside with the reason, and ack them, atomically."""
+        if not items:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        for entry_id, fields, reason in items:
+            log.warning("dead-lettering entry %s of %s: %s", entry_id, self.key, reason)
+            pipe.xadd(self.dead_letter_key, {**fields, "reason": reason[:1000], "source": self.key,
+                                             "source_id": entry_id})
+            pipe.xack(self.key, self.group, entry_id)
+        pipe.execute()
+
+    def safe_trim_point(self) -> str | None:
+        """The oldest id any group still needs; everything below it may go."""
+        oldest: list[tuple[int, int]] = []
+        for info in self.redis.xinfo_groups(self.key):
+            name = _text(info["name"])
+            pending = self.redis.xpending(self.key, name)
+            if pending and int(pending["pending"]) > 0:
+                oldest.append(_parse_id(_text(pending["min"])))
+            else:
+                ms, seq = _parse_id(_text(info["last-delivered-id"]))
+                oldest.append((ms, seq + 1))
+        if not oldest:
+            return None
+        ms, seq = min(oldest)
+        return f"{ms}-{seq}"
+
+    def trim(self) -> int:
+        point = self.safe_trim_point()
+        if point is None:
+            return 0
+        return int(self.redis.xtrim(self.key, minid=point, approximate=False))
+
+
+def _parse_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,65 @@
+"""Every metric the aggregator exports, in one place (prefix `visiontrack_aggregator_`).
+
+Celery's prefork children each write their own files (prometheus-client multiprocess mode, set up by the
+start script); `serve()` merges them on VT_METRICS_PORT.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("aggregator.metrics")
+
+READINGS = Counter("visiontrack_aggregator_readings_total",
+                   "Readings taken from the stream, by outcome (inserted or duplicate).", ["outcome"])
+ENTRIES = Counter("visiontrack_aggregator_entries_total", "Stream entries processed.", ["stream"])
+DEAD_LETTERS = Counter("visiontrack_aggregator_dead_letters_total", "Entries moved to the dead-letter stream.")
+BATCH_READINGS = Histogram("visiontrack_aggregator_batch_readings", "Readings per stored batch.",
+                           buckets=(1, 10, 100, 1_000, 5_000, 10_000, 20_000, 50_000, 100_000))
+WRITE_SECONDS = Histogram("visiontrack_aggregator_write_seconds", "Time to store and commit one batch.",
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+STREAM_LENGTH = Gauge("visiontrack_aggregator_stream_length_entries", "Entries in the stream (XLEN).",
+                      ["stream"], multiprocess_mode="livemostrecent")
+STREAM_PENDING = Gauge("visiontrack_aggregator_stream_pending_entries",
+                       "Entries delivered to a consumer and not yet acknowledged.", ["stream"],
+                       multiprocess_mode="livemostrecent")
+STREAM_LAG = Gauge("visiontrack_aggregator_stream_lag_entries",
+                   "Entries not yet delivered to the consumer group.", ["stream"], multiprocess_mode="livemostrecent")
+DEAD_LETTER_LENGTH = Gauge("visiontrack_aggregator_dead_letter_entries", "Entries in the dead-letter stream.",
+                           multiprocess_mode="livemostrecent")
+TOKEN_INDEX_SIZE = Gauge("visiontrack_aggregator_token_index_entries", "Device tokens in the Redis index.",
+                         multiprocess_mode="livemostrecent")
+
+
+def record(entries: int, readings: int, inserted: int, dead_letters: int, stream: str) -> None:
+    ENTRIES.labels(stream).inc(entries)
+    if inserted:
+        READINGS.labels("inserted").inc(inserted)
+    if readings - inserted:
+        READINGS.labels("duplicate").inc(readings - inserted)
+    if dead_letters:
+        DEAD_LETTERS.inc(dead_letters)
+
+
+def serve(port: int) -> None:
+    """Serve /metrics for this process tree (merged across prefork children when multiprocess is on)."""
+    if port == 0:
+        return
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        start_http_server(port, registry=registry)
+    else:
+        start_http_server(port)
+    log.info("metrics on :%d/metrics", port)
+
+
+def process_exited(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)

@@ -1,0 +1,86 @@
+"""Per-process connections and pipelines of a worker, made lazily after the fork and never shared."""
+from __future__ import annotations
+
+import os
+import socket
+from functools import cached_property
+
+import redis
+
+from visiontrack import config as config_module
+from visiontrack.db import Database
+
+from .consumer import StreamConsumer
+from .pipeline import Pipeline
+from .storage import TelemetryStorage
+
+
+def consumer_name() -> str:
+    """Stable across restarts of the same worker slot, so a restarted process finds its own pending entries."""
+    try:
+        from billiard.process import current_process
+
+        index = current_process().index
+    except (ImportError, AttributeError):
+        index = None
+    return f"{socket.gethostname()}:{index if index is not None else os.getpid()}"
+
+
+class WorkerState:
+    def __init__(self, config=None):
+        self.config = config or config_module.load()
+        self.pid = os.getpid()
+        self._pipelines: dict[str, Pipeline] = {}
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        # Reads do not block (no BLOCK), so the default-ish timeouts are safe.
+        return redis.Redis.from_url(self.config.redis_url, socket_timeout=10, socket_connect_timeout=5,
+                                    health_check_interval=30)
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.config.database_url, pool_size=2, application_name="visiontrack-aggregator")
+
+    @cached_property
+    def storage_conn(self):
+        return self.db.connect()
+
+    def consumer(self, key: str) -> StreamConsumer:
+        c = self.config
+        return StreamConsumer(self.redis, key, c.stream_group, consumer_name(), c.dead_letter_key,
+                              c.claim_idle_ms, c.max_deliveries)
+
+    def pipeline(self, key: str) -> Pipeline:
+        pipe = self._pipelines.get(key)
+        if pipe is None or pipe.storage.conn.closed:
+            if pipe is not None:
+                self.__dict__.pop("storage_conn", None)
+            consumer = self.consumer(key)
+            consumer.ensure_group()
+            pipe = Pipeline(consumer, TelemetryStorage(self.storage_conn), self.config.batch_entries,
+                            self.config.retention_days)
+            self._pipelines[key] = pipe
+        return pipe
+
+    def close(self) -> None:
+        conn = self.__dict__.get("storage_conn")
+        if conn is not None and not conn.closed:
+            conn.close()
+
+
+_state: WorkerState | None = None
+
+
+def get() -> WorkerState:
+    global _state
+    if _state is None or _state.pid != os.getpid():
+        _state = WorkerState()
+    return _state
+
+
+def reset() -> None:
+    global _state
+    if _state is not None and _state.pid == os.getpid():
+        _state.close()
+    _state = None

@@ -1,0 +1,60 @@
+"""Housekeeping: partitions ahead of time, the token index rebuilt from Postgres, deleted devices purged."""
+from __future__ import annotations
+
+import logging
+
+from visiontrack.migrate import ensure_partitions as ensure_partition_range
+from visiontrack.tokens import rebuild_index
+
+from ..celery_app import app, config
+from .. import metrics, state
+
+log = logging.getLogger("aggregator.tasks.maintenance")
+
+
+@app.task(name="aggregator.ensure_partitions", ignore_result=True)
+def ensure_partitions() -> int:
+    with state.get().db.transaction() as cur:
+        created = ensure_partition_range(cur, 0, config.partitions_ahead_days)
+    if created:
+        log.info("created %d telemetry partitions ahead", created)
+    return created
+
+
+@app.task(name="aggregator.repair_token_index", ignore_result=True)
+def repair_token_index() -> int:
+    """Rebuild the Redis token index from Postgres, so the two cannot drift for long."""
+    st = state.get()
+    with st.db.transaction() as cur:
+        cur.execute("""SELECT t.token_sha256, d.id, d.status
+                       FROM device_tokens t JOIN devices d ON d.id = t.device_id""")
+        rows = [(r["token_sha256"], r["id"], r["status"]) for r in cur.fetchall()]
+    count = rebuild_index(st.redis, config.token_index_key, rows)
+    metrics.TOKEN_INDEX_SIZE.set(count)
+    return count
+
+
+@app.task(name="aggregator.purge_deleted_devices", ignore_result=True)
+def purge_deleted_devices(batch_rows: int = 50_000) -> int:
+    """Delete the telemetry of deleted devices a bounded chunk at a time.
+
+    A purge is kept for a grace period after it empties, so readings of the device still in the stream
+    when it was deleted are removed too.
+    """
+    st = state.get()
+    removed = 0
+    with st.db.transaction() as cur:
+        cur.execute("SELECT device_id, requested_at < now() - interval '10 minutes' AS settled "
+                    "FROM device_purges ORDER BY requested_at LIMIT 10")
+        for purge in cur.fetchall():
+            device_id = purge["device_id"]
+            cur.execute("""DELETE FROM telemetry WHERE device_id = %(d)s AND (metric, ts) IN (
+                               SELECT metric, ts FROM telemetry WHERE device_id = %(d)s LIMIT %(n)s)""",
+                        {"d": device_id, "n": batch_rows})
+            removed += cur.rowcount
+            if cur.rowcount == 0 and purge["settled"]:
+                cur.execute("DELETE FROM device_purges WHERE device_id = %s", (device_id,))
+                log.info("purged the telemetry of deleted device %d", device_id)
+    if removed >= batch_rows:
+        purge_deleted_devices.apply_async(countdown=1)
+    return removed

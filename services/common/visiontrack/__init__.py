@@ -1,0 +1,1 @@
+"""VisionTrack's shared Python package: config, database, migrations, stream format, validation."""

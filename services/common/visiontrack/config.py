@@ -1,0 +1,209 @@
+"""Every setting of the Python parts, read from the environment in one place.
+
+`SETTINGS` is the single list: the README's table, the Helm chart's cross-checks and `visiontrack
+settings` are all generated from it. A missing or malformed value stops the process at start with a
+message naming the variable (`ConfigError`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+ALL_PARTS = frozenset({"registry", "query", "aggregator", "migrate"})
+WEB = frozenset({"registry", "query"})
+DB_PARTS = frozenset({"registry", "query", "aggregator", "migrate"})
+REDIS_PARTS = frozenset({"registry", "query", "aggregator"})
+WRITERS = frozenset({"query"})  # Python writer of the telemetry stream (the Rust ingestor is the other)
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"must be an integer, got {raw!r}") from None
+        if lo is not None and value < lo:
+            raise ValueError(f"must be >= {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise ValueError(f"must be <= {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(lo: float = 0.0) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"must be a number, got {raw!r}") from None
+        if not value >= lo:
+            raise ValueError(f"must be >= {lo}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _token_list(raw: str) -> tuple[str, ...]:
+    tokens = tuple(t.strip() for t in raw.split(",") if t.strip())
+    if any(len(t) < 16 for t in tokens):
+        raise ValueError("every token must be at least 16 characters")
+    return tokens
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if not value.split("://", 1)[0] in schemes or "://" not in value:
+            raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return value
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None  # None: required
+    parse: Callable[[str], Any]
+    parts: frozenset[str]
+    help: str
+    secret: bool = False
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+    @property
+    def attr(self) -> str:
+        return self.name.removeprefix("VT_").lower()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DATABASE_URL", "postgresql://visiontrack@127.0.0.1:5432/visiontrack", _url("postgresql", "postgres"),
+            DB_PARTS, "Postgres connection URL.", secret=True),
+    Setting("REDIS_URL", "redis://127.0.0.1:6379/0", _url("redis", "rediss", "unix"),
+            REDIS_PARTS, "Redis URL: the telemetry stream, the token index and the Celery broker.", secret=True),
+    Setting("VT_ADMIN_TOKENS", "", _token_list, WEB,
+            "Comma-separated operator API tokens with full access (each at least 16 characters).", secret=True),
+    Setting("VT_READER_TOKENS", "", _token_list, WEB,
+            "Comma-separated operator API tokens allowed only GET calls.", secret=True),
+    Setting("VT_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), ALL_PARTS, "Log level."),
+    Setting("VT_LOG_FORMAT", "text", _choice("text", "json"), ALL_PARTS, "Log lines as text or JSON."),
+    Setting("VT_HTTP_BIND", "0.0.0.0:8000", _text, WEB, "Address gunicorn listens on."),
+    Setting("VT_HTTP_WORKERS", "2", _int(1, 64), WEB, "gunicorn worker processes."),
+    Setting("VT_HTTP_THREADS", "4", _int(1, 64), WEB, "Threads per gunicorn worker."),
+    Setting("VT_DB_POOL_SIZE", "4", _int(1, 100), WEB, "Postgres connections per web worker process."),
+    Setting("VT_QUERY_TIMEOUT_MS", "5000", _int(100), WEB, "Statement timeout of API queries, ms."),
+    Setting("VT_STREAM_KEY", "vt:telemetry", _text, REDIS_PARTS - {"registry"}, "Telemetry stream key (prefix when sharded)."),
+    Setting("VT_STREAM_SHARDS", "1", _int(1, 1024), REDIS_PARTS - {"registry"}, "Number of stream shards (by device id)."),
+    Setting("VT_STREAM_GROUP", "aggregators", _text, REDIS_PARTS - {"registry"}, "Consumer group of the aggregators."),
+    Setting("VT_STREAM_HIGH_WATER", "100000", _int(1), WRITERS | {"aggregator"},
+            "Backlog (entries per shard) above which writers answer 503."),
+    Setting("VT_BACKLOG_CHECK_MS", "250", _int(0), WRITERS, "How often a writer samples the stream backlog, ms."),
+    Setting("VT_RETRY_AFTER_SECONDS", "1", _int(1), WRITERS, "Retry-After sent with 503 answers."),
+    Setting("VT_DEAD_LETTER_KEY", "vt:telemetry:dead", _text, frozenset({"aggregator"}), "Dead-letter stream key."),
+    Setting("VT_TOKEN_INDEX_KEY", "vt:device-tokens", _text, REDIS_PARTS, "Redis hash of device-token hashes."),
+    Setting("VT_TOKEN_CACHE_SECONDS", "2", _float(0), WRITERS, "How long a writer caches a token lookup (<= 5)."),
+    Setting("VT_MAX_BODY_BYTES", "1048576", _int(64), WRITERS, "Largest telemetry request body, bytes (413 beyond)."),
+    Setting("VT_MAX_READINGS", "10000", _int(1), WRITERS, "Most readings in one request (400 beyond)."),
+    Setting("VT_MAX_FUTURE_SKEW", "300", _int(0), WRITERS, "How far in the future a reading may be, seconds."),
+    Setting("VT_RETENTION_DAYS", "30", _int(1, 36500), WRITERS | {"aggregator"},
+            "Raw telemetry kept this many days; older readings are refused."),
+    Setting("VT_PARTITIONS_AHEAD_DAYS", "3", _int(1, 60), frozenset({"aggregator", "migrate"}),
+            "Daily telemetry partitions created ahead of time."),
+    Setting("VT_BATCH_ENTRIES", "200", _int(1, 100000), frozenset({"aggregator"}),
+            "Stream entries read per batch (one Postgres transaction)."),
+    Setting("VT_DRAIN_BUDGET_SECONDS", "10", _float(0.1), frozenset({"aggregator"}),
+            "How long one drain task runs before handing back to Celery."),
+    Setting("VT_DRAIN_INTERVAL_SECONDS", "1", _float(0.1), frozenset({"aggregator"}),
+            "How often beat schedules a drain of every shard."),
+    Setting("VT_CLAIM_IDLE_MS", "30000", _int(100), frozenset({"aggregator"}),
+            "Pending entries idle this long are claimed from a dead consumer."),
+    Setting("VT_MAX_DELIVERIES", "5", _int(1), frozenset({"aggregator"}),
+            "Deliveries after which a failing entry is dead-lettered."),
+    Setting("VT_TRIM_INTERVAL_SECONDS", "5", _float(0.1), frozenset({"aggregator"}), "How often the stream is trimmed."),
+    Setting("VT_TOKEN_INDEX_REPAIR_SECONDS", "60", _float(1), frozenset({"aggregator"}),
+            "How often the token index is rebuilt from Postgres."),
+    Setting("VT_WORKER_CONCURRENCY", "2", _int(1, 64), frozenset({"aggregator"}), "Celery worker processes."),
+    Setting("VT_METRICS_PORT", "9100", _int(0, 65535), frozenset({"aggregator"}),
+            "Port of the aggregator's /metrics (0: off)."),
+    Setting("VT_BEAT_SCHEDULE_FILE", "/tmp/visiontrack-beat-schedule", _text, frozenset({"aggregator"}),
+            "Where Celery beat keeps its schedule state."),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The parsed settings; attribute names are the variable names without `VT_`, lower-case."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, attr: str) -> Any:
+        try:
+            return self.values[attr]
+        except KeyError:
+            raise AttributeError(attr) from None
+
+    def replace(self, **changes: Any) -> "Config":
+        unknown = set(changes) - set(self.values)
+        if unknown:
+            raise AttributeError(f"unknown settings: {sorted(unknown)}")
+        return Config({**self.values, **changes})
+
+    @property
+    def stream_keys(self) -> list[str]:
+        from .stream import shard_keys
+
+        return shard_keys(self.stream_key, self.stream_shards)
+
+
+def load(environ: Mapping[str, str] | None = None) -> Config:
+    """Parse every setting; raise ConfigError naming each bad or missing variable."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for setting in SETTINGS:
+        raw = env.get(setting.name)
+        if raw is None or raw == "":
+            if setting.required:
+                problems.append(f"{setting.name} is required ({setting.help})")
+                continue
+            raw = setting.default
+        try:
+            values[setting.attr] = setting.parse(raw)
+        except ValueError as exc:
+            problems.append(f"{setting.name} {exc}")
+    if values.get("token_cache_seconds", 0) > 5:
+        problems.append("VT_TOKEN_CACHE_SECONDS must be <= 5 (a revoked token must die within 5 s)")
+    if problems:
+        raise ConfigError("bad configuration: " + "; ".join(problems))
+    return Config(values)
+
+
+def setting(name: str) -> Setting:
+    return _BY_NAME[name]

@@ -1,0 +1,102 @@
+"""The telemetry stream entry format (docs/contracts.md, section 1), shared by writers and the aggregator."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+FORMAT_VERSION = "1"
+
+Reading = tuple[str, int, float]  # (metric, ts_ms, value)
+
+
+def shard_keys(base_key: str, shards: int) -> list[str]:
+    if shards == 1:
+        return [base_key]
+    return [f"{base_key}:{{{i}}}" for i in range(shards)]
+
+
+def shard_key_for(base_key: str, shards: int, device_id: int) -> str:
+    return base_key if shards == 1 else f"{base_key}:{{{device_id % shards}}}"
+
+
+def encode_entry(device_id: int, readings: Sequence[Reading], received_ms: int) -> dict[str, str]:
+    """The fields of one XADD: small on purpose, one entry per accepted request."""
+    return {
+        "v": FORMAT_VERSION,
+        "d": str(device_id),
+        "r": json.dumps(readings, separators=(",", ":"), allow_nan=False),
+        "at": str(received_ms),
+    }
+
+
+class PoisonEntry(ValueError):
+    """An entry that can never be stored; the message is the dead-letter reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    entry_id: str
+    device_id: int
+    readings: list[Reading]
+    received_ms: int
+
+
+def _field(fields: dict, name: str) -> str:
+    value = fields.get(name)
+    if value is None:
+        raise PoisonEntry(f"missing field {name!r}")
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_entry(entry_id: str, fields: dict) -> Entry:
+    """Parse one entry's envelope; raise PoisonEntry with a reason for anything unreadable.
+
+    The readings themselves are checked where they are encoded for Postgres, in the same pass.
+    """
+    try:
+        version = _field(fields, "v")
+        if version != FORMAT_VERSION:
+            raise PoisonEntry(f"unknown format version {version!r}")
+        device_id = int(_field(fields, "d"))
+        received_ms = int(_field(fields, "at"))
+        readings = json.loads(_field(fields, "r"), parse_constant=_reject_constant)
+    except PoisonEntry:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PoisonEntry(f"unreadable entry: {exc}") from None
+    if device_id <= 0:
+        raise PoisonEntry(f"bad device id {device_id}")
+    if not isinstance(readings, list) or not readings:
+        raise PoisonEntry("field 'r' is not a non-empty array")
+    return Entry(entry_id, device_id, readings, received_ms)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a finite number")
+
+
+def iter_readings(entries: Iterable[Entry]) -> Iterable[tuple[int, str, int, float]]:
+    for entry in entries:
+        d = entry.device_id
+        for metric, ts_ms, value in entry.readings:
+            yield d, metric, ts_ms, value
+
+
+def backlog(redis, key: str, group: str) -> int:
+    """Entries of `key` the group has not finished: lag + pending, or XLEN when Redis cannot tell."""
+    try:
+        groups = redis.xinfo_groups(key)
+    except Exception as exc:  # no such key: nothing is waiting
+        if "no such key" in str(exc).lower():
+            return 0
+        raise
+    for info in groups:
+        name = info.get("name")
+        name = name.decode() if isinstance(name, bytes) else name
+        if name == group:
+            lag = info.get("lag")
+            if lag is None:
+                break
+            return int(lag) + int(info.get("pending", 0))
+    return int(redis.xlen(key))

@@ -1,0 +1,1 @@
+"""What both Flask services share: app skeleton, errors, operator auth, health, metrics, gunicorn config."""

@@ -1,0 +1,87 @@
+"""The skeleton both Flask services are built on: config, error shape, OpenAPI, health, metrics."""
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable
+
+import redis
+from flask import Flask, jsonify
+from flask_smorest import Api, Blueprint
+
+from .. import logs
+from ..config import Config
+from ..db import Database
+from ..errors import ApiError
+from . import errors
+from .auth import OperatorAuth
+
+
+class Services:
+    """The connections a request handler may use, one set per app."""
+
+    def __init__(self, config: Config, part: str):
+        self.config = config
+        self.db = Database(config.database_url, config.db_pool_size, config.query_timeout_ms,
+                           application_name=f"visiontrack-{part}")
+        self.redis = redis.Redis.from_url(config.redis_url, socket_timeout=2, socket_connect_timeout=2,
+                                          health_check_interval=30)
+        self.auth = OperatorAuth(config.admin_tokens, config.reader_tokens)
+
+
+def _metrics(app: Flask, part: str):
+    # Under gunicorn the start script sets PROMETHEUS_MULTIPROC_DIR: every worker writes its own files and
+    # /metrics merges them. Without it (tests, flask run) a plain in-process registry is right.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics as Metrics
+    else:
+        from prometheus_flask_exporter import PrometheusMetrics as Metrics
+    return Metrics(app, group_by="url_rule", defaults_prefix=f"visiontrack_{part}",
+                   excluded_paths=["/healthz", "/readyz", "/metrics"])
+
+
+def create_base_app(part: str, config: Config, blueprints: Iterable[Blueprint], openapi_prefix: str,
+                    title: str, extra_readiness: Callable[[Services], None] | None = None) -> Flask:
+    logs.configure(config.log_level, config.log_format, part)
+    app = Flask(part)
+    app.config.update(
+        API_TITLE=title,
+        API_VERSION="1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX=openapi_prefix,
+        OPENAPI_JSON_PATH="openapi.json",
+        MAX_CONTENT_LENGTH=None,
+    )
+    app.json.sort_keys = False
+    app.extensions["visiontrack"] = services = Services(config, part)
+    api = Api(app, spec_kwargs={"components": {"securitySchemes": {
+        "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})
+    for bp in blueprints:
+        api.register_blueprint(bp)
+    errors.register(app)
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok")
+
+    @app.get("/readyz")
+    def readyz():
+        problems = []
+        if not services.db.ping():
+            problems.append("postgres")
+        try:
+            services.redis.ping()
+        except redis.RedisError:
+            problems.append("redis")
+        if problems:
+            raise ApiError("unavailable", f"not ready: {', '.join(problems)} unreachable", retry_after=5)
+        return jsonify(status="ready")
+
+    app.extensions["visiontrack_metrics"] = _metrics(app, part)
+
+    return app
+
+
+def services() -> Services:
+    from flask import current_app
+
+    return current_app.extensions["visiontrack"]

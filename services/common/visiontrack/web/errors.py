@@ -1,0 +1,70 @@
+"""One error shape for every answer that is not a success, registered once per app."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from ..errors import ApiError
+
+log = logging.getLogger("visiontrack.web")
+
+_HTTP_CODES = {400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+               415: "unsupported_media_type", 429: "rate_limited", 503: "unavailable"}
+
+
+def api_error_response(err: ApiError):
+    response = jsonify(err.body())
+    response.status_code = err.status
+    if err.retry_after is not None:
+        response.headers["Retry-After"] = str(err.retry_after)
+    return response
+
+
+def _webargs_details(messages) -> list[dict]:
+    """flask-smorest/webargs messages {"json": {"name": ["..."]}} as [{"field", "message"}]."""
+    details: list[dict] = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key, sub in node.items():
+                walk(sub, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, list) and all(isinstance(m, str) for m in node):
+            for msg in node:
+                details.append({"field": path or None, "message": msg})
+        elif isinstance(node, list):
+            for sub in node:
+                walk(sub, path)
+        else:
+            details.append({"field": path or None, "message": str(node)})
+
+    for location, fields in (messages or {}).items():
+        walk(fields, "" if location in ("json", "query", "querystring", "form", "json_or_form") else location)
+    return details
+
+
+def _http_error(exc: HTTPException):
+    if exc.code in (400, 422) and getattr(exc, "data", None) and "messages" in exc.data:
+        details = _webargs_details(exc.data["messages"])
+        if any(d["message"] == "Invalid JSON body." for d in details):
+            return api_error_response(ApiError("malformed_json", "body is not valid JSON"))
+        return api_error_response(ApiError("validation_error", "invalid request; see details", details))
+    code = _HTTP_CODES.get(exc.code or 500)
+    if code is None:
+        log.error("unexpected HTTP error %s: %s", exc.code, exc.description)
+        return api_error_response(ApiError("internal_error", "internal error"))
+    message = {404: "no such resource", 405: "method not allowed for this resource"}.get(exc.code, exc.description)
+    return api_error_response(ApiError(code, message))
+
+
+def _unexpected(exc: Exception):
+    log.exception("unhandled error")
+    return api_error_response(ApiError("internal_error", "internal error"))
+
+
+def register(app: Flask) -> None:
+    app.register_error_handler(ApiError, api_error_response)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,28 @@
+"""gunicorn settings for both Flask services, from the same VT_ variables as everything else."""
+from __future__ import annotations
+
+import os
+
+from visiontrack import config as _config
+
+_cfg = _config.load()
+
+bind = _cfg.http_bind
+workers = _cfg.http_workers
+threads = _cfg.http_threads
+worker_class = "gthread"
+# No max_requests: each recycled worker would leave its Prometheus files behind and slow every scrape.
+graceful_timeout = 20
+timeout = 30
+keepalive = 5
+accesslog = None
+errorlog = "-"
+loglevel = _cfg.log_level
+proc_name = "visiontrack"
+
+
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+        GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)

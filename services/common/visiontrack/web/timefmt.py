@@ -1,0 +1,32 @@
+"""Times in and out of the HTTP API: RFC 3339 UTC with milliseconds out; RFC 3339 or epoch ms in."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+from ..validation import parse_rfc3339_ms
+
+
+def format_ts(dt: datetime) -> str:
+    dt = dt.astimezone(timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_time(raw: str) -> datetime:
+    """A query-string time: RFC 3339 or integer epoch milliseconds (ValueError otherwise)."""
+    text = raw.strip()
+    if text.lstrip("-").isdigit():
+        ms = int(text)
+    else:
+        ms = parse_rfc3339_ms(text)
+        if ms is None:
+            raise ValueError("must be an RFC 3339 time or integer epoch milliseconds")
+    return from_ms(ms)
+
+
+def from_ms(ms: int) -> datetime:
+    try:
+        return EPOCH + timedelta(milliseconds=ms)
+    except OverflowError:
+        raise ValueError("is out of range") from None

@@ -1,0 +1,1 @@
+"""VisionTrack query service: raw, aggregated and latest telemetry, alerts; the seed's telemetry POST."""

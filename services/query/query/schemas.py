@@ -1,0 +1,32 @@
+"""The query service's request and response shapes (API.md)."""
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from visiontrack.web.fields import Timestamp
+
+
+class TelemetryListArgsSchema(Schema):
+    device_id = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    metric = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+    from_ = Timestamp(data_key="from", load_default=None, metadata={"description": "Inclusive start."})
+    to = Timestamp(load_default=None, metadata={"description": "Exclusive end."})
+    limit = fields.Integer(load_default=1000, validate=validate.Range(1, 10000))
+    cursor = fields.String(load_default=None)
+    order = fields.String(load_default="desc", validate=validate.OneOf(["asc", "desc"]))
+
+
+class ReadingSchema(Schema):
+    device_id = fields.Integer()
+    metric = fields.String()
+    ts = Timestamp()
+    value = fields.Float()
+
+
+class TelemetryPageSchema(Schema):
+    items = fields.List(fields.Nested(ReadingSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class AcceptedSchema(Schema):
+    accepted = fields.Integer()

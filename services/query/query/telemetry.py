@@ -1,0 +1,70 @@
+"""`/api/telemetry/`: raw readings (JSON or CSV, keyset pages) and the seed's write path."""
+from __future__ import annotations
+
+import csv
+import io
+
+from flask import Response, current_app, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from visiontrack.errors import ApiError
+from visiontrack.stream_writer import StreamWriter
+from visiontrack.web.app import services
+from visiontrack.web.pagination import decode_cursor, encode_cursor
+from visiontrack.web.timefmt import format_ts
+
+from . import telemetry_ingest
+from .schemas import AcceptedSchema, TelemetryListArgsSchema, TelemetryPageSchema
+from .telemetry_store import RawQuery, fetch_raw
+
+blp = Blueprint("telemetry", __name__, url_prefix="/api/telemetry", description="Telemetry")
+
+
+def _writer() -> StreamWriter:
+    return current_app.extensions["stream_writer"]
+
+
+def _wants_csv() -> bool:
+    best = request.accept_mimetypes.best_match(["application/json", "text/csv"])
+    return best == "text/csv" and request.accept_mimetypes["text/csv"] > request.accept_mimetypes["application/json"]
+
+
+def _csv_response(rows: list[dict], next_cursor: str | None) -> Response:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["device_id", "metric", "ts", "value"])
+    for row in rows:
+        writer.writerow([row["device_id"], row["metric"], format_ts(row["ts"]), repr(row["value"])])
+    response = Response(out.getvalue(), mimetype="text/csv")
+    if next_cursor:
+        response.headers["X-Next-Cursor"] = next_cursor
+    return response
+
+
+@blp.route("/")
+class Telemetry(MethodView):
+    @blp.arguments(TelemetryListArgsSchema, location="query")
+    @blp.response(200, TelemetryPageSchema)
+    @blp.alt_response(200, content_type="text/csv", description="The same page as CSV; next cursor in X-Next-Cursor")
+    def get(self, args):
+        """Raw readings, newest first unless `order=asc`; `Accept: text/csv` for CSV."""
+        svc = services()
+        svc.auth.require()
+        if args["from_"] and args["to"] and args["from_"] >= args["to"]:
+            raise ApiError("validation_error", "invalid request; see details",
+                           [{"field": "to", "message": "must be later than from"}])
+        q = RawQuery(args["device_id"], args["metric"], args["from_"], args["to"], args["order"], args["limit"])
+        after = decode_cursor(args["cursor"], q.cursor_shape) if args["cursor"] else None
+        with svc.db.transaction() as cur:
+            rows = fetch_raw(cur, RawQuery(**{**q.__dict__, "limit": q.limit + 1}), after)
+        page, more = rows[: q.limit], len(rows) > q.limit
+        next_cursor = encode_cursor(q.cursor_for(page[-1])) if more else None
+        if _wants_csv():
+            return _csv_response(page, next_cursor)
+        return {"items": page, "next_cursor": next_cursor}
+
+    @blp.response(202, AcceptedSchema)
+    def post(self):
+        """Write readings: a device token for its own device, or an admin token with `device_id`."""
+        return {"accepted": telemetry_ingest.ingest(services(), _writer())}

@@ -1,0 +1,94 @@
+"""`POST /api/telemetry/`: the seed's write path, same validation and same stream as `/api/ingest`.
+
+A device token writes for its own device; an admin token names the device with `device_id`.
+"""
+from __future__ import annotations
+
+import time
+
+import redis
+from flask import request
+
+from visiontrack.errors import ApiError
+from visiontrack.tokens import parse_index_value, token_sha256
+from visiontrack.validation import Limits, Message, validate_telemetry
+from visiontrack.web.auth import bearer_token
+
+UNKNOWN_TOKEN = "a valid device or admin token is required (Authorization: Bearer <token>)"
+
+
+def _device_for_token(svc, token: str) -> int:
+    try:
+        found = parse_index_value(svc.redis.hget(svc.config.token_index_key, token_sha256(token)))
+    except redis.RedisError:
+        raise ApiError("unavailable", "the token index (Redis) is unreachable; retry later",
+                       retry_after=svc.config.retry_after_seconds) from None
+    if found is None:
+        raise ApiError("unauthorized", UNKNOWN_TOKEN)
+    device_id, status = found
+    if status != "active":
+        raise ApiError("forbidden", f"device {device_id} is disabled")
+    return device_id
+
+
+def _check_admin_device(svc, device_id: int) -> None:
+    with svc.db.transaction() as cur:
+        cur.execute("SELECT status FROM devices WHERE id = %s", (device_id,))
+        row = cur.fetchone()
+    if row is None:
+        raise ApiError("not_found", f"device {device_id} does not exist")
+    if row["status"] != "active":
+        raise ApiError("forbidden", f"device {device_id} is disabled")
+
+
+def _named_device(messages: list[Message], token_device: int | None) -> int:
+    """The one device the request writes for, from the token or from every message's `device_id`."""
+    details, named = [], set()
+    for i, msg in enumerate(messages):
+        value = msg.device_id
+        if value is None:
+            if token_device is None:
+                details.append({"index": i, "field": "device_id", "message": "is required with an admin token"})
+            continue
+        if type(value) is not int or value < 1:
+            details.append({"index": i, "field": "device_id", "message": "must be a positive integer"})
+            continue
+        named.add(value)
+    if details:
+        raise ApiError("validation_error", "invalid readings; see details", details)
+    if token_device is not None:
+        if named - {token_device}:
+            raise ApiError("forbidden", "a device token may only write its own device's telemetry")
+        return token_device
+    if len(named) > 1:
+        raise ApiError("validation_error", "invalid readings; see details",
+                       [{"index": None, "field": "device_id", "message": "all messages must name the same device"}])
+    return named.pop()
+
+
+def _read_body(limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError("payload_too_large", f"body exceeds {limit} bytes")
+    return request.stream.read(limit + 1)
+
+
+def ingest(svc, writer) -> int:
+    """Authenticate, validate, append; return the number of readings accepted."""
+    now_ms = time.time_ns() // 1_000_000
+    token = bearer_token()
+    if not token:
+        raise ApiError("unauthorized", UNKNOWN_TOKEN)
+    role = svc.auth.role(token)
+    if role == "reader":
+        raise ApiError("forbidden", "reader tokens may only read")
+    token_device = None if role == "admin" else _device_for_token(svc, token)
+    limits = Limits.from_config(svc.config)
+    body = _read_body(limits.max_body_bytes)
+    messages = validate_telemetry(request.headers.get("Content-Type"), body, now_ms, limits,
+                                  reserved=frozenset({"device_id"}))
+    device_id = _named_device(messages, token_device)
+    if token_device is None:
+        _check_admin_device(svc, device_id)
+    readings = [r for msg in messages for r in msg.readings]
+    writer.append(device_id, readings, now_ms)
+    return len(readings)

@@ -1,0 +1,1 @@
+"""VisionTrack device registry: devices, their tokens and (later) alert rules."""

@@ -1,0 +1,70 @@
+"""`/api/devices/`: register, list, read, change, delete devices and rotate their tokens."""
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from visiontrack.web.app import services
+from visiontrack.web.pagination import decode_cursor, encode_cursor
+
+from .device_store import DeviceStore
+from .schemas import (DeviceCreateSchema, DeviceListArgsSchema, DevicePageSchema, DeviceSchema,
+                      DeviceUpdateSchema, DeviceWithTokenSchema, TokenSchema)
+
+blp = Blueprint("devices", __name__, url_prefix="/api/devices", description="Devices and their tokens")
+
+
+@blp.before_request
+def _operators_only():
+    services().auth.require()
+
+
+def _store() -> DeviceStore:
+    svc = services()
+    return DeviceStore(svc.db, svc.redis, svc.config.token_index_key)
+
+
+@blp.route("/")
+class Devices(MethodView):
+    @blp.arguments(DeviceListArgsSchema, location="query")
+    @blp.response(200, DevicePageSchema)
+    def get(self, args):
+        """List devices, oldest first, a page at a time."""
+        after = decode_cursor(args["cursor"], (int,))[0] if args["cursor"] else None
+        rows = _store().list(args["limit"] + 1, after, args["type"], args["status"], args["q"])
+        page = rows[: args["limit"]]
+        more = len(rows) > args["limit"]
+        return {"items": page, "next_cursor": encode_cursor([page[-1]["id"]]) if more else None}
+
+    @blp.arguments(DeviceCreateSchema)
+    @blp.response(201, DeviceWithTokenSchema)
+    def post(self, fields):
+        """Register a device; the answer holds its token, shown only this once."""
+        return _store().create(fields)
+
+
+@blp.route("/<int:device_id>")
+class DeviceById(MethodView):
+    @blp.response(200, DeviceSchema)
+    def get(self, device_id):
+        """Read one device."""
+        return _store().get(device_id)
+
+    @blp.arguments(DeviceUpdateSchema)
+    @blp.response(200, DeviceSchema)
+    def patch(self, changes, device_id):
+        """Change a device; `status: disabled` makes its token answer 403 within seconds."""
+        return _store().update(device_id, changes)
+
+    @blp.response(204)
+    def delete(self, device_id):
+        """Delete a device: its token stops working and its telemetry is purged in the background."""
+        _store().delete(device_id)
+
+
+@blp.route("/<int:device_id>/token")
+class DeviceToken(MethodView):
+    @blp.response(200, TokenSchema)
+    def post(self, device_id):
+        """Issue a new token; the old one stops working within seconds."""
+        return {"token": _store().rotate_token(device_id)}

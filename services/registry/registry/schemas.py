@@ -1,0 +1,58 @@
+"""The registry's request and response shapes: the contract of API.md, checked by marshmallow."""
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from visiontrack.web.fields import Timestamp
+
+_NAME = validate.Length(min=1, max=128)
+_LABEL = validate.Length(max=128)
+
+
+class DeviceCreateSchema(Schema):
+    name = fields.String(required=True, validate=_NAME)
+    type = fields.String(allow_none=True, validate=_LABEL, load_default=None)
+    location = fields.String(allow_none=True, validate=validate.Length(max=256), load_default=None)
+    metadata = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+class DeviceUpdateSchema(Schema):
+    name = fields.String(validate=_NAME)
+    type = fields.String(allow_none=True, validate=_LABEL)
+    location = fields.String(allow_none=True, validate=validate.Length(max=256))
+    metadata = fields.Dict(keys=fields.String())
+    status = fields.String(validate=validate.OneOf(["active", "disabled"]))
+
+
+class DeviceSchema(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    type = fields.String(allow_none=True)
+    location = fields.String(allow_none=True)
+    metadata = fields.Dict()
+    status = fields.String()
+    created_at = Timestamp()
+    updated_at = Timestamp()
+    last_seen_at = Timestamp(allow_none=True)
+
+
+class DeviceWithTokenSchema(DeviceSchema):
+    token = fields.String(metadata={"description": "The device's token; shown only in this answer."})
+
+
+class DeviceListArgsSchema(Schema):
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    cursor = fields.String(load_default=None)
+    type = fields.String(load_default=None)
+    status = fields.String(load_default=None, validate=validate.OneOf(["active", "disabled"]))
+    q = fields.String(load_default=None, validate=validate.Length(min=1, max=128),
+                      metadata={"description": "Name prefix."})
+
+
+class DevicePageSchema(Schema):
+    items = fields.List(fields.Nested(DeviceSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class TokenSchema(Schema):
+    token = fields.String()

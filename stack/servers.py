@@ -1,0 +1,184 @@
+"""Postgres and Redis from the system's binaries, with their data in a folder of ours.
+
+Used by `make up` (data under run/) and by the tests (data in a temporary folder, free ports).
+Postgres refuses to run as root, so as root it runs as the `postgres` user.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0, what: str = "server", proc: subprocess.Popen | None = None,
+                  log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise StackError(f"{what} exited with {proc.returncode}{_tail(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise StackError(f"{what} did not listen on port {port} within {timeout:.0f}s{_tail(log)}")
+
+
+def _tail(log: Path | None, lines: int = 20) -> str:
+    if log is None or not log.exists():
+        return ""
+    return "\n--- last lines of " + str(log) + " ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def postgres_bindir() -> Path:
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout.strip()
+        if out and (Path(out) / "initdb").exists():
+            return Path(out)
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        raise StackError("Postgres server binaries not found (apt-get install postgresql)")
+    return Path(found[-1]).parent
+
+
+def _as_postgres_user() -> list[str]:
+    if os.geteuid() != 0:
+        return []
+    pwd.getpwnam("postgres")  # KeyError here means the postgresql package is missing
+    return ["runuser", "-u", "postgres", "--"]
+
+
+def _give_to_postgres(path: Path) -> None:
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+@dataclass
+class Postgres:
+    data_dir: Path
+    port: int
+    log: Path
+    fast_and_loose: bool = False  # tests: no fsync; `make up` keeps Postgres' durable defaults
+    user: str = "visiontrack"
+    database: str = "visiontrack"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
+
+    def admin_url(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*_as_postgres_user(), *args], check=True, capture_output=True, text=True)
+
+    def init(self) -> None:
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        _give_to_postgres(self.data_dir)
+        os.chmod(self.data_dir, 0o700)
+        bindir = postgres_bindir()
+        try:
+            self._run(str(bindir / "initdb"), "-D", str(self.data_dir), "-U", self.user, "-A", "trust",
+                      "-E", "UTF8", "--locale=C.UTF-8" if _has_c_utf8() else "--locale=C", "--no-instructions")
+        except subprocess.CalledProcessError as exc:
+            raise StackError(f"initdb failed: {exc.stderr.strip()}") from None
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.init()
+        bindir = postgres_bindir()
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.log.touch()
+        _give_to_postgres(self.log)
+        options = [f"-p {self.port}", "-c listen_addresses=127.0.0.1", f"-k {self.data_dir}",
+                   "-c max_connections=200", "-c shared_buffers=256MB", "-c max_wal_size=4GB",
+                   "-c checkpoint_timeout=15min"]
+        if self.fast_and_loose:
+            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        try:
+            self._run(str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log), "-w",
+                      "-t", str(int(timeout)), "-o", " ".join(options), "start")
+        except subprocess.CalledProcessError as exc:
+            raise StackError(f"Postgres did not start: {exc.stderr.strip()}{_tail(self.log)}") from None
+        self._create_database()
+
+    def _create_database(self) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(self.admin_url())
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,))
+            if cur.fetchone() is None:
+                cur.execute(f'CREATE DATABASE "{self.database}"')
+        conn.close()
+
+    def running(self) -> bool:
+        return (self.data_dir / "postmaster.pid").exists()
+
+    def stop(self) -> None:
+        if not self.running():
+            return
+        subprocess.run([*_as_postgres_user(), str(postgres_bindir() / "pg_ctl"), "-D", str(self.data_dir),
+                        "-m", "fast", "-w", "stop"], capture_output=True)
+
+
+def _has_c_utf8() -> bool:
+    out = subprocess.run(["locale", "-a"], capture_output=True, text=True).stdout.lower()
+    return "c.utf8" in out or "c.utf-8" in out
+
+
+@dataclass
+class Redis:
+    data_dir: Path
+    port: int
+    log: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise StackError("redis-server not found (apt-get install redis-server)")
+        # AOF every second: an accepted reading survives a crash of Redis (at most ~1 s of exposure);
+        # noeviction: a full Redis refuses writes (writers answer 503) instead of dropping the stream.
+        return [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+                "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",
+                "--save", "", "--daemonize", "no", "--logfile", str(self.log)]
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        wait_for_port(self.port, what="redis-server", proc=self.proc, log=self.log)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()

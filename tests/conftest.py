@@ -1,0 +1,198 @@
+"""The test harness: real Postgres, Redis, gunicorn, Celery and nginx on free ports, started per session.
+
+Layers (markers): unit (no servers), integration (real servers and processes), e2e (over HTTP through
+nginx, routed like the Ingress), chart (the Helm chart, rendered and validated offline).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from stack.nginx import Nginx  # noqa: E402
+from stack.servers import Postgres, Redis, free_port  # noqa: E402
+from stack.services import INGESTOR_BINARY, Process  # noqa: E402
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+READER_TOKEN = "test-reader-token-0123456789"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        layer = Path(item.fspath).relative_to(ROOT / "tests").parts[0]
+        if layer in ("unit", "integration", "e2e", "chart", "contract"):
+            item.add_marker(getattr(pytest.mark, "unit" if layer == "contract" else layer))
+
+
+def poll(check: Callable[[], object], timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    """Call `check` until it returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="session")
+def run_dir():
+    # Not pytest's tmp_path: Postgres runs as its own user and must reach its data folder.
+    path = Path(tempfile.mkdtemp(prefix="vt-test-"))
+    os.chmod(path, 0o755)
+    yield path
+    if not os.environ.get("VT_KEEP_TEST_RUN"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres(run_dir):
+    server = Postgres(run_dir / "pg", free_port(), run_dir / "logs" / "postgres.log", fast_and_loose=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(run_dir):
+    server = Redis(run_dir / "redis", free_port(), run_dir / "logs" / "redis.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def base_env(postgres, redis_server, run_dir) -> dict[str, str]:
+    env = {
+        "DATABASE_URL": postgres.url,
+        "REDIS_URL": redis_server.url,
+        "VT_ADMIN_TOKENS": ADMIN_TOKEN,
+        "VT_READER_TOKENS": READER_TOKEN,
+        "VT_LOG_LEVEL": "info",
+        "VT_HTTP_WORKERS": "2",
+        "VT_METRICS_PORT": "0",
+        "VT_BEAT_SCHEDULE_FILE": str(run_dir / "beat-schedule"),
+    }
+    Process("migrate", "migrate", env, run_dir / "logs" / "migrate.log").run_to_end(run_dir)
+    return env
+
+
+@pytest.fixture(scope="session")
+def db(postgres, base_env):
+    import psycopg2
+
+    conn = psycopg2.connect(postgres.url)
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_server):
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def _web(part: str, base_env: dict, run_dir: Path, **extra_env: str) -> tuple[Process, str]:
+    port = free_port()
+    env = {**base_env, "VT_HTTP_BIND": f"127.0.0.1:{port}", **extra_env}
+    proc = Process(part, part, env, run_dir / "logs" / f"{part}-{port}.log").start(run_dir)
+    proc.wait_http(port)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def registry_url(base_env, run_dir):
+    proc, url = _web("registry", base_env, run_dir)
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def query_url(base_env, run_dir):
+    proc, url = _web("query", base_env, run_dir)
+    yield url
+    proc.stop()
+
+
+class Aggregator:
+    """A real Celery worker and beat, with their own Redis database (broker and stream) when asked."""
+
+    def __init__(self, base_env: dict, run_dir: Path, **env: str):
+        self.tag = uuid.uuid4().hex[:8]
+        self.env = {**base_env, "VT_BEAT_SCHEDULE_FILE": str(run_dir / f"beat-{self.tag}"),
+                    "VT_DRAIN_INTERVAL_SECONDS": "0.5", "VT_TRIM_INTERVAL_SECONDS": "1", **env}
+        self.run_dir = run_dir
+        self.worker: Process | None = None
+        self.beat: Process | None = None
+
+    def start_worker(self, *args: str) -> Process:
+        self.worker = Process(f"worker-{self.tag}", "worker", self.env,
+                              self.run_dir / "logs" / f"worker-{self.tag}.log", extra_args=list(args))
+        return self.worker.start(self.run_dir)
+
+    def start_beat(self) -> Process:
+        self.beat = Process(f"beat-{self.tag}", "beat", self.env, self.run_dir / "logs" / f"beat-{self.tag}.log")
+        return self.beat.start(self.run_dir)
+
+    def start(self) -> "Aggregator":
+        self.start_worker()
+        self.start_beat()
+        return self
+
+    def stop(self) -> None:
+        for proc in (self.beat, self.worker):
+            if proc:
+                proc.stop()
+
+
+@pytest.fixture
+def aggregator_factory(base_env, run_dir):
+    started: list[Aggregator] = []
+
+    def make(**env: str) -> Aggregator:
+        agg = Aggregator(base_env, run_dir, **env)
+        started.append(agg)
+        return agg
+
+    yield make
+    for agg in started:
+        agg.stop()
+
+
+@pytest.fixture(scope="session")
+def ingestor_url(base_env, run_dir):
+    if not INGESTOR_BINARY.exists():
+        pytest.skip(f"ingestor binary not built ({INGESTOR_BINARY}); run `make ingestor-build`")
+    port = free_port()
+    env = {**base_env, "VT_LISTEN_ADDR": f"127.0.0.1:{port}"}
+    proc = Process("ingestor", "ingestor", env, run_dir / "logs" / "ingestor.log").start(run_dir)
+    proc.wait_http(port)
+    yield f"http://127.0.0.1:{port}"
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def ingress(request, registry_url, query_url, run_dir):
+    """nginx routing the Ingress paths; includes the ingestor when it is built."""
+    ports = {"registry": int(registry_url.rsplit(":", 1)[1]), "query": int(query_url.rsplit(":", 1)[1])}
+    if INGESTOR_BINARY.exists():
+        ports["ingestor"] = int(request.getfixturevalue("ingestor_url").rsplit(":", 1)[1])
+    server = Nginx(free_port(), ports, run_dir / "nginx", run_dir / "logs")
+    server.start()
+    yield server.url
+    server.stop()

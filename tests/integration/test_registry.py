@@ -1,0 +1,140 @@
+"""The registry over real HTTP (gunicorn) against real Postgres and Redis."""
+from __future__ import annotations
+
+import uuid
+
+import requests
+
+from tests.conftest import ADMIN_TOKEN, READER_TOKEN
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+READER = {"Authorization": f"Bearer {READER_TOKEN}"}
+
+
+def _name(prefix: str = "dev") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def _create(registry_url, **fields):
+    body = {"name": _name(), **fields}
+    resp = requests.post(f"{registry_url}/api/devices/", json=body, headers=ADMIN)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def test_register_returns_device_and_a_token_indexed_by_its_hash(registry_url, redis_client, db):
+    device = _create(registry_url, type="thermo", location="lab", metadata={"floor": 3})
+    assert device["token"].startswith("vtd_") and len(device["token"]) >= 40
+    assert device["status"] == "active" and device["metadata"] == {"floor": 3}
+    assert device["created_at"].endswith("Z") and device["last_seen_at"] is None
+    import hashlib
+
+    sha = hashlib.sha256(device["token"].encode()).hexdigest()
+    assert redis_client.hget("vt:device-tokens", sha) == f"{device['id']}:active"
+    with db.cursor() as cur:
+        cur.execute("SELECT token_sha256 FROM device_tokens WHERE device_id = %s", (device["id"],))
+        assert cur.fetchone()[0] == sha
+    got = requests.get(f"{registry_url}/api/devices/{device['id']}", headers=READER).json()
+    assert "token" not in got and got["name"] == device["name"]
+
+
+def test_taken_name_is_a_conflict_naming_the_field(registry_url):
+    device = _create(registry_url)
+    resp = requests.post(f"{registry_url}/api/devices/", json={"name": device["name"]}, headers=ADMIN)
+    assert resp.status_code == 409
+    assert resp.json()["error"] == "conflict"
+    assert resp.json()["details"] == [{"field": "name", "message": "is already taken"}]
+
+
+def test_bad_bodies_get_400_naming_the_field_and_change_nothing(registry_url, db):
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM devices")
+        before = cur.fetchone()[0]
+    cases = [
+        ({"name": ""}, "name"),
+        ({"name": "x" * 129}, "name"),
+        ({}, "name"),
+        ({"name": _name(), "metadata": [1]}, "metadata"),
+        ({"name": _name(), "colour": "red"}, "colour"),
+    ]
+    for body, field in cases:
+        resp = requests.post(f"{registry_url}/api/devices/", json=body, headers=ADMIN)
+        assert resp.status_code == 400, (body, resp.text)
+        assert resp.json()["error"] == "validation_error"
+        assert field in [d["field"] for d in resp.json()["details"]], resp.json()
+    resp = requests.post(f"{registry_url}/api/devices/", data="{nope", headers={**ADMIN, "Content-Type": "application/json"})
+    assert resp.status_code == 400 and resp.json()["error"] == "malformed_json"
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM devices")
+        assert cur.fetchone()[0] == before
+
+
+def test_operator_tokens_admin_writes_reader_reads(registry_url):
+    assert requests.get(f"{registry_url}/api/devices/").status_code == 401
+    assert requests.get(f"{registry_url}/api/devices/", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert requests.get(f"{registry_url}/api/devices/", headers=READER).status_code == 200
+    resp = requests.post(f"{registry_url}/api/devices/", json={"name": _name()}, headers=READER)
+    assert resp.status_code == 403 and resp.json()["error"] == "forbidden"
+
+
+def test_keyset_pages_never_skip_or_repeat_and_filters_apply(registry_url):
+    kind = f"kind-{uuid.uuid4().hex[:6]}"
+    made = [_create(registry_url, type=kind, name=_name("pg"))["id"] for _ in range(7)]
+    seen, cursor = [], None
+    while True:
+        params = {"type": kind, "limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = requests.get(f"{registry_url}/api/devices/", params=params, headers=READER).json()
+        seen += [d["id"] for d in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == made
+    requests.patch(f"{registry_url}/api/devices/{made[0]}", json={"status": "disabled"}, headers=ADMIN)
+    disabled = requests.get(f"{registry_url}/api/devices/", params={"type": kind, "status": "disabled"},
+                            headers=READER).json()["items"]
+    assert [d["id"] for d in disabled] == [made[0]]
+    bad = requests.get(f"{registry_url}/api/devices/", params={"cursor": "garbage!"}, headers=READER)
+    assert bad.status_code == 400 and bad.json()["details"][0]["field"] == "cursor"
+    assert requests.get(f"{registry_url}/api/devices/", params={"limit": 0}, headers=READER).status_code == 400
+
+
+def test_name_prefix_search(registry_url):
+    prefix = f"pre-{uuid.uuid4().hex[:6]}"
+    a = _create(registry_url, name=f"{prefix}-a")
+    _create(registry_url)
+    items = requests.get(f"{registry_url}/api/devices/", params={"q": prefix}, headers=READER).json()["items"]
+    assert [d["id"] for d in items] == [a["id"]]
+
+
+def test_disable_rotate_delete_keep_the_index_in_step(registry_url, redis_client, db):
+    import hashlib
+
+    device = _create(registry_url)
+    sha = hashlib.sha256(device["token"].encode()).hexdigest()
+    resp = requests.patch(f"{registry_url}/api/devices/{device['id']}", json={"status": "disabled", "location": "x"},
+                          headers=ADMIN)
+    assert resp.status_code == 200 and resp.json()["status"] == "disabled" and resp.json()["location"] == "x"
+    assert redis_client.hget("vt:device-tokens", sha) == f"{device['id']}:disabled"
+    token = requests.post(f"{registry_url}/api/devices/{device['id']}/token", headers=ADMIN).json()["token"]
+    new_sha = hashlib.sha256(token.encode()).hexdigest()
+    assert redis_client.hget("vt:device-tokens", sha) is None
+    assert redis_client.hget("vt:device-tokens", new_sha) == f"{device['id']}:disabled"
+    assert requests.delete(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN).status_code == 204
+    assert redis_client.hget("vt:device-tokens", new_sha) is None
+    assert requests.get(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN).status_code == 404
+    with db.cursor() as cur:
+        cur.execute("SELECT 1 FROM device_purges WHERE device_id = %s", (device["id"],))
+        assert cur.fetchone() is not None
+    assert requests.delete(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN).status_code == 404
+
+
+def test_unknown_ids_and_routes_answer_in_the_error_format(registry_url):
+    resp = requests.get(f"{registry_url}/api/devices/999999999", headers=ADMIN)
+    assert resp.status_code == 404 and resp.json()["error"] == "not_found"
+    resp = requests.put(f"{registry_url}/api/devices/1", json={}, headers=ADMIN)
+    assert resp.status_code == 405 and resp.json()["error"] == "method_not_allowed"
+
+
+def test_openapi_document_is_served(registry_url):
+    doc = requests.get(f"{registry_url}/api/devices/openapi.json").json()
+    assert "/api/devices/" in doc["paths"] and "/api/devices/{device_id}/token" in doc["paths"]
