@@ -1,0 +1,217 @@
+//! Settings from the environment. Every variable has a default; a value that is
+//! set but malformed stops the process at start with an error naming it.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::validate::Limits;
+
+/// A setting that could not be used, named by its variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {reason} (got {value:?})")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub redis_url: String,
+    pub listen_addr: SocketAddr,
+    pub stream_key: String,
+    pub stream_shards: u32,
+    pub stream_group: String,
+    pub stream_high_water: u64,
+    pub backlog_check: Duration,
+    pub retry_after_seconds: u32,
+    pub token_index_key: String,
+    pub token_cache_ttl: Duration,
+    pub limits: Limits,
+    pub redis_timeout: Duration,
+    pub request_timeout: Duration,
+    /// A `tracing` level name: trace, debug, info, warn or error.
+    pub log_level: &'static str,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let redis_url = env.string("REDIS_URL", "redis://127.0.0.1:6379/0")?;
+        if let Err(e) = redis::Client::open(redis_url.as_str()) {
+            return Err(err("REDIS_URL", &redis_url, format!("not a Redis URL: {e}")));
+        }
+        Ok(Self {
+            redis_url,
+            listen_addr: env.parsed("VT_LISTEN_ADDR", "0.0.0.0:8080", "a socket address like 0.0.0.0:8080")?,
+            stream_key: env.string("VT_STREAM_KEY", "vt:telemetry")?,
+            stream_shards: env.int("VT_STREAM_SHARDS", 1, 1, 1024)?,
+            stream_group: env.string("VT_STREAM_GROUP", "aggregators")?,
+            stream_high_water: env.int("VT_STREAM_HIGH_WATER", 100_000, 1, u64::MAX)?,
+            backlog_check: Duration::from_millis(env.int("VT_BACKLOG_CHECK_MS", 250, 1, 60_000)?),
+            retry_after_seconds: env.int("VT_RETRY_AFTER_SECONDS", 1, 1, 3600)?,
+            token_index_key: env.string("VT_TOKEN_INDEX_KEY", "vt:device-tokens")?,
+            token_cache_ttl: Duration::from_secs(env.int("VT_TOKEN_CACHE_SECONDS", 2, 0, 5)?),
+            limits: Limits {
+                max_body_bytes: env.int("VT_MAX_BODY_BYTES", 1_048_576, 1, 1 << 30)?,
+                max_readings: env.int("VT_MAX_READINGS", 10_000, 1, 10_000_000)?,
+                max_future_skew_seconds: env.int("VT_MAX_FUTURE_SKEW", 300, 0, 31_536_000)?,
+                retention_days: env.int("VT_RETENTION_DAYS", 30, 1, 36_500)?,
+            },
+            redis_timeout: Duration::from_millis(env.int("VT_REDIS_TIMEOUT_MS", 1000, 1, 600_000)?),
+            request_timeout: Duration::from_millis(env.int("VT_REQUEST_TIMEOUT_MS", 10_000, 1, 3_600_000)?),
+            log_level: env.log_level()?,
+            log_format: env.log_format()?,
+        })
+    }
+
+    /// The Redis key of every shard, index = shard number.
+    pub fn shard_keys(&self) -> Vec<String> {
+        crate::stream::shard_keys(&self.stream_key, self.stream_shards)
+    }
+}
+
+fn err(var: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { var, value: value.to_owned(), reason: reason.into() }
+}
+
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn string(&self, var: &'static str, default: &str) -> Result<String, ConfigError> {
+        match (self.0)(var) {
+            None => Ok(default.to_owned()),
+            Some(v) if v.trim().is_empty() => Err(err(var, &v, "must not be empty")),
+            Some(v) => Ok(v.trim().to_owned()),
+        }
+    }
+
+    fn parsed<T: FromStr>(&self, var: &'static str, default: &str, expected: &str) -> Result<T, ConfigError> {
+        let raw = self.string(var, default)?;
+        raw.parse().map_err(|_| err(var, &raw, format!("expected {expected}")))
+    }
+
+    fn int<T>(&self, var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Copy + std::fmt::Display,
+    {
+        let Some(raw) = (self.0)(var) else { return Ok(default) };
+        let expected = || err(var, &raw, format!("expected an integer from {min} to {max}"));
+        let value: T = raw.trim().parse().map_err(|_| expected())?;
+        if value < min || value > max {
+            return Err(expected());
+        }
+        Ok(value)
+    }
+
+    fn log_level(&self) -> Result<&'static str, ConfigError> {
+        let raw = self.string("VT_LOG_LEVEL", "info")?;
+        // Python's names are accepted too, since the services share the variable.
+        match raw.to_ascii_lowercase().as_str() {
+            "trace" => Ok("trace"),
+            "debug" => Ok("debug"),
+            "info" => Ok("info"),
+            "warn" | "warning" => Ok("warn"),
+            "error" | "critical" => Ok("error"),
+            _ => Err(err("VT_LOG_LEVEL", &raw, "expected one of trace, debug, info, warn, error")),
+        }
+    }
+
+    fn log_format(&self) -> Result<LogFormat, ConfigError> {
+        let raw = self.string("VT_LOG_FORMAT", "text")?;
+        match raw.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(err("VT_LOG_FORMAT", &raw, "expected text or json")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let owned: Vec<(String, String)> =
+            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Config::from_lookup(move |name| owned.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn defaults_match_the_documented_table() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.redis_url, "redis://127.0.0.1:6379/0");
+        assert_eq!(c.listen_addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.stream_key, "vt:telemetry");
+        assert_eq!(c.stream_shards, 1);
+        assert_eq!(c.stream_group, "aggregators");
+        assert_eq!(c.stream_high_water, 100_000);
+        assert_eq!(c.backlog_check, Duration::from_millis(250));
+        assert_eq!(c.retry_after_seconds, 1);
+        assert_eq!(c.token_index_key, "vt:device-tokens");
+        assert_eq!(c.token_cache_ttl, Duration::from_secs(2));
+        assert_eq!(c.limits.max_body_bytes, 1_048_576);
+        assert_eq!(c.limits.max_readings, 10_000);
+        assert_eq!(c.limits.max_future_skew_seconds, 300);
+        assert_eq!(c.limits.retention_days, 30);
+        assert_eq!(c.redis_timeout, Duration::from_secs(1));
+        assert_eq!(c.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = with(&[
+            ("VT_STREAM_SHARDS", "4"),
+            ("VT_TOKEN_CACHE_SECONDS", "0"),
+            ("VT_LOG_FORMAT", "JSON"),
+            ("VT_LOG_LEVEL", "WARNING"),
+            ("VT_LISTEN_ADDR", "127.0.0.1:9000"),
+        ])
+        .unwrap();
+        assert_eq!(c.stream_shards, 4);
+        assert_eq!(c.token_cache_ttl, Duration::ZERO);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.log_level, "warn");
+        assert_eq!(c.listen_addr.port(), 9000);
+        assert_eq!(c.shard_keys(), ["vt:telemetry:{0}", "vt:telemetry:{1}", "vt:telemetry:{2}", "vt:telemetry:{3}"]);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let cases = [
+            ("VT_TOKEN_CACHE_SECONDS", "6"),
+            ("VT_TOKEN_CACHE_SECONDS", "-1"),
+            ("VT_STREAM_SHARDS", "0"),
+            ("VT_STREAM_SHARDS", "two"),
+            ("VT_MAX_BODY_BYTES", "1.5"),
+            ("VT_MAX_READINGS", ""),
+            ("VT_LISTEN_ADDR", "localhost"),
+            ("VT_LOG_FORMAT", "xml"),
+            ("VT_LOG_LEVEL", "loud"),
+            ("VT_STREAM_KEY", " "),
+            ("REDIS_URL", "http://nope"),
+            ("VT_REDIS_TIMEOUT_MS", "0"),
+        ];
+        for (var, value) in cases {
+            let e = with(&[(var, value)]).expect_err(var);
+            assert_eq!(e.var, var, "{var}={value:?}");
+            assert!(e.to_string().starts_with(var), "{e}");
+        }
+    }
+}

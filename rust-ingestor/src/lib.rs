@@ -1,0 +1,19 @@
+//! VisionTrack ingestor: the device-facing write path (`POST /api/ingest`).
+//!
+//! A request is authenticated against the Redis token index, validated by the
+//! pure rules of `docs/contracts.md` (section 3) and appended as one entry to
+//! the telemetry stream; it is answered 202 only once Redis confirmed the write.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod routes;
+pub mod state;
+pub mod stream;
+pub mod timefmt;
+pub mod validate;
+
+pub use config::Config;
+pub use routes::router;
+pub use state::AppState;

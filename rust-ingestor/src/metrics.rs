@@ -1,0 +1,130 @@
+//! Every metric of the service, in one place. Names carry the prefix
+//! `visiontrack_ingestor_`; labels are bounded (route template, status, reason, op, shard).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "visiontrack_ingestor_http_requests_total";
+pub const REQUEST_DURATION: &str = "visiontrack_ingestor_http_request_duration_seconds";
+pub const READINGS_ACCEPTED: &str = "visiontrack_ingestor_readings_accepted_total";
+pub const READINGS_REJECTED: &str = "visiontrack_ingestor_readings_rejected_total";
+pub const INGEST_REJECTED: &str = "visiontrack_ingestor_ingest_rejected_total";
+pub const BATCH_SIZE: &str = "visiontrack_ingestor_batch_readings";
+pub const BACKPRESSURE: &str = "visiontrack_ingestor_backpressure_events_total";
+pub const REDIS_ERRORS: &str = "visiontrack_ingestor_redis_errors_total";
+pub const TOKEN_CACHE_HITS: &str = "visiontrack_ingestor_token_cache_hits_total";
+pub const TOKEN_CACHE_MISSES: &str = "visiontrack_ingestor_token_cache_misses_total";
+pub const STREAM_BACKLOG: &str = "visiontrack_ingestor_stream_backlog";
+
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle
+/// (tests build many routers in one process, so later calls reuse it).
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
+                .expect("bucket lists are non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; its handle would be unused then.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(REQUESTS, "HTTP requests by route template and status");
+    metrics::describe_histogram!(REQUEST_DURATION, metrics::Unit::Seconds, "HTTP request latency by route template");
+    metrics::describe_counter!(READINGS_ACCEPTED, "Readings written to the stream");
+    metrics::describe_counter!(READINGS_REJECTED, "Readings of parsed requests that were not written, by reason");
+    metrics::describe_counter!(INGEST_REJECTED, "Ingest requests answered with an error, by reason");
+    metrics::describe_histogram!(BATCH_SIZE, "Readings per accepted ingest request");
+    metrics::describe_counter!(BACKPRESSURE, "Requests refused because the stream backlog is over the high-water mark");
+    metrics::describe_counter!(REDIS_ERRORS, "Failed or timed-out Redis commands, by operation");
+    metrics::describe_counter!(TOKEN_CACHE_HITS, "Device-token lookups answered from the cache");
+    metrics::describe_counter!(TOKEN_CACHE_MISSES, "Device-token lookups that went to Redis");
+    metrics::describe_gauge!(STREAM_BACKLOG, "Last sampled backlog (lag + pending) per stream shard");
+}
+
+/// The route templates we serve; anything else is one bounded label value.
+pub fn route_label(matched: Option<&str>) -> &'static str {
+    match matched {
+        Some("/api/ingest") => "/api/ingest",
+        Some("/healthz") => "/healthz",
+        Some("/readyz") => "/readyz",
+        Some("/metrics") => "/metrics",
+        _ => "unmatched",
+    }
+}
+
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        202 => "202",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        413 => "413",
+        415 => "415",
+        500 => "500",
+        503 => "503",
+        s if s < 400 => "other_2xx_3xx",
+        s if s < 500 => "other_4xx",
+        _ => "other_5xx",
+    }
+}
+
+pub fn request(route: &'static str, status: StatusCode, elapsed: Duration) {
+    counter!(REQUESTS, "route" => route, "status" => status_label(status)).increment(1);
+    histogram!(REQUEST_DURATION, "route" => route).record(elapsed.as_secs_f64());
+}
+
+pub fn accepted(readings: usize) {
+    counter!(READINGS_ACCEPTED).increment(readings as u64);
+    #[allow(clippy::cast_precision_loss)]
+    histogram!(BATCH_SIZE).record(readings as f64);
+}
+
+/// An ingest request answered with an error; `readings` when the body was parsed that far.
+pub fn rejected(reason: &'static str, readings: usize) {
+    counter!(INGEST_REJECTED, "reason" => reason).increment(1);
+    if readings > 0 {
+        counter!(READINGS_REJECTED, "reason" => reason).increment(readings as u64);
+    }
+}
+
+pub fn backpressure() {
+    counter!(BACKPRESSURE).increment(1);
+}
+
+pub fn redis_error(op: &'static str) {
+    counter!(REDIS_ERRORS, "op" => op).increment(1);
+}
+
+pub fn token_cache(hit: bool) {
+    if hit {
+        counter!(TOKEN_CACHE_HITS).increment(1);
+    } else {
+        counter!(TOKEN_CACHE_MISSES).increment(1);
+    }
+}
+
+pub fn stream_backlog(shard: usize, backlog: u64) {
+    #[allow(clippy::cast_precision_loss)]
+    gauge!(STREAM_BACKLOG, "shard" => shard.to_string()).set(backlog as f64);
+}

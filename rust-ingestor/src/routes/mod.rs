@@ -1,0 +1,52 @@
+//! The HTTP surface: `fn router(state)` builds everything, so tests can drive
+//! it with `oneshot` and no socket.
+
+mod health;
+mod ingest;
+mod prometheus;
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::metrics;
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/ingest", post(ingest::ingest))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .merge(prometheus::router())
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}
+
+/// Counts every request by route template and status and times it.
+async fn track(request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = metrics::route_label(request.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
+    let response = next.run(request).await;
+    metrics::request(route, response.status(), start.elapsed());
+    response
+}
+
+/// Bounds the whole request (body upload included); past the deadline the
+/// handler is dropped and the client told to retry.
+async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.config.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => state.unavailable("request timed out").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

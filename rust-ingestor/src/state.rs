@@ -1,0 +1,103 @@
+//! Shared state of the handlers and the one way they talk to Redis.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::FromRedisValue;
+
+use crate::auth::TokenCache;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics;
+use crate::stream::Shard;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub tokens: TokenCache,
+    pub shards: Vec<Shard>,
+    pub metrics: PrometheusHandle,
+    redis: ConnectionManager,
+    /// Epoch seconds of the last Redis error logged, to log at most one a second.
+    last_error_log: AtomicI64,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Why a Redis command gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisFailure {
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+impl AppState {
+    /// Builds the state; Redis is connected lazily, so the service starts (and
+    /// answers 503) while Redis is still down.
+    pub fn new(config: Config, metrics: PrometheusHandle) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(config.redis_url.as_str())?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.redis_timeout))
+            .set_connection_timeout(Some(config.redis_timeout))
+            // Few quick retries: a request must not wait on a long reconnect loop;
+            // the next command starts a new attempt anyway.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200))
+            .set_pipeline_buffer_size(4096);
+        let redis = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        let shards = config.shard_keys().into_iter().map(Shard::new).collect();
+        Ok(Self(Arc::new(Inner {
+            tokens: TokenCache::new(config.token_cache_ttl),
+            config,
+            shards,
+            metrics,
+            redis,
+            last_error_log: AtomicI64::new(0),
+        })))
+    }
+
+    /// Runs one command with the configured deadline (which also bounds the wait
+    /// for a reconnect, not only the reply).
+    pub async fn run<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisFailure> {
+        let mut conn = self.redis.clone();
+        match tokio::time::timeout(self.config.redis_timeout, cmd.query_async(&mut conn)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(RedisFailure::Timeout(self.config.redis_timeout)),
+        }
+    }
+
+    /// Like [`run`](Self::run) for request handlers: any failure is counted,
+    /// logged (at most once a second) and becomes 503 `unavailable`.
+    pub async fn redis<T: FromRedisValue>(&self, op: &'static str, cmd: &redis::Cmd) -> Result<T, ApiError> {
+        self.run(cmd).await.map_err(|e| {
+            self.redis_failed(op, &e);
+            self.unavailable("storage is unavailable")
+        })
+    }
+
+    pub fn redis_failed(&self, op: &'static str, error: &RedisFailure) {
+        metrics::redis_error(op);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        if self.last_error_log.swap(now, Ordering::Relaxed) != now {
+            tracing::warn!(op, error = %error, "redis command failed");
+        }
+    }
+
+    pub fn unavailable(&self, message: &'static str) -> ApiError {
+        ApiError::Unavailable { message, retry_after_seconds: self.config.retry_after_seconds }
+    }
+}
