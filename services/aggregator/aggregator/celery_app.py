@@ -63,7 +63,9 @@ def _logging(**_):
 
 
 @signals.worker_init.connect
-def _serve_metrics(**_):
+def _serve_metrics(sender=None, **_):
+    if sender is not None and getattr(sender, "hostname", None):
+        state.NODE_NAME["value"] = sender.hostname  # inherited by the pool's children
     metrics.serve(config.metrics_port)
 
 

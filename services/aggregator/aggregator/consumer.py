@@ -31,17 +31,10 @@ def _entries(items) -> tuple[list[Raw], list[str]]:
 
 
 def _stream_reply(reply, key: str) -> list:
-    """XREADGROUP's reply for one key, RESP2 (list of pairs) or RESP3 (map)."""
-    if not reply:
-        return []
-    if isinstance(reply, dict):
-        for k, v in reply.items():
-            if _text(k) == key:
-                return v[0] if v and isinstance(v[0], list) and v and len(v) == 1 and isinstance(v[0][0], list) else v
-        return []
-    for k, v in reply:
+    """XREADGROUP's entries for one key (RESP2 reply: [[key, entries], ...])."""
+    for k, entries in reply or ():
         if _text(k) == key:
-            return v
+            return entries
     return []
 
 

@@ -15,15 +15,19 @@ from .pipeline import Pipeline
 from .storage import TelemetryStorage
 
 
+NODE_NAME = {"value": f"celery@{socket.gethostname()}"}  # replaced by the worker's real node name at start
+
+
 def consumer_name() -> str:
-    """Stable across restarts of the same worker slot, so a restarted process finds its own pending entries."""
+    """<celery node name>:<pool slot>: stable across restarts of the same worker slot, so a restarted
+    process first finds its own pending entries; other nodes claim them if it never comes back."""
     try:
         from billiard.process import current_process
 
         index = current_process().index
     except (ImportError, AttributeError):
         index = None
-    return f"{socket.gethostname()}:{index if index is not None else os.getpid()}"
+    return f"{NODE_NAME['value']}:{index if index is not None else os.getpid()}"
 
 
 class WorkerState:
