@@ -17,7 +17,9 @@ from pathlib import Path
 from .servers import StackError, _tail, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
-INGESTOR_BINARY = ROOT / "rust-ingestor" / "target" / "release" / "visiontrack-ingestor"
+# VT_INGESTOR_BINARY points the stack and the tests at another build (a debug one, say).
+INGESTOR_BINARY = Path(os.environ.get("VT_INGESTOR_BINARY",
+                                      ROOT / "rust-ingestor" / "target" / "release" / "visiontrack-ingestor"))
 
 # The container commands of the chart (charts/visiontrack), one per part.
 COMMANDS: dict[str, list[str]] = {

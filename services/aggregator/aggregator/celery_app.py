@@ -60,6 +60,9 @@ app.conf.beat_schedule = _schedule()
 @signals.setup_logging.connect
 def _logging(**_):
     logs.configure(config.log_level, config.log_format, "aggregator")
+    # A line per task received/succeeded/scheduled, every second, buries what matters.
+    for chatty in ("celery.app.trace", "celery.worker.strategy", "celery.beat"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @signals.worker_init.connect

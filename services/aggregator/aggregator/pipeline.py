@@ -3,11 +3,15 @@
 At-least-once transport, exactly-once effect: a batch is acked only after its commit, a redelivered
 entry finds its rows already there (duplicates dropped and counted), and an entry that can never be
 stored goes to the dead-letter stream instead of blocking the shard.
+
+While Postgres stores one batch (on a writer thread; psycopg2 lets go of the GIL while it waits), the
+next batch is read and encoded, so Python's work and Postgres' work overlap.
 """
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg2
@@ -42,6 +46,15 @@ class DrainResult:
 
 
 @dataclass
+class Batch:
+    """A batch read from the stream, encoded, and split into what can be stored and what cannot."""
+
+    raw: list[Raw]
+    good: list[EncodedEntry]
+    poison: list[tuple[str, dict, str]]
+
+
+@dataclass
 class Pipeline:
     consumer: StreamConsumer
     storage: TelemetryStorage
@@ -49,44 +62,58 @@ class Pipeline:
     retention_days: int
     future_days: int = 1
     _own_pending_done: bool = field(default=False, init=False)
+    _writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "pg-writer"), init=False)
 
     def _day_range(self) -> tuple[int, int]:
         today = int(time.time() * 1000) // DAY_MS
         return today - self.retention_days - 1, today + self.future_days
 
-    def process(self, raw: list[Raw]) -> DrainResult:
-        """Store one batch and ack it; returns what happened."""
-        result = DrainResult(entries=len(raw))
+    def prepare(self, raw: list[Raw]) -> Batch:
         min_day, max_day = self._day_range()
-        good: list[EncodedEntry] = []
-        poison: list[tuple[str, dict, str]] = []
+        batch = Batch(raw, [], [])
         for entry_id, fields in raw:
             try:
-                good.append(encode_entry(decode_entry(entry_id, fields), min_day, max_day))
+                batch.good.append(encode_entry(decode_entry(entry_id, fields), min_day, max_day))
             except PoisonEntry as exc:
-                poison.append((entry_id, fields, str(exc)))
-        if good:
-            started = time.perf_counter()
-            try:
-                stored = self.storage.store(good)
-                result.readings, result.inserted = stored.readings, stored.inserted
-            except TRANSIENT:
-                raise
-            except psycopg2.Error as exc:
-                log.warning("batch of %d entries refused (%s); storing entries one by one", len(good), exc)
-                result.readings, result.inserted = self._store_one_by_one(good, dict(raw), poison)
-            metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
-            metrics.BATCH_READINGS.observe(result.readings)
-        self.consumer.dead_letter(poison)
-        dead = {entry_id for entry_id, _, _ in poison}
-        self.consumer.ack(e.entry.entry_id for e in good if e.entry.entry_id not in dead)
-        result.dead_letters = len(poison)
-        metrics.record(result.entries, result.readings, result.inserted, len(poison), self.consumer.key)
+                batch.poison.append((entry_id, fields, str(exc)))
+        return batch
+
+    def store(self, batch: Batch) -> DrainResult:
+        """Write the batch's good entries in one transaction (poison ones are added to batch.poison)."""
+        result = DrainResult(entries=len(batch.raw))
+        if not batch.good:
+            return result
+        started = time.perf_counter()
+        try:
+            stored = self.storage.store(batch.good)
+            result.readings, result.inserted = stored.readings, stored.inserted
+        except TRANSIENT:
+            raise
+        except psycopg2.Error as exc:
+            log.warning("batch of %d entries refused (%s); storing entries one by one", len(batch.good), exc)
+            result.readings, result.inserted = self._store_one_by_one(batch)
+        metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_READINGS.observe(result.readings)
         return result
 
-    def _store_one_by_one(self, good: list[EncodedEntry], fields: dict, poison: list) -> tuple[int, int]:
+    def finish(self, batch: Batch, result: DrainResult) -> DrainResult:
+        """After the commit: dead-letter what could not be stored, ack the rest."""
+        self.consumer.dead_letter(batch.poison)
+        dead = {entry_id for entry_id, _, _ in batch.poison}
+        self.consumer.ack(e.entry.entry_id for e in batch.good if e.entry.entry_id not in dead)
+        result.dead_letters = len(batch.poison)
+        metrics.record(result.entries, result.readings, result.inserted, result.dead_letters, self.consumer.key)
+        return result
+
+    def process(self, raw: list[Raw]) -> DrainResult:
+        """Store one batch and ack it, all on this thread."""
+        batch = self.prepare(raw)
+        return self.finish(batch, self.store(batch))
+
+    def _store_one_by_one(self, batch: Batch) -> tuple[int, int]:
+        fields = dict(batch.raw)
         readings = inserted = 0
-        for encoded in good:
+        for encoded in batch.good:
             try:
                 stored = self.storage.store([encoded])
                 readings += stored.readings
@@ -95,7 +122,7 @@ class Pipeline:
                 raise
             except psycopg2.Error as exc:
                 entry_id = encoded.entry.entry_id
-                poison.append((entry_id, fields[entry_id], f"postgres refused it: {exc}".strip()))
+                batch.poison.append((entry_id, fields[entry_id], f"postgres refused it: {exc}".strip()))
         return readings, inserted
 
     def drain(self, budget_seconds: float) -> DrainResult:
@@ -107,18 +134,30 @@ class Pipeline:
         total.dead_letters += len(tired)
         if fresh:
             total.add(self.process(fresh))
-        start = ">" if self._own_pending_done else "0"
-        while True:
+        while not self._own_pending_done:  # after a restart: what this consumer had taken but not acked
             if time.monotonic() - started >= budget_seconds:
-                total.more = True
-                break
-            raw = self.consumer.read(self.batch_entries, start)
+                total.more, total.seconds = True, time.monotonic() - started
+                return total
+            raw = self.consumer.read(self.batch_entries, "0")
             if not raw:
-                if start == "0":
-                    start, self._own_pending_done = ">", True
-                    continue
-                break
-            total.add(self.process(raw))
+                self._own_pending_done = True
+            else:
+                total.add(self.process(raw))  # not overlapped: re-reading "0" would return in-flight entries
+        in_flight: tuple[Batch, Future] | None = None
+        try:
+            while True:
+                if time.monotonic() - started >= budget_seconds:
+                    total.more = True
+                    break
+                raw = self.consumer.read(self.batch_entries, ">")
+                if not raw:
+                    break
+                batch = self.prepare(raw)  # overlaps with the previous batch's COPY and commit
+                if in_flight is not None:
+                    total.add(self.finish(in_flight[0], in_flight[1].result()))
+                in_flight = (batch, self._writer.submit(self.store, batch))
+        finally:
+            if in_flight is not None:
+                total.add(self.finish(in_flight[0], in_flight[1].result()))
         total.seconds = time.monotonic() - started
         return total
-

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+
+import orjson
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 FORMAT_VERSION = "1"
 
@@ -60,9 +62,11 @@ def decode_entry(entry_id: str, fields: dict) -> Entry:
             raise PoisonEntry(f"unknown format version {version!r}")
         device_id = int(_field(fields, "d"))
         received_ms = int(_field(fields, "at"))
-        readings = json.loads(_field(fields, "r"), parse_constant=_reject_constant)
+        readings = orjson.loads(fields["r"])  # rejects NaN and infinities; ~3x the stdlib's speed
     except PoisonEntry:
         raise
+    except KeyError:
+        raise PoisonEntry("missing field 'r'") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise PoisonEntry(f"unreadable entry: {exc}") from None
     if device_id <= 0:
@@ -70,17 +74,6 @@ def decode_entry(entry_id: str, fields: dict) -> Entry:
     if not isinstance(readings, list) or not readings:
         raise PoisonEntry("field 'r' is not a non-empty array")
     return Entry(entry_id, device_id, readings, received_ms)
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a finite number")
-
-
-def iter_readings(entries: Iterable[Entry]) -> Iterable[tuple[int, str, int, float]]:
-    for entry in entries:
-        d = entry.device_id
-        for metric, ts_ms, value in entry.readings:
-            yield d, metric, ts_ms, value
 
 
 def backlog(redis, key: str, group: str) -> int:

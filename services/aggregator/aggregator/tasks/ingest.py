@@ -17,9 +17,10 @@ def drain(stream_key: str) -> dict:
         return {}
     result = state.get().pipeline(stream_key).drain(config.drain_budget_seconds)
     if result.entries:
-        log.info("stored %d readings (%d duplicates, %d dead letters) from %d entries of %s in %.2fs",
-                 result.inserted, result.readings - result.inserted, result.dead_letters, result.entries,
-                 stream_key, result.seconds)
+        log.log(logging.INFO if result.dead_letters or result.seconds >= 1 else logging.DEBUG,
+                "stored %d readings (%d duplicates, %d dead letters) from %d entries of %s in %.2fs",
+                result.inserted, result.readings - result.inserted, result.dead_letters, result.entries,
+                stream_key, result.seconds)
     if result.more:
         drain.apply_async(args=(stream_key,), expires=60)
     return {"entries": result.entries, "inserted": result.inserted, "more": result.more}

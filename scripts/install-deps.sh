@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install the system packages VisionTrack runs on (Debian/Ubuntu), only those missing.
+# Postgres, Redis, nginx and Prometheus run from these binaries locally; wrk drives the benchmarks.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+have redis-server || need+=(redis-server)
+have nginx || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+have prometheus || need+=(prometheus)
+have promtool || need+=(prometheus)
+have wrk || need+=(wrk)
+pkg_installed prometheus-redis-exporter || need+=(prometheus-redis-exporter)
+pkg_installed prometheus-postgres-exporter || need+=(prometheus-postgres-exporter)
+python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
+have cc || need+=(build-essential)
+have curl || need+=(curl)
+have cargo || need+=(cargo)
+
+if [ ${#need[@]} -eq 0 ]; then
+  echo "==> system packages: all present"
+  exit 0
+fi
+if ! have apt-get; then
+  echo "error: missing ${need[*]} and no apt-get here; install them with your package manager" >&2
+  exit 1
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "==> installing system packages: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Debian starts packaged services; VisionTrack runs its own instances on its own ports, so stop those.
+for svc in redis-server nginx prometheus prometheus-redis-exporter prometheus-postgres-exporter postgresql; do
+  if have systemctl && systemctl is-active --quiet "$svc" 2>/dev/null; then $SUDO systemctl stop "$svc" || true; fi
+done
+echo "==> system packages installed"

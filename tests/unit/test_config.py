@@ -1,0 +1,51 @@
+"""Settings: defaults, parsing, and failing at start with the variable's name."""
+from __future__ import annotations
+
+import pytest
+
+from visiontrack import config
+
+
+def test_defaults_are_safe_local_values():
+    cfg = config.load({})
+    assert cfg.stream_key == "vt:telemetry" and cfg.stream_shards == 1
+    assert cfg.max_body_bytes == 1_048_576 and cfg.max_readings == 10_000
+    assert cfg.max_future_skew == 300 and cfg.retention_days == 30
+    assert cfg.admin_tokens == () and cfg.stream_keys == ["vt:telemetry"]
+
+
+def test_sharded_stream_keys_use_cluster_hash_tags():
+    cfg = config.load({"VT_STREAM_SHARDS": "3"})
+    assert cfg.stream_keys == ["vt:telemetry:{0}", "vt:telemetry:{1}", "vt:telemetry:{2}"]
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("VT_STREAM_SHARDS", "zero", "must be an integer"),
+    ("VT_STREAM_SHARDS", "0", "must be >= 1"),
+    ("VT_LOG_FORMAT", "xml", "must be one of text, json"),
+    ("VT_ADMIN_TOKENS", "short", "at least 16 characters"),
+    ("DATABASE_URL", "mysql://x", "must be a URL starting with postgresql://"),
+    ("VT_TOKEN_CACHE_SECONDS", "9", "<= 5"),
+])
+def test_a_bad_value_stops_start_naming_the_variable(name, value, fragment):
+    with pytest.raises(config.ConfigError) as err:
+        config.load({name: value})
+    assert name in str(err.value) and fragment in str(err.value)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(config.ConfigError) as err:
+        config.load({"VT_HTTP_WORKERS": "many", "VT_MAX_READINGS": "-1"})
+    assert "VT_HTTP_WORKERS" in str(err.value) and "VT_MAX_READINGS" in str(err.value)
+
+
+def test_token_lists_are_trimmed():
+    cfg = config.load({"VT_ADMIN_TOKENS": " aaaaaaaaaaaaaaaa , bbbbbbbbbbbbbbbb,"})
+    assert cfg.admin_tokens == ("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb")
+
+
+def test_every_setting_is_named_once_and_documented():
+    names = [s.name for s in config.SETTINGS]
+    assert len(names) == len(set(names))
+    assert all(s.help and s.parts for s in config.SETTINGS)
+    assert all(s.name.startswith("VT_") or s.name in ("DATABASE_URL", "REDIS_URL") for s in config.SETTINGS)

@@ -1,0 +1,61 @@
+"""Stream entries and their binary COPY encoding."""
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from aggregator.copy_encoding import PG_EPOCH_MS, encode_entry
+from visiontrack.stream import Entry, PoisonEntry, decode_entry, encode_entry as encode_stream_entry
+from visiontrack.stream import shard_key_for
+
+
+def test_stream_entry_round_trip_is_small_and_exact():
+    fields = encode_stream_entry(42, [("temperature", 1_795_748_400_123, 0.1 + 0.2)], 1_795_748_400_200)
+    assert fields == {"v": "1", "d": "42", "r": '[["temperature",1795748400123,0.30000000000000004]]',
+                      "at": "1795748400200"}
+    entry = decode_entry("1-0", {k: v.encode() for k, v in fields.items()})
+    assert entry.device_id == 42 and entry.readings == [["temperature", 1_795_748_400_123, 0.1 + 0.2]]
+
+
+@pytest.mark.parametrize("fields,reason", [
+    ({"v": b"2", "d": b"1", "r": b"[]", "at": b"1"}, "unknown format version"),
+    ({"v": b"1", "d": b"x", "r": b"[]", "at": b"1"}, "unreadable entry"),
+    ({"v": b"1", "d": b"1", "r": b"[1e400]", "at": b"1"}, "unreadable entry"),
+    ({"v": b"1", "d": b"1", "r": b"[]", "at": b"1"}, "not a non-empty array"),
+    ({"v": b"1", "d": b"0", "r": b"[1]", "at": b"1"}, "bad device id"),
+    ({"v": b"1", "d": b"1", "at": b"1"}, "missing field 'r'"),
+])
+def test_unreadable_entries_are_poison_with_a_reason(fields, reason):
+    with pytest.raises(PoisonEntry, match=reason):
+        decode_entry("1-0", fields)
+
+
+def test_copy_rows_carry_device_metric_microseconds_and_value():
+    ts = PG_EPOCH_MS + 1500
+    encoded = encode_entry(Entry("1-0", 7, [["t", ts, 2.5]], 0), -10**9, 10**9)
+    assert encoded.rows == (struct.pack(">hiq", 4, 8, 7) + struct.pack(">i", 1) + b"t"
+                            + struct.pack(">iqid", 8, 1_500_000, 8, 2.5))
+    assert encoded.count == 1 and encoded.days == {ts // 86_400_000}
+
+
+@pytest.mark.parametrize("reading,reason", [
+    (["bad name", 1, 1.0], "bad metric name"), (["t", 1.5, 1.0], "bad timestamp"),
+    (["t", 1, "x"], "bad value"), (["t", 1, True], "bad value"), (["t", 1], "not \\[metric"),
+    (["t", 1, 10**400], "not \\[metric"),
+])
+def test_unstorable_readings_make_the_entry_poison(reading, reason):
+    with pytest.raises(PoisonEntry, match=reason):
+        encode_entry(Entry("1-0", 1, [reading], 0), -10**9, 10**9)
+
+
+def test_readings_outside_the_storable_days_are_poison():
+    with pytest.raises(PoisonEntry, match="storable range"):
+        encode_entry(Entry("1-0", 1, [["t", 10 * 86_400_000, 1.0]], 0), 0, 5)
+
+
+def test_shards_by_device_id():
+    assert shard_key_for("vt:telemetry", 1, 99) == "vt:telemetry"
+    assert shard_key_for("vt:telemetry", 4, 6) == "vt:telemetry:{2}"
+    assert json.loads(encode_stream_entry(1, [("a", 1, 1.0)], 1)["r"]) == [["a", 1, 1.0]]
