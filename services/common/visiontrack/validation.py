@@ -16,7 +16,8 @@ from .errors import ApiError
 METRIC_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$"
 _METRIC_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
 _RFC3339_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,  # \d is [0-9] only
 )
 
 MSG_NOT_OBJECT = "must be an object"
@@ -28,7 +29,6 @@ MSG_BAD_VALUE = "must be a finite number or a boolean"
 MSG_BAD_TS = "must be an RFC 3339 time or integer epoch milliseconds"
 MSG_INVALID = "invalid readings; see details"
 _DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-_I64 = range(-(2**63), 2**63)
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def parse_rfc3339_ms(text: str) -> int | None:
     if not m:
         return None
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    if not 1 <= month <= 12:
+    if year < 1 or not 1 <= month <= 12:
         return None
     days_in_month = 29 if month == 2 and calendar.isleap(year) else _DAYS_IN_MONTH[month - 1]
     if not 1 <= day <= days_in_month or hour > 23 or minute > 59 or second > 59:
@@ -141,7 +141,7 @@ def _check_metric(name: str, value: Any, field_name: str, index: int, details: l
 
 
 def _check_ts(raw: Any, index: int, now_ms: int, limits: Limits, details: list) -> int | None:
-    if type(raw) is int and raw in _I64:
+    if type(raw) is int:  # any size: one beyond 64 bits is simply "in the future"
         ts_ms = raw
     elif isinstance(raw, str):
         ts_ms = parse_rfc3339_ms(raw)
