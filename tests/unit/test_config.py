@@ -25,7 +25,7 @@ def test_sharded_stream_keys_use_cluster_hash_tags():
     ("VT_LOG_FORMAT", "xml", "must be one of text, json"),
     ("VT_ADMIN_TOKENS", "short", "at least 16 characters"),
     ("DATABASE_URL", "mysql://x", "must be a URL starting with postgresql://"),
-    ("VT_TOKEN_CACHE_SECONDS", "9", "<= 5"),
+    ("VT_WORKER_CONCURRENCY", "65", "must be <= 64"),
 ])
 def test_a_bad_value_stops_start_naming_the_variable(name, value, fragment):
     with pytest.raises(config.ConfigError) as err:
@@ -49,3 +49,11 @@ def test_every_setting_is_named_once_and_documented():
     assert len(names) == len(set(names))
     assert all(s.help and s.parts for s in config.SETTINGS)
     assert all(s.name.startswith("VT_") or s.name in ("DATABASE_URL", "REDIS_URL") for s in config.SETTINGS)
+
+
+def test_the_readme_documents_every_setting():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [s.name for s in config.SETTINGS if f"`{s.name}`" not in readme]
+    assert not missing, f"README's configuration table lacks {missing}"

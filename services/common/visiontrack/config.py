@@ -120,13 +120,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("VT_STREAM_KEY", "vt:telemetry", _text, REDIS_PARTS - {"registry"}, "Telemetry stream key (prefix when sharded)."),
     Setting("VT_STREAM_SHARDS", "1", _int(1, 1024), REDIS_PARTS - {"registry"}, "Number of stream shards (by device id)."),
     Setting("VT_STREAM_GROUP", "aggregators", _text, REDIS_PARTS - {"registry"}, "Consumer group of the aggregators."),
-    Setting("VT_STREAM_HIGH_WATER", "100000", _int(1), WRITERS | {"aggregator"},
+    Setting("VT_STREAM_HIGH_WATER", "100000", _int(1), WRITERS,
             "Backlog (entries per shard) above which writers answer 503."),
     Setting("VT_BACKLOG_CHECK_MS", "250", _int(0), WRITERS, "How often a writer samples the stream backlog, ms."),
     Setting("VT_RETRY_AFTER_SECONDS", "1", _int(1), WRITERS, "Retry-After sent with 503 answers."),
     Setting("VT_DEAD_LETTER_KEY", "vt:telemetry:dead", _text, frozenset({"aggregator"}), "Dead-letter stream key."),
     Setting("VT_TOKEN_INDEX_KEY", "vt:device-tokens", _text, REDIS_PARTS, "Redis hash of device-token hashes."),
-    Setting("VT_TOKEN_CACHE_SECONDS", "2", _float(0), WRITERS, "How long a writer caches a token lookup (<= 5)."),
     Setting("VT_MAX_BODY_BYTES", "1048576", _int(64), WRITERS, "Largest telemetry request body, bytes (413 beyond)."),
     Setting("VT_MAX_READINGS", "10000", _int(1), WRITERS, "Most readings in one request (400 beyond)."),
     Setting("VT_MAX_FUTURE_SKEW", "300", _int(0), WRITERS, "How far in the future a reading may be, seconds."),
@@ -198,8 +197,6 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
             values[setting.attr] = setting.parse(raw)
         except ValueError as exc:
             problems.append(f"{setting.name} {exc}")
-    if values.get("token_cache_seconds", 0) > 5:
-        problems.append("VT_TOKEN_CACHE_SECONDS must be <= 5 (a revoked token must die within 5 s)")
     if problems:
         raise ConfigError("bad configuration: " + "; ".join(problems))
     return Config(values)
