@@ -94,12 +94,12 @@ the chart's appVersion. (dict "ctx" $ "image" "aggregator")
 
 {{/* The Secret that holds DATABASE_URL, REDIS_URL, the API tokens and the in-chart database passwords. */}}
 {{- define "visiontrack.secretName" -}}
-{{- default (printf "%s-secrets" (include "visiontrack.fullname" .)) .Values.secrets.existingSecret -}}
+{{- default (include "visiontrack.componentName" (dict "ctx" . "component" "secrets")) .Values.secrets.existingSecret -}}
 {{- end -}}
 
 {{/* The ConfigMap of the shared, non-secret VT_ settings. */}}
 {{- define "visiontrack.configName" -}}
-{{- printf "%s-config" (include "visiontrack.fullname" .) -}}
+{{- include "visiontrack.componentName" (dict "ctx" . "component" "config") -}}
 {{- end -}}
 
 {{/* Pod-level security context: non-root, fixed ids, RuntimeDefault seccomp. */}}

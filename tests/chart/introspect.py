@@ -1,0 +1,57 @@
+"""Print, as JSON, what the Python code says about itself: its settings, the Flask url maps and the
+Celery app. Run in a fresh interpreter by the chart cross-checks (tests/chart/), so importing the apps
+cannot leak into the test process. Creating the apps opens no connection (pools are lazy).
+
+Usage: python tests/chart/introspect.py settings|urlmap <module:factory>|celery <module>
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+
+def settings() -> list[dict]:
+    from visiontrack import config
+
+    return [{"name": s.name, "default": s.default, "required": s.required, "parts": sorted(s.parts),
+             "secret": s.secret} for s in config.SETTINGS]
+
+
+def parse(pairs: list[str]) -> dict:
+    """Parse NAME=VALUE pairs with the code's own parsers; report every problem."""
+    from visiontrack import config
+
+    problems = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            config.setting(name).parse(value)
+        except KeyError:
+            problems[name] = "not a setting of the Python parts"
+        except ValueError as exc:
+            problems[name] = str(exc)
+    return problems
+
+
+def urlmap(target: str) -> list[dict]:
+    module, _, factory = target.partition(":")
+    app = getattr(importlib.import_module(module), factory.removesuffix("()"))()
+    return [{"rule": r.rule, "methods": sorted(r.methods - {"HEAD", "OPTIONS"})} for r in app.url_map.iter_rules()]
+
+
+def celery(module: str) -> dict:
+    from celery import Celery
+
+    app = importlib.import_module(module).app
+    app.loader.import_default_modules()  # the task modules a worker imports at start
+    return {"is_celery": isinstance(app, Celery),
+            "tasks": sorted(t for t in app.tasks if not t.startswith("celery.")),
+            "beat_tasks": sorted({entry["task"] for entry in (app.conf.beat_schedule or {}).values()})}
+
+
+if __name__ == "__main__":
+    what, *args = sys.argv[1:]
+    result = {"settings": lambda: settings(), "parse": lambda: parse(args), "urlmap": lambda: urlmap(args[0]),
+              "celery": lambda: celery(args[0])}[what]()
+    json.dump(result, sys.stdout)
