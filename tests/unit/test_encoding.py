@@ -37,7 +37,7 @@ def test_copy_rows_carry_device_metric_microseconds_and_value():
     encoded = encode_entry(Entry("1-0", 7, [["t", ts, 2.5]], 0), -10**9, 10**9)
     assert encoded.rows == (struct.pack(">hiq", 4, 8, 7) + struct.pack(">i", 1) + b"t"
                             + struct.pack(">iqid", 8, 1_500_000, 8, 2.5))
-    assert encoded.count == 1 and encoded.days == {ts // 86_400_000}
+    assert encoded.count == 1 and encoded.first_day == encoded.last_day == ts // 86_400_000
 
 
 @pytest.mark.parametrize("reading,reason", [

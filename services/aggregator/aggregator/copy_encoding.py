@@ -16,22 +16,23 @@ COPY_TRAILER = struct.pack(">h", -1)
 PG_EPOCH_MS = 946_684_800_000  # 2000-01-01T00:00:00Z, where Postgres timestamps count from
 DAY_MS = 86_400_000
 
-_ROW_HEAD = struct.Struct(">hiq")  # 4 fields; int8 device_id
-_ROW_TAIL = struct.Struct(">iqid")  # int8 ts (µs since 2000); float8 value
 _METRIC_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
-_metric_fields: dict[str, bytes] = {}  # metric name -> its encoded field; names repeat, checks don't need to
+
+# metric name -> (pack, name length, name bytes): one struct call writes a whole row:
+# 4 fields; int8 device_id; text metric; int8 ts (µs since 2000); float8 value.
+_row_packers: dict[str, tuple] = {}
 
 
-def _metric_field(name) -> bytes:
-    encoded = _metric_fields.get(name)
-    if encoded is None:
+def _row_packer(name) -> tuple:
+    packer = _row_packers.get(name)
+    if packer is None:
         if not isinstance(name, str) or not _METRIC_RE.fullmatch(name):
             raise PoisonEntry(f"bad metric name {name!r}")
         raw = name.encode()
-        encoded = struct.pack(">i", len(raw)) + raw
-        if len(_metric_fields) < 100_000:
-            _metric_fields[name] = encoded
-    return encoded
+        packer = (struct.Struct(f">hiqi{len(raw)}siqid").pack, len(raw), raw)
+        if len(_row_packers) < 100_000:  # names repeat; the cap only guards against a flood of new ones
+            _row_packers[name] = packer
+    return packer
 
 
 @dataclass(slots=True)
@@ -39,29 +40,34 @@ class EncodedEntry:
     entry: Entry
     rows: bytes
     count: int
-    days: set[int]  # UTC days (epoch days) the readings fall on
+    first_day: int  # UTC days (days since the epoch) of the earliest and latest reading
+    last_day: int
 
 
 def encode_entry(entry: Entry, min_day: int, max_day: int) -> EncodedEntry:
     """Encode one entry's readings; days outside [min_day, max_day] make the entry poison."""
-    head = _ROW_HEAD.pack(4, 8, entry.device_id)
-    pack_tail = _ROW_TAIL.pack
-    parts: list[bytes] = []
-    days: set[int] = set()
+    device_id = entry.device_id
+    packers = _row_packers
+    rows: list[bytes] = []
+    append = rows.append
+    lo, hi = 1 << 62, -(1 << 62)
     try:
         for metric, ts_ms, value in entry.readings:
             if type(ts_ms) is not int:
                 raise PoisonEntry(f"bad timestamp {ts_ms!r}")
             if type(value) is not float and type(value) is not int or value - value != 0:
                 raise PoisonEntry(f"bad value {value!r}")
-            parts.append(head)
-            parts.append(_metric_field(metric))
-            parts.append(pack_tail(8, (ts_ms - PG_EPOCH_MS) * 1000, 8, value))
-            days.add(ts_ms // DAY_MS)
+            pack, length, name = packers.get(metric) or _row_packer(metric)
+            append(pack(4, 8, device_id, length, name, 8, (ts_ms - PG_EPOCH_MS) * 1000, 8, value))
+            if ts_ms < lo:
+                lo = ts_ms
+            if ts_ms > hi:
+                hi = ts_ms
     except (TypeError, ValueError, OverflowError, struct.error) as exc:
         if isinstance(exc, PoisonEntry):
             raise
         raise PoisonEntry(f"reading is not [metric, ts_ms, value]: {exc}") from None
-    if min(days) < min_day or max(days) > max_day:
+    first_day, last_day = lo // DAY_MS, hi // DAY_MS
+    if first_day < min_day or last_day > max_day:
         raise PoisonEntry("timestamp outside the storable range (retention or future skew)")
-    return EncodedEntry(entry, b"".join(parts), len(entry.readings), days)
+    return EncodedEntry(entry, b"".join(rows), len(rows), first_day, last_day)

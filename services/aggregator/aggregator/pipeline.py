@@ -58,15 +58,20 @@ class Batch:
 class Pipeline:
     consumer: StreamConsumer
     storage: TelemetryStorage
-    batch_entries: int
+    batch_entries: int  # most entries per batch
     retention_days: int
+    batch_readings: int = 50_000  # readings per batch aimed at, whatever the entries' size
     future_days: int = 1
     _own_pending_done: bool = field(default=False, init=False)
+    _readings_per_entry: float = field(default=100.0, init=False)
     _writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "pg-writer"), init=False)
 
     def _day_range(self) -> tuple[int, int]:
         today = int(time.time() * 1000) // DAY_MS
         return today - self.retention_days - 1, today + self.future_days
+
+    def _next_count(self) -> int:
+        return max(1, min(self.batch_entries, int(self.batch_readings / self._readings_per_entry)))
 
     def prepare(self, raw: list[Raw]) -> Batch:
         min_day, max_day = self._day_range()
@@ -76,6 +81,9 @@ class Pipeline:
                 batch.good.append(encode_entry(decode_entry(entry_id, fields), min_day, max_day))
             except PoisonEntry as exc:
                 batch.poison.append((entry_id, fields, str(exc)))
+        if batch.good:  # follow the entries' size, so a batch stays near batch_readings
+            size = sum(e.count for e in batch.good) / len(batch.good)
+            self._readings_per_entry = 0.7 * self._readings_per_entry + 0.3 * size
         return batch
 
     def store(self, batch: Batch) -> DrainResult:
@@ -129,7 +137,7 @@ class Pipeline:
         """Store until the shard is empty or the budget is spent; `more` says whether work is left."""
         started = time.monotonic()
         total = DrainResult()
-        fresh, tired = self.consumer.claim(self.batch_entries)
+        fresh, tired = self.consumer.claim(self._next_count())
         self.consumer.dead_letter([(i, f, "delivered too many times without being stored") for i, f in tired])
         total.dead_letters += len(tired)
         if fresh:
@@ -138,7 +146,7 @@ class Pipeline:
             if time.monotonic() - started >= budget_seconds:
                 total.more, total.seconds = True, time.monotonic() - started
                 return total
-            raw = self.consumer.read(self.batch_entries, "0")
+            raw = self.consumer.read(self._next_count(), "0")
             if not raw:
                 self._own_pending_done = True
             else:
@@ -149,7 +157,7 @@ class Pipeline:
                 if time.monotonic() - started >= budget_seconds:
                     total.more = True
                     break
-                raw = self.consumer.read(self.batch_entries, ">")
+                raw = self.consumer.read(self._next_count(), ">")
                 if not raw:
                     break
                 batch = self.prepare(raw)  # overlaps with the previous batch's COPY and commit

@@ -63,7 +63,7 @@ class WorkerState:
             consumer = self.consumer(key)
             consumer.ensure_group()
             pipe = Pipeline(consumer, TelemetryStorage(self.storage_conn), self.config.batch_entries,
-                            self.config.retention_days)
+                            self.config.retention_days, self.config.batch_readings)
             self._pipelines[key] = pipe
         return pipe
 

@@ -63,8 +63,7 @@ class TelemetryStorage:
             return self._store(batch)
 
     def _store(self, batch: list[EncodedEntry]) -> StoreResult:
-        days: set[int] = set().union(*(e.days for e in batch))
-        self.ensure_partitions(days)
+        self.ensure_partitions(set().union(*(range(e.first_day, e.last_day + 1) for e in batch)))
         payload = COPY_HEADER + b"".join(e.rows for e in batch) + COPY_TRAILER
         total = sum(e.count for e in batch)
         try:
