@@ -218,7 +218,8 @@ def rust_settings() -> dict[str, str | None]:
     source = RUST_CONFIG.read_text().split("#[cfg(test)]")[0]
     names = set(re.findall(r'"((?:VT_[A-Z0-9_]+)|REDIS_URL|DATABASE_URL)"', source))
     assert names, "found no variable names in rust-ingestor/src/config.rs"
-    defaults = dict(re.findall(r'"([A-Z][A-Z0-9_]+)",\s*"([^"]*)"', source))
+    # env.string("NAME", "default") / env.int("NAME", 250, 1, 60_000): the literal after the name.
+    defaults = {n: d.strip().strip('"') for n, d in re.findall(r'"([A-Z][A-Z0-9_]+)",\s*("[^"]*"|[^,)]+)', source)}
     return {n: defaults.get(n) for n in names}
 
 
