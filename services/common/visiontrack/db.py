@@ -3,12 +3,50 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import threading
 from typing import Iterator
 
 import psycopg2
+import psycopg2.extensions
 import psycopg2.extras
-import psycopg2.pool
+
+
+class ConnectionPool:
+    """Up to `size` connections, opened on demand and kept open (psycopg2's own pools close every
+    connection above `minconn` when it is returned, which costs a new connection per request)."""
+
+    def __init__(self, size: int, connect):
+        self._connect = connect
+        self._idle: queue.LifoQueue = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(size)
+
+    def getconn(self, timeout: float = 10.0):
+        if not self._slots.acquire(timeout=timeout):
+            raise psycopg2.OperationalError("no free database connection in the pool")
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            try:
+                conn = self._connect()
+            except BaseException:
+                self._slots.release()
+                raise
+        return conn
+
+    def putconn(self, conn, close: bool = False) -> None:
+        if close or conn.closed:
+            conn.close()
+        else:
+            self._idle.put(conn)
+        self._slots.release()
+
+    def closeall(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
 
 
 class Database:
@@ -18,16 +56,16 @@ class Database:
         self.pool_size = pool_size
         options = f"-c statement_timeout={statement_timeout_ms}" if statement_timeout_ms else ""
         self._kwargs = {"options": options, "application_name": application_name}
-        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
+        self._pool: ConnectionPool | None = None
         self._pid = 0
         self._lock = threading.Lock()
 
-    def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
+    def _get_pool(self) -> ConnectionPool:
         if self._pool is None or self._pid != os.getpid():
             with self._lock:
                 if self._pool is None or self._pid != os.getpid():
                     # A pool inherited through fork shares sockets with the parent: never reuse it.
-                    self._pool = psycopg2.pool.ThreadedConnectionPool(0, self.pool_size, self.url, **self._kwargs)
+                    self._pool = ConnectionPool(self.pool_size, self.connect)
                     self._pid = os.getpid()
         return self._pool
 
@@ -52,7 +90,7 @@ class Database:
                 broken = True
             raise
         finally:
-            pool.putconn(conn, close=broken or conn.closed != 0)
+            pool.putconn(conn, close=broken)
 
     def ping(self) -> bool:
         try:

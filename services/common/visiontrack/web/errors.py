@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+import psycopg2
+
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -59,6 +61,11 @@ def _http_error(exc: HTTPException):
     return api_error_response(ApiError(code, message))
 
 
+def _database_down(exc: Exception):
+    log.error("database unavailable: %s", exc)
+    return api_error_response(ApiError("unavailable", "the database is unreachable; retry later", retry_after=5))
+
+
 def _unexpected(exc: Exception):
     log.exception("unhandled error")
     return api_error_response(ApiError("internal_error", "internal error"))
@@ -67,4 +74,5 @@ def _unexpected(exc: Exception):
 def register(app: Flask) -> None:
     app.register_error_handler(ApiError, api_error_response)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(psycopg2.OperationalError, _database_down)
     app.register_error_handler(Exception, _unexpected)
