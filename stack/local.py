@@ -103,14 +103,13 @@ def _env(pg: Postgres, redis: Redis, admin: str) -> dict[str, str]:
     }
 
 
-def _start(name: str, part: str, env: dict, ready_port: int | None = None, args: list[str] | None = None) -> None:
+def _start(name: str, part: str, env: dict, ready_port: int, ready_path: str = "/readyz") -> None:
     if _alive(name):
         say(f"{name} already running")
         return
-    proc = Process(name, part, env, LOGS / f"{name}.log", extra_args=args or []).start(RUN)
+    proc = Process(name, part, env, LOGS / f"{name}.log").start(RUN)
     _record(name, proc.pid)
-    if ready_port:
-        proc.wait_http(ready_port, timeout=60)
+    proc.wait_http(ready_port, ready_path, timeout=60)
     say(f"{name} started (pid {proc.pid}, log {LOGS / (name + '.log')})")
 
 
@@ -144,8 +143,9 @@ def up(args: argparse.Namespace) -> int:
         upstreams["ingestor"] = ports.ingestor
     else:
         say(f"WARNING: {INGESTOR_BINARY} is not built; /api/ingest is off (run `make ingestor-build`)")
-    _start("worker", "worker", {**env, "VT_METRICS_PORT": str(ports.worker_metrics)})
-    _start("beat", "beat", {**env, "VT_METRICS_PORT": str(ports.beat_metrics)})
+    # Worker and beat serve /metrics once started: that is their readiness.
+    _start("worker", "worker", {**env, "VT_METRICS_PORT": str(ports.worker_metrics)}, ports.worker_metrics, "/metrics")
+    _start("beat", "beat", {**env, "VT_METRICS_PORT": str(ports.beat_metrics)}, ports.beat_metrics, "/metrics")
     if _alive("nginx"):
         say("nginx already running")
     else:
