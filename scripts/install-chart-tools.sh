@@ -64,10 +64,14 @@ elif command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then
     say "installing @kubernetes-models/gateway-api $GATEWAY_API_MODELS_VERSION"
     mkdir -p "$tools/node"
     [ -f "$tools/node/package.json" ] || echo '{"name": "visiontrack-chart-tools", "private": true}' > "$tools/node/package.json"
-    npm install --silent --no-audit --no-fund --prefix "$tools/node" \
-        "@kubernetes-models/gateway-api@$GATEWAY_API_MODELS_VERSION" >/dev/null
-    rm -f "$tools"/.installed-gateway-api-*
-    touch "$node_stamp"
+    # Optional: without it only the HTTPRoute schema check skips, so a failure here stops nothing.
+    if npm install --silent --no-audit --no-fund --prefix "$tools/node" \
+        "@kubernetes-models/gateway-api@$GATEWAY_API_MODELS_VERSION" >/dev/null; then
+        rm -f "$tools"/.installed-gateway-api-*
+        touch "$node_stamp"
+    else
+        say "npm install failed: HTTPRoute schema validation will skip"
+    fi
 else
     say "node/npm not found: HTTPRoute schema validation will skip"
 fi
