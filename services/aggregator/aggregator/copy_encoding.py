@@ -1,7 +1,10 @@
 """Stream entries as rows of Postgres' binary COPY format, checked in the same pass.
 
 Binary COPY spares Postgres parsing text timestamps and spares Python formatting them: a reading becomes
-three struct packs. Anything that cannot be stored raises PoisonEntry for its whole entry.
+one struct pack. Anything that cannot be stored raises PoisonEntry for its whole entry.
+
+The same pass folds the readings into per-(metric, UTC minute) partial rollups (count, sum, min, max and
+the newest reading), which the storage merges per batch and writes when every row was inserted.
 """
 from __future__ import annotations
 
@@ -35,6 +38,11 @@ def _row_packer(name) -> tuple:
     return packer
 
 
+# A partial rollup: [count, sum, min, max, newest ts_ms, value at the newest ts_ms].
+Partial = list
+MINUTE_MS = 60_000
+
+
 @dataclass(slots=True)
 class EncodedEntry:
     entry: Entry
@@ -42,15 +50,19 @@ class EncodedEntry:
     count: int
     first_day: int  # UTC days (days since the epoch) of the earliest and latest reading
     last_day: int
+    # (metric, UTC minute since the epoch) -> Partial; None when rollups are off
+    rollup: dict[tuple[str, int], Partial] | None = None
 
 
-def encode_entry(entry: Entry, min_day: int, max_day: int) -> EncodedEntry:
+def encode_entry(entry: Entry, min_day: int, max_day: int, rollup: bool = True) -> EncodedEntry:
     """Encode one entry's readings; days outside [min_day, max_day] make the entry poison."""
     device_id = entry.device_id
     packers = _row_packers
     rows: list[bytes] = []
     append = rows.append
     lo, hi = 1 << 62, -(1 << 62)
+    groups: dict[tuple[str, int], Partial] | None = {} if rollup else None
+    group = groups.get if rollup else None
     try:
         for metric, ts_ms, value in entry.readings:
             if type(ts_ms) is not int:
@@ -63,6 +75,21 @@ def encode_entry(entry: Entry, min_day: int, max_day: int) -> EncodedEntry:
                 lo = ts_ms
             if ts_ms > hi:
                 hi = ts_ms
+            if group is not None:
+                key = (metric, ts_ms // MINUTE_MS)
+                part = group(key)
+                if part is None:
+                    groups[key] = [1, value, value, value, ts_ms, value]
+                else:
+                    part[0] += 1
+                    part[1] += value
+                    if value < part[2]:
+                        part[2] = value
+                    if value > part[3]:
+                        part[3] = value
+                    if ts_ms >= part[4]:
+                        part[4] = ts_ms
+                        part[5] = value
     except (TypeError, ValueError, OverflowError, struct.error) as exc:
         if isinstance(exc, PoisonEntry):
             raise
@@ -70,4 +97,19 @@ def encode_entry(entry: Entry, min_day: int, max_day: int) -> EncodedEntry:
     first_day, last_day = lo // DAY_MS, hi // DAY_MS
     if first_day < min_day or last_day > max_day:
         raise PoisonEntry("timestamp outside the storable range (retention or future skew)")
-    return EncodedEntry(entry, b"".join(rows), len(rows), first_day, last_day)
+    return EncodedEntry(entry, b"".join(rows), len(rows), first_day, last_day, groups)
+
+
+# Rows of the per-batch rollup staging table, binary COPY: device_id int8, metric text, bucket timestamptz,
+# count int8, sum/min/max float8, newest ts timestamptz, its value float8.
+_rollup_packers: dict[int, object] = {}
+
+
+def encode_rollup_row(device_id: int, metric: str, minute: int, part: Partial) -> bytes:
+    raw = metric.encode()
+    pack = _rollup_packers.get(len(raw))
+    if pack is None:
+        pack = _rollup_packers[len(raw)] = struct.Struct(f">hiqi{len(raw)}siqiqidididiqid").pack
+    count, total, lo, hi, last_ms, last_value = part
+    return pack(9, 8, device_id, len(raw), raw, 8, (minute * MINUTE_MS - PG_EPOCH_MS) * 1000, 8, count,
+                8, float(total), 8, float(lo), 8, float(hi), 8, (last_ms - PG_EPOCH_MS) * 1000, 8, float(last_value))

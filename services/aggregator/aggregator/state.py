@@ -62,7 +62,7 @@ class WorkerState:
                 self.__dict__.pop("storage_conn", None)
             consumer = self.consumer(key)
             consumer.ensure_group()
-            pipe = Pipeline(consumer, TelemetryStorage(self.storage_conn), self.config.batch_entries,
+            pipe = Pipeline(consumer, TelemetryStorage(self.storage_conn, self.config.rollups_enabled), self.config.batch_entries,
                             self.config.retention_days, self.config.batch_readings)
             self._pipelines[key] = pipe
         return pipe

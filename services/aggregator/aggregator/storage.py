@@ -3,6 +3,14 @@
 Fast path: binary COPY straight into `telemetry`. A duplicate (a redelivered entry, a device resending)
 makes COPY fail; only then the batch takes the slow path: COPY into a temporary table and
 `INSERT ... ON CONFLICT DO NOTHING`, which drops the duplicates and counts them.
+
+In the same transaction, from the rows really inserted only (so a redelivered batch changes nothing):
+the 1-minute and 1-hour rollups (additive upserts), the latest value per device and metric (only moving
+forward) and each device's `last_seen_at` (once per batch per device). On the fast path every row went in,
+so the rollups are the partials computed while encoding, merged per batch in Python; on the slow path they
+are aggregated in SQL from what `INSERT ... RETURNING` returned. Either way they reach the rollup tables
+through one small staging table (`rollup_incoming`), and the 1-hour rollups are derived from the batch's
+1-minute deltas, never from raw rows.
 """
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ from dataclasses import dataclass
 import psycopg2
 import psycopg2.errors
 
-from .copy_encoding import COPY_HEADER, COPY_TRAILER, DAY_MS, EncodedEntry
+from .copy_encoding import COPY_HEADER, COPY_TRAILER, DAY_MS, EncodedEntry, encode_rollup_row
 
 log = logging.getLogger("aggregator.storage")
 
@@ -23,6 +31,49 @@ _STAGING = """CREATE TEMP TABLE IF NOT EXISTS telemetry_incoming (
               ) ON COMMIT DELETE ROWS"""
 _COPY_STAGING = "COPY telemetry_incoming (device_id, metric, ts, value) FROM STDIN WITH (FORMAT binary)"
 _MERGE = "INSERT INTO telemetry SELECT * FROM telemetry_incoming ON CONFLICT DO NOTHING"
+
+_ROLLUP_STAGING = """CREATE TEMP TABLE IF NOT EXISTS rollup_incoming (
+                         device_id bigint, metric text, bucket timestamptz, count bigint,
+                         sum double precision, min double precision, max double precision,
+                         last_ts timestamptz, last_value double precision
+                     ) ON COMMIT DELETE ROWS"""
+_COPY_ROLLUP = ("COPY rollup_incoming (device_id, metric, bucket, count, sum, min, max, last_ts, last_value) "
+                "FROM STDIN WITH (FORMAT binary)")
+_EPOCH = "timestamptz '2000-01-01 00:00:00+00'"
+# The slow path: insert what is new, and aggregate exactly those rows.
+_MERGE_RETURNING = f"""
+WITH inserted AS (
+    INSERT INTO telemetry SELECT * FROM telemetry_incoming ON CONFLICT DO NOTHING
+    RETURNING device_id, metric, ts, value
+)
+INSERT INTO rollup_incoming
+SELECT device_id, metric, date_bin('1 minute', ts, {_EPOCH}), count(*), sum(value), min(value), max(value),
+       max(ts), (array_agg(value ORDER BY ts DESC))[1]
+FROM inserted GROUP BY 1, 2, 3"""
+_ADDITIVE = """ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+                   count = {t}.count + excluded.count, sum = {t}.sum + excluded.sum,
+                   min = least({t}.min, excluded.min), max = greatest({t}.max, excluded.max)"""
+# Sorted, so that concurrent batches take row locks in the same order.
+_UPSERT_1M = ("INSERT INTO telemetry_1m (device_id, metric, bucket, count, sum, min, max) "
+              "SELECT device_id, metric, bucket, count, sum, min, max FROM rollup_incoming "
+              "ORDER BY device_id, metric, bucket " + _ADDITIVE.format(t="telemetry_1m"))
+_UPSERT_1H = (f"INSERT INTO telemetry_1h (device_id, metric, bucket, count, sum, min, max) "
+              f"SELECT device_id, metric, date_bin('1 hour', bucket, {_EPOCH}), sum(count), sum(sum), min(min), "
+              f"max(max) FROM rollup_incoming GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 "
+              + _ADDITIVE.format(t="telemetry_1h"))
+_UPSERT_LATEST = """INSERT INTO telemetry_latest (device_id, metric, ts, value)
+                    SELECT DISTINCT ON (device_id, metric) device_id, metric, last_ts, last_value
+                    FROM rollup_incoming ORDER BY device_id, metric, last_ts DESC
+                    ON CONFLICT (device_id, metric) DO UPDATE SET ts = excluded.ts, value = excluded.value
+                    WHERE telemetry_latest.ts < excluded.ts"""
+_LAST_SEEN = """WITH seen AS (
+                    SELECT d.id, s.at FROM devices d
+                    JOIN (SELECT id, to_timestamp(at_ms / 1000.0) AS at
+                          FROM unnest(%s::bigint[], %s::bigint[]) AS u(id, at_ms)) s ON s.id = d.id
+                    WHERE d.last_seen_at IS NULL OR d.last_seen_at < s.at
+                    ORDER BY d.id FOR NO KEY UPDATE OF d)
+                UPDATE devices d SET last_seen_at = greatest(d.last_seen_at, seen.at) FROM seen
+                WHERE d.id = seen.id"""
 
 
 @dataclass(frozen=True)
@@ -36,9 +87,11 @@ class StoreResult:
 
 
 class TelemetryStorage:
-    def __init__(self, conn):
+    def __init__(self, conn, rollups: bool = True):
         self.conn = conn
+        self.rollups = rollups  # off only to measure what they cost
         self.known_days: set[int] = set()
+        self._staged = False
 
     def ensure_partitions(self, days: set[int]) -> None:
         missing = days - self.known_days
@@ -68,21 +121,74 @@ class TelemetryStorage:
         total = sum(e.count for e in batch)
         try:
             with self.conn.cursor() as cur:
+                if self.rollups and not self._staged:
+                    cur.execute(_ROLLUP_STAGING)
+                    self._staged = True
                 cur.execute("SAVEPOINT fast_path")
                 try:
                     cur.copy_expert(_COPY_TELEMETRY, io.BytesIO(payload))
                     inserted = total
+                    if self.rollups:
+                        cur.copy_expert(_COPY_ROLLUP, io.BytesIO(_rollup_payload(batch)))
                 except psycopg2.errors.UniqueViolation:
                     cur.execute("ROLLBACK TO SAVEPOINT fast_path")
                     inserted = self._deduplicating_insert(cur, payload)
+                if self.rollups and inserted:
+                    cur.execute(_UPSERT_1M)
+                    cur.execute(_UPSERT_1H)
+                    cur.execute(_UPSERT_LATEST)
+                if self.rollups:
+                    ids, seen = _last_seen(batch)
+                    cur.execute(_LAST_SEEN, (ids, seen))
             self.conn.commit()
         except BaseException:
             self.conn.rollback()
+            self._staged = False  # a staging table made in this transaction is gone with it
             raise
         return StoreResult(total, inserted)
 
     def _deduplicating_insert(self, cur, payload: bytes) -> int:
         cur.execute(_STAGING)
         cur.copy_expert(_COPY_STAGING, io.BytesIO(payload))
-        cur.execute(_MERGE)
-        return cur.rowcount
+        if not self.rollups:
+            cur.execute(_MERGE)
+            return cur.rowcount
+        cur.execute(_MERGE_RETURNING)
+        cur.execute("SELECT coalesce(sum(count), 0) FROM rollup_incoming")
+        return int(cur.fetchone()[0])
+
+
+def _rollup_payload(batch: list[EncodedEntry]) -> bytes:
+    """The batch's partial rollups merged per (device, metric, minute), as binary COPY rows."""
+    merged: dict[tuple[int, str, int], list] = {}
+    get = merged.get
+    for encoded in batch:
+        device_id = encoded.entry.device_id
+        for (metric, minute), part in encoded.rollup.items():
+            key = (device_id, metric, minute)
+            into = get(key)
+            if into is None:
+                merged[key] = part.copy()  # the entry's own partial stays intact for a retry
+                continue
+            into[0] += part[0]
+            into[1] += part[1]
+            if part[2] < into[2]:
+                into[2] = part[2]
+            if part[3] > into[3]:
+                into[3] = part[3]
+            if part[4] >= into[4]:
+                into[4] = part[4]
+                into[5] = part[5]
+    rows = [encode_rollup_row(device_id, metric, minute, part)
+            for (device_id, metric, minute), part in merged.items()]
+    return COPY_HEADER + b"".join(rows) + COPY_TRAILER
+
+
+def _last_seen(batch: list[EncodedEntry]) -> tuple[list[int], list[int]]:
+    """Per device, the newest receive time in the batch (epoch ms)."""
+    seen: dict[int, int] = {}
+    for encoded in batch:
+        entry = encoded.entry
+        if entry.received_ms > seen.get(entry.device_id, -1):
+            seen[entry.device_id] = entry.received_ms
+    return list(seen), list(seen.values())

@@ -76,6 +76,15 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {raw!r}")
+
+
 def _text(raw: str) -> str:
     value = raw.strip()
     if not value:
@@ -153,6 +162,25 @@ SETTINGS: tuple[Setting, ...] = (
             "Port of the aggregator's /metrics (0: off)."),
     Setting("VT_BEAT_SCHEDULE_FILE", "/tmp/visiontrack-beat-schedule", _text, frozenset({"aggregator"}),
             "Where Celery beat keeps its schedule state."),
+    Setting("VT_ROLLUPS_ENABLED", "true", _bool, frozenset({"aggregator"}),
+            "Maintain rollups, latest values and last_seen_at with every batch (turn off only to measure their "
+            "cost: aggregates, latest and alerts depend on them)."),
+    Setting("VT_ROLLUP_1M_RETENTION_DAYS", "90", _int(1, 36500), frozenset({"aggregator"}),
+            "1-minute rollups kept this many days (whole daily partitions dropped)."),
+    Setting("VT_ROLLUP_1H_RETENTION_DAYS", "730", _int(1, 36500), frozenset({"aggregator"}),
+            "1-hour rollups kept at least this many days (whole monthly partitions dropped)."),
+    Setting("VT_RETENTION_INTERVAL_SECONDS", "3600", _float(10), frozenset({"aggregator"}),
+            "How often expired raw and rollup partitions are dropped."),
+    Setting("VT_ALERT_EVAL_SECONDS", "5", _float(0.5), frozenset({"aggregator"}),
+            "How often alert rules are evaluated."),
+    Setting("VT_WEBHOOK_TIMEOUT_SECONDS", "5", _float(0.1), frozenset({"aggregator"}),
+            "Timeout of one alert webhook call."),
+    Setting("VT_WEBHOOK_MAX_RETRIES", "8", _int(0, 100), frozenset({"aggregator"}),
+            "Retries of a failed alert webhook call, with exponential backoff."),
+    Setting("VT_WEBHOOK_BACKOFF_SECONDS", "2", _int(1, 3600), frozenset({"aggregator"}),
+            "First retry delay of a failed webhook call; it doubles per retry, up to 240 s."),
+    Setting("VT_AGGREGATE_MAX_BUCKETS", "50000", _int(1, 10_000_000), frozenset({"query"}),
+            "Most buckets one aggregate query may return (400 beyond)."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
