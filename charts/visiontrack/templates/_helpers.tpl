@@ -238,3 +238,17 @@ pre-install,pre-upgrade
 {{- fail "httpRoute.enabled needs httpRoute.parentRefs (the Gateway to attach to)" -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Observability hooks for the ServiceMonitors, PrometheusRule and dashboards.
+"visiontrack.monitoring" is "true" when monitoring is on and the cluster serves the Prometheus
+Operator's API (render with --api-versions monitoring.coreos.com/v1 to see them offline).
+"visiontrack.metricsPort" names the port a component serves /metrics on.
+*/}}
+{{- define "visiontrack.monitoring" -}}
+{{- if and .Values.monitoring.enabled (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") -}}true{{- end -}}
+{{- end -}}
+
+{{- define "visiontrack.metricsPort" -}}
+{{- if has . (list "worker" "beat") -}}metrics{{- else -}}http{{- end -}}
+{{- end -}}
