@@ -100,6 +100,8 @@ def test_the_chart_network_policies_should_admit_the_ingress_controller_and_prom
     assert "--namespace traefik" in MK.read_text()
     for namespace, peers in namespaces.items():
         assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}} in peers
+    grafana = values["networkPolicy"]["postgresFrom"][0]
+    assert grafana["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == _mk_var("MONITORING_NAMESPACE")
 
 
 def test_kube_prometheus_stack_should_select_the_chart_monitors_and_load_its_dashboards(values):

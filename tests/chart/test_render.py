@@ -150,3 +150,14 @@ def test_rendering_should_need_no_monitoring_or_gateway_api(helm):
     proc = run([helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE], check=False)
     assert proc.returncode == 0, proc.stderr
     assert all(kind not in proc.stdout for kind in ("kind: ServiceMonitor", "kind: PrometheusRule", "kind: HTTPRoute"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_client_side_install_should_render_hooks_and_notes(helm, mode):
+    """helm install --dry-run=client: what an install would apply, hooks and NOTES.txt included."""
+    proc = run([helm, "install", "visiontrack", str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
+                *values_args(mode)], check=False)
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "helm test visiontrack" in notes and "VT_TOKEN" in notes
+    assert "visiontrack-migrate" in proc.stdout.split("NOTES:", 1)[0]
