@@ -124,4 +124,4 @@ chart-lint: $(HELM) ## helm lint --strict the chart with its default values and 
 .PHONY: chart-test
 chart-test: ## Prove the chart offline: render, validate, cross-check against the code (tests/chart)
 	./scripts/install-chart-tools.sh --quiet
-	$(CHART_PYTEST) -m chart tests/chart
+	$(CHART_PYTEST) -m "chart and not integration" tests/chart
