@@ -391,16 +391,20 @@ def test_the_chart_should_run_the_commands_the_local_harness_runs(render):
     """stack/services.py starts each part locally exactly as the chart does; the two lists must agree."""
     try:
         sys.path.insert(0, str(ROOT))
-        from stack.services import COMMANDS
+        from stack.services import COMMANDS, USES_MULTIPROC_DIR
     except ImportError as exc:
         pytest.skip(f"stack/services.py not importable: {exc}")
     finally:
         sys.path.remove(str(ROOT))
-    chart = {}
-    for comp, part, w, c in part_containers(render("default")):
+    objs = render("default")
+    chart, multiproc = {}, set()
+    for comp, part, w, c in part_containers(objs):
         argv = c.get("command", []) + c.get("args", [])
         chart[comp] = argv[1:] if argv[0] == "vt-entrypoint" else argv
+        if "PROMETHEUS_MULTIPROC_DIR" in container_env(objs, c):
+            multiproc.add(comp)
     assert chart == COMMANDS
+    assert multiproc == set(USES_MULTIPROC_DIR)
 
 
 # --- selectors, ports and network policies ----------------------------------------------------------

@@ -66,11 +66,13 @@ spec:
           env:
             - name: VT_METRICS_PORT
               value: {{ $c.metricsPort | quote }}
-            - name: PROMETHEUS_MULTIPROC_DIR
-              value: {{ $.Values.prometheusMultiprocDir | quote }}
             {{- if $isBeat }}
             - name: VT_BEAT_SCHEDULE_FILE
               value: {{ $c.scheduleFile | quote }}
+            {{- else }}
+            {{- /* The worker's prefork children share their metrics through files; beat is one process. */}}
+            - name: PROMETHEUS_MULTIPROC_DIR
+              value: {{ $.Values.prometheusMultiprocDir | quote }}
             {{- end }}
             {{- include "visiontrack.secretEnv" (dict "ctx" $ "keys" (list "DATABASE_URL" "REDIS_URL")) | trim | nindent 12 }}
             {{- with $c.extraEnv }}
@@ -82,7 +84,18 @@ spec:
           securityContext:
             {{- include "visiontrack.containerSecurityContext" $ | nindent 12 }}
           volumeMounts:
+            {{- if $isBeat }}
+            - name: tmp
+              mountPath: /tmp
+            {{- else }}
             {{- include "visiontrack.pythonVolumeMounts" $ | nindent 12 }}
+            {{- end }}
       volumes:
+        {{- if $isBeat }}
+        - name: tmp
+          emptyDir:
+            sizeLimit: {{ $.Values.tmpSizeLimit }}
+        {{- else }}
         {{- include "visiontrack.pythonVolumes" $ | nindent 8 }}
+        {{- end }}
 {{- end -}}
