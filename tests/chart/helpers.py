@@ -29,7 +29,7 @@ RELEASE = "vt"
 NAMESPACE = "visiontrack"
 # Rendered as if kube-prometheus-stack (ServiceMonitor, PrometheusRule) and the Gateway API were there.
 API_VERSIONS = ["monitoring.coreos.com/v1", "gateway.networking.k8s.io/v1"]
-KUBERNETES_VERSION = "1.33.0"
+KUBERNETES_VERSION = "1.35.0"
 
 MODES = ["default"] + sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml"))
 

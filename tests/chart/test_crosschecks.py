@@ -478,3 +478,36 @@ def test_the_helm_test_pod_should_be_admitted_to_the_apis(render):
     for comp in ("ingestor", "registry", "query"):
         host, port = env[f"{comp.upper()}_URL"].removeprefix("http://").split(":")
         backend(objs, host, int(port))
+
+
+def start_ingestor(env: dict[str, str], seconds: float = 2.0) -> tuple[bool, str]:
+    """Start the built ingestor with `env`; (still running after `seconds`, its output). It refuses a bad
+    setting at once and otherwise keeps running, Redis or not."""
+    binary = ROOT / "rust-ingestor" / "target" / "release" / "visiontrack-ingestor"
+    if not binary.exists():
+        pytest.skip(f"ingestor binary not built ({binary.relative_to(ROOT)}); run `make ingestor-build`")
+    proc = subprocess.Popen([str(binary)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+        return True, out
+    return False, proc.communicate()[0]
+
+
+@pytest.mark.parametrize("mode", ["default", "ha"])
+def test_the_ingestor_should_accept_the_chart_environment(render, mode, tmp_path):
+    objs = render(mode)
+    (comp, part, w, c), = [x for x in part_containers(objs) if x[0] == "ingestor"]
+    env = {name: src["value"] for name, src in container_env(objs, c).items() if "value" in src}
+    # Local stand-ins for what only exists in the cluster: a free address, a Redis that is not there.
+    env.update({"VT_LISTEN_ADDR": "127.0.0.1:0", "REDIS_URL": "redis://127.0.0.1:1/0", "PATH": os.environ["PATH"]})
+    running, out = start_ingestor(env)
+    assert running, f"the ingestor refused the chart's settings:\n{out[-2000:]}"
+
+
+def test_the_ingestor_start_check_should_catch_a_bad_setting():
+    running, out = start_ingestor({"VT_LISTEN_ADDR": "127.0.0.1:0", "VT_STREAM_SHARDS": "0",
+                                   "REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert not running and "VT_STREAM_SHARDS" in out

@@ -11,6 +11,8 @@ import pytest
 from .helpers import (CHART, INSTALL, KUBERNETES_VERSION, MODES, NAMESPACE, RELEASE,
                        SHARED_SCHEMAS, TOOLS, load_yaml, run, tool, values_args)
 
+MIN_KUBERNETES = "1.29.0"
+
 CR_KINDS = {"ServiceMonitor": "monitoring.coreos.com_servicemonitors.yaml",
             "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml"}
 
@@ -22,12 +24,14 @@ def test_chart_should_pass_helm_lint_strict(helm, mode):
     assert "0 chart(s) failed" in proc.stdout
 
 
+@pytest.mark.parametrize("kubernetes", [MIN_KUBERNETES, KUBERNETES_VERSION])
 @pytest.mark.parametrize("mode", MODES)
-def test_every_rendered_object_should_validate_against_the_kubernetes_schemas(render, mode, tmp_path):
+def test_every_rendered_object_should_validate_against_the_kubernetes_schemas(render, mode, kubernetes, tmp_path):
+    """Against the oldest Kubernetes the chart allows (Chart.yaml kubeVersion) and a current one."""
     validator = tool("kubernetes-validate")
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text(render.text(mode))
-    proc = run([validator, "--strict", "--kubernetes-version", KUBERNETES_VERSION, "--quiet", str(manifest)],
+    proc = run([validator, "--strict", "--kubernetes-version", kubernetes, "--quiet", str(manifest)],
                check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # kubernetes-validate only warns for kinds it has no schema for: those must be the CRD kinds checked below.
@@ -161,3 +165,7 @@ def test_a_client_side_install_should_render_hooks_and_notes(helm, mode):
     notes = proc.stdout.split("NOTES:", 1)[1]
     assert "helm test visiontrack" in notes and "VT_TOKEN" in notes
     assert "visiontrack-migrate" in proc.stdout.split("NOTES:", 1)[0]
+
+
+def test_the_oldest_validated_kubernetes_should_be_the_chart_minimum():
+    assert load_yaml(CHART / "Chart.yaml")["kubeVersion"] == f">={MIN_KUBERNETES}-0"
