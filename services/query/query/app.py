@@ -8,14 +8,14 @@ from visiontrack.config import Config
 from visiontrack.stream_writer import StreamWriter
 from visiontrack.web.app import create_base_app
 
-from . import telemetry
+from . import aggregates, alerts, telemetry
 
 
 def create_app(config: Config | None = None) -> Flask:
     app = create_base_app(
         "query",
         config or config_module.load(),
-        blueprints=[telemetry.blp],
+        blueprints=[telemetry.blp, aggregates.blp, alerts.blp],
         openapi_prefix="/api/telemetry",
         title="VisionTrack query",
     )

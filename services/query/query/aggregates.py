@@ -1,0 +1,146 @@
+"""`GET /api/telemetry/aggregate` (buckets in a time zone) and `GET /api/telemetry/latest`."""
+from __future__ import annotations
+
+import time
+from zoneinfo import ZoneInfo
+
+import orjson
+from flask import Response
+from flask_smorest import Blueprint
+from marshmallow import Schema, ValidationError, fields, validate, validates
+
+from visiontrack.errors import ApiError
+from visiontrack.web.app import services
+from visiontrack.web.fields import Timestamp
+from visiontrack.web.timefmt import format_ts, from_ms
+
+from . import buckets
+from .aggregate_store import aggregate
+from .telemetry_store import to_micros
+
+blp = Blueprint("telemetry_aggregates", __name__, url_prefix="/api/telemetry",
+                description="Aggregated and latest telemetry")
+
+AGGS = ("avg", "min", "max", "sum", "count")
+_METRIC = validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}\Z", error="is not a metric name")
+
+
+def _bad(field: str, message: str) -> ApiError:
+    return ApiError("validation_error", "invalid request; see details", [{"field": field, "message": message}])
+
+
+class AggregateArgsSchema(Schema):
+    device_id = fields.Integer(required=True, validate=validate.Range(min=1))
+    metric = fields.String(required=True, validate=_METRIC)
+    from_ = Timestamp(data_key="from", load_default=None,
+                      metadata={"description": "Inclusive start (default: `to` minus one day)."})
+    to = Timestamp(load_default=None, metadata={"description": "Exclusive end (default: now)."})
+    interval = fields.String(required=True, validate=validate.OneOf(list(buckets.INTERVALS)))
+    agg = fields.String(load_default=",".join(AGGS),
+                        metadata={"description": "Comma-separated subset of avg,min,max,sum,count."})
+    tz = fields.String(load_default="UTC", metadata={"description": "IANA zone of the bucket boundaries."})
+
+    @validates("agg")
+    def _aggs(self, value, **_):
+        names = [a.strip() for a in value.split(",") if a.strip()]
+        if not names or any(a not in AGGS for a in names):
+            raise ValidationError("must be a comma-separated subset of avg,min,max,sum,count")
+
+    @validates("tz")
+    def _zone(self, value, **_):
+        if value in ("UTC", "Etc/UTC"):
+            return
+        try:
+            if len(value) > 64:
+                raise ValueError
+            ZoneInfo(value)
+        except Exception:  # not found, a malformed key, a folder of the zone database
+            raise ValidationError("is not an IANA time zone name") from None
+
+
+class BucketSchema(Schema):
+    ts = Timestamp(metadata={"description": "Bucket start"})
+    avg = fields.Float()
+    min = fields.Float()
+    max = fields.Float()
+    sum = fields.Float()
+    count = fields.Integer()
+
+
+class AggregateSchema(Schema):
+    device_id = fields.Integer()
+    metric = fields.String()
+    interval = fields.String()
+    tz = fields.String()
+    items = fields.List(fields.Nested(BucketSchema))
+
+
+class LatestArgsSchema(Schema):
+    device_id = fields.Integer(required=True, validate=validate.Range(min=1))
+    metric = fields.String(load_default=None, validate=_METRIC)
+
+
+class LatestSchema(Schema):
+    device_id = fields.Integer()
+    values = fields.Dict(keys=fields.String(), values=fields.Dict(),
+                         metadata={"description": '{"<metric>": {"ts", "value"}}'})
+
+
+def _json(body: dict) -> Response:
+    return Response(orjson.dumps(body), mimetype="application/json")
+
+
+def _ms(dt) -> int:
+    return to_micros(dt) // 1000
+
+
+@blp.route("/aggregate")
+@blp.arguments(AggregateArgsSchema, location="query")
+@blp.response(200, AggregateSchema)
+def get_aggregate(args):
+    """Count, sum, min, max and average per bucket, bucket boundaries in the zone `tz`."""
+    svc = services()
+    svc.auth.require()
+    to_ms = _ms(args["to"]) if args["to"] else int(time.time() * 1000)
+    from_ms_ = _ms(args["from_"]) if args["from_"] else to_ms - buckets.DAY
+    if from_ms_ >= to_ms:
+        raise _bad("to", "must be later than from")
+    interval = buckets.INTERVALS[args["interval"]]
+    most = svc.config.aggregate_max_buckets
+    if (to_ms - from_ms_) // interval + 2 > most:
+        raise _bad("interval", f"gives more than {most} buckets for this range; use a coarser interval "
+                               "or a shorter range")
+    aggs = [a for a in AGGS if a in {x.strip() for x in args["agg"].split(",")}]
+    p = buckets.plan(buckets.Zone(args["tz"]), interval, from_ms_, to_ms)
+    with svc.db.transaction() as cur:
+        rows = aggregate(cur, args["device_id"], args["metric"], p)
+    items = []
+    for row in rows:
+        i, count, total, lo, hi = row["i"], row["n"], row["s"], row["lo"], row["hi"]
+        values = {"avg": total / count, "min": lo, "max": hi, "sum": total, "count": count}
+        items.append({"ts": format_ts(from_ms(p.starts[i])), **{a: values[a] for a in aggs}})
+    return _json({"device_id": args["device_id"], "metric": args["metric"], "interval": args["interval"],
+                  "tz": args["tz"], "items": items})
+
+
+@blp.route("/latest")
+@blp.arguments(LatestArgsSchema, location="query")
+@blp.response(200, LatestSchema)
+def get_latest(args):
+    """The newest reading of each metric of a device (or of one metric)."""
+    svc = services()
+    svc.auth.require()
+    with svc.db.transaction() as cur:
+        if args["metric"] is None:
+            cur.execute("SELECT metric, ts, value FROM telemetry_latest WHERE device_id = %s ORDER BY metric",
+                        (args["device_id"],))
+        else:
+            cur.execute("SELECT metric, ts, value FROM telemetry_latest WHERE device_id = %s AND metric = %s",
+                        (args["device_id"], args["metric"]))
+        rows = cur.fetchall()
+        if not rows:
+            cur.execute("SELECT 1 FROM devices WHERE id = %s", (args["device_id"],))
+            if cur.fetchone() is None:
+                raise ApiError("not_found", f"device {args['device_id']} does not exist")
+    return _json({"device_id": args["device_id"],
+                  "values": {r["metric"]: {"ts": format_ts(r["ts"]), "value": r["value"]} for r in rows}})

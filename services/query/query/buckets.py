@@ -1,0 +1,166 @@
+"""Bucket boundaries in a time zone, and which parts of a window each rollup can answer exactly.
+
+All times are integer epoch milliseconds (UTC). A bucket is the set of instants sharing a label:
+
+- intervals up to 1h (1m, 5m, 15m, 1h): the local wall-clock time floored to the interval, together with
+  the zone's offset, so the two 01:00 hours of a fall-back night are two buckets and a 1h bucket in a
+  +05:30 zone starts at :30 UTC;
+- 6h and 1d: the local wall-clock time floored to 6 hours or to the day (local midnight), whatever the
+  offset, so a day is 23 or 25 hours long across a DST change.
+
+A bucket starts at its first instant (a nonexistent local midnight starts the day at the transition).
+
+A 1-minute rollup row answers exactly if its whole UTC minute lies in one bucket and in the window; a 1-hour
+rollup row the same for its UTC hour. `plan()` cuts the window into ranges answered by the 1-hour rollup,
+the 1-minute rollup and raw rows (what no rollup covers: the ragged edges of from/to, and any minute a
+bucket boundary cuts through).
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+MINUTE = 60_000
+HOUR = 3_600_000
+DAY = 86_400_000
+INTERVALS = {"1m": MINUTE, "5m": 5 * MINUTE, "15m": 15 * MINUTE, "1h": HOUR, "6h": 6 * HOUR, "1d": DAY}
+_SCAN = DAY  # offsets are sampled this far apart, and transitions found by bisection in between
+_MAX_SHIFT = 3 * HOUR  # more than any offset change
+
+
+def _floor(t: int, step: int) -> int:
+    return t - t % step
+
+
+def _ceil(t: int, step: int) -> int:
+    return t + (-t) % step
+
+
+class Zone:
+    """UTC offsets of an IANA zone, in milliseconds, with the transitions between two instants."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.fixed = name in ("UTC", "Etc/UTC", "Etc/GMT", "GMT")
+        self.tz = timezone.utc if self.fixed else ZoneInfo(name)
+
+    def offset(self, t: int) -> int:
+        if self.fixed:
+            return 0
+        dt = datetime.fromtimestamp(t // 1000, tz=self.tz)
+        return int(dt.utcoffset().total_seconds() * 1000)
+
+    def segments(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """[(from, to, offset)] covering [start, end) with one offset each (transitions at whole seconds)."""
+        if self.fixed:
+            return [(start, end, 0)]
+        out = []
+        seg_start, seg_off = start, self.offset(start)
+        probe = start
+        while probe < end:
+            nxt = min(probe + _SCAN, end)
+            off = self.offset(nxt - 1)
+            if off != seg_off:
+                # offset(lo) == seg_off and offset(hi) != seg_off, in whole seconds
+                lo = (probe if probe == seg_start else probe - 1) // 1000
+                hi = (nxt - 1) // 1000
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    if self.offset(mid * 1000) == seg_off:
+                        lo = mid
+                    else:
+                        hi = mid
+                cut = hi * 1000
+                out.append((seg_start, cut, seg_off))
+                seg_start, seg_off = cut, self.offset(cut)
+                probe = cut
+                continue
+            probe = nxt
+        out.append((seg_start, end, seg_off))
+        return out
+
+
+def label(interval: int, t: int, offset: int) -> tuple:
+    local = t + offset
+    if interval <= HOUR:
+        return local // interval, offset
+    return (local // interval,)
+
+
+def boundaries(zone: Zone, interval: int, start: int, end: int) -> list[int]:
+    """Every bucket start in [start, end), sorted: where the label changes."""
+    out: list[int] = []
+    prev: tuple | None = None
+    for seg_start, seg_end, off in zone.segments(start, end):
+        if prev is not None and label(interval, seg_start - 1, prev[2]) != label(interval, seg_start, off):
+            out.append(seg_start)
+        t = seg_start + (-(seg_start + off)) % interval
+        while t < seg_end:
+            out.append(t)
+            t += interval
+        prev = (seg_start, seg_end, off)
+    out = sorted(set(out))
+    return out
+
+
+def bucket_starts(zone: Zone, interval: int, frm: int, to: int) -> list[int]:
+    """The start of the bucket holding `frm`, then every later bucket start before `to`."""
+    found = boundaries(zone, interval, frm - interval - _MAX_SHIFT, to)
+    i = bisect.bisect_right(found, frm) - 1
+    return found[max(i, 0):]
+
+
+@dataclass(frozen=True)
+class Plan:
+    starts: list[int]  # bucket starts; a bucket runs to the next start (the last one to `to` at most)
+    ranges: dict[str, list[tuple[int, int]]]  # "1h" | "1m" | "raw" -> [(from, to)], merged and sorted
+
+
+def plan(zone: Zone, interval: int, frm: int, to: int) -> Plan:
+    starts = bucket_starts(zone, interval, frm, to)
+    inner = [b for b in starts if frm < b < to]
+    pieces: list[tuple[str, int, int]] = []
+    m_lo, m_hi = _ceil(frm, MINUTE), _floor(to, MINUTE)
+    if m_lo >= m_hi:
+        pieces.append(("raw", frm, to))
+    else:
+        pieces.append(("raw", frm, m_lo))
+        cut_minutes = sorted({_floor(b, MINUTE) for b in inner if b % MINUTE})
+        cut_hours = {_floor(b, HOUR) for b in inner if b % HOUR}
+
+        def minutes(lo: int, hi: int) -> None:
+            i = bisect.bisect_left(cut_minutes, lo)
+            while i < len(cut_minutes) and cut_minutes[i] < hi:
+                m = cut_minutes[i]
+                pieces.append(("1m", lo, m))
+                pieces.append(("raw", m, m + MINUTE))
+                lo = m + MINUTE
+                i += 1
+            pieces.append(("1m", lo, hi))
+
+        h_lo, h_hi = _ceil(m_lo, HOUR), _floor(m_hi, HOUR)
+        if interval >= HOUR and h_lo < h_hi:
+            minutes(m_lo, h_lo)
+            for h in range(h_lo, h_hi, HOUR):
+                if h in cut_hours:
+                    minutes(h, h + HOUR)
+                else:
+                    pieces.append(("1h", h, h + HOUR))
+            minutes(h_hi, m_hi)
+        else:
+            minutes(m_lo, m_hi)
+        pieces.append(("raw", m_hi, to))
+    ranges: dict[str, list[tuple[int, int]]] = {"1h": [], "1m": [], "raw": []}
+    last: tuple[str, int, int] | None = None
+    for kind, lo, hi in pieces:
+        if lo >= hi:
+            continue
+        if last is not None and last[0] == kind and last[2] == lo:
+            last = (kind, last[1], hi)
+            ranges[kind][-1] = (last[1], hi)
+            continue
+        ranges[kind].append((lo, hi))
+        last = (kind, lo, hi)
+    return Plan(starts, ranges)
