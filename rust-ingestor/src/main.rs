@@ -8,6 +8,11 @@ use tokio::net::TcpListener;
 use visiontrack_ingestor::config::LogFormat;
 use visiontrack_ingestor::{metrics, router, stream, AppState, Config};
 
+// glibc malloc was a fifth of the CPU profile under load; mimalloc is much cheaper
+// for the many small short-lived allocations of a request.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = match Config::from_env() {

@@ -93,8 +93,7 @@ struct Checker {
     now_ms: i64,
     latest_ms: i64,
     earliest_ms: i64,
-    future_msg: String,
-    retention_msg: String,
+    limits: Limits,
 }
 
 impl Checker {
@@ -103,8 +102,7 @@ impl Checker {
             now_ms,
             latest_ms: now_ms.saturating_add(limits.max_future_skew_seconds.saturating_mul(1000)),
             earliest_ms: now_ms.saturating_sub(limits.retention_days.saturating_mul(86_400_000)),
-            future_msg: format!("is more than {} s in the future", limits.max_future_skew_seconds),
-            retention_msg: format!("is older than the retention of {} days", limits.retention_days),
+            limits: *limits,
         }
     }
 
@@ -193,9 +191,9 @@ impl Checker {
             _ => return Err(MSG_BAD_TS.into()),
         };
         if ms > self.latest_ms {
-            Err(self.future_msg.clone().into())
+            Err(format!("is more than {} s in the future", self.limits.max_future_skew_seconds).into())
         } else if ms < self.earliest_ms {
-            Err(self.retention_msg.clone().into())
+            Err(format!("is older than the retention of {} days", self.limits.retention_days).into())
         } else {
             Ok(ms)
         }

@@ -1,0 +1,184 @@
+//! Fixed-rate HTTP/1.1 load over keep-alive connections, for latency at a given
+//! request rate (wrk has no rate option; wrk2 is not packaged here).
+//!
+//! Each connection sends on its own schedule (rate / connections). Latency is
+//! measured from the scheduled send time when the connection was still busy
+//! with an earlier request (so a stall is not hidden: no coordinated omission),
+//! else from the actual send.
+//!
+//! Usage: vt-loadgen --addr 127.0.0.1:8080 --path /api/ingest --rate 15000
+//!        --duration 20 --connections 32 --threads 1 --header 'K: V' --body '{...}'
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+struct Args {
+    addr: String,
+    path: String,
+    rate: f64,
+    duration: f64,
+    connections: usize,
+    threads: usize,
+    headers: Vec<String>,
+    body: String,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        addr: "127.0.0.1:8080".into(),
+        path: "/api/ingest".into(),
+        rate: 1000.0,
+        duration: 10.0,
+        connections: 32,
+        threads: 1,
+        headers: Vec::new(),
+        body: String::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--addr" => a.addr = value,
+            "--path" => a.path = value,
+            "--rate" => a.rate = value.parse().expect("--rate"),
+            "--duration" => a.duration = value.parse().expect("--duration"),
+            "--connections" => a.connections = value.parse().expect("--connections"),
+            "--threads" => a.threads = value.parse().expect("--threads"),
+            "--header" => a.headers.push(value),
+            "--body" => a.body = value,
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+#[derive(Default)]
+struct Outcome {
+    latencies_us: Vec<u32>,
+    non_2xx: u64,
+    errors: u64,
+}
+
+async fn connection(addr: String, request: Vec<u8>, interval: Duration, start: Instant, end: Instant) -> Outcome {
+    let mut out = Outcome::default();
+    let Ok(stream) = TcpStream::connect(&addr).await else {
+        out.errors += 1;
+        return out;
+    };
+    let _ = stream.set_nodelay(true);
+    let mut stream = BufReader::new(stream);
+    let mut due = start;
+    let mut free_since = start;
+    let mut line = String::new();
+    while due < end {
+        let now = Instant::now();
+        if due > now {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let sent = Instant::now();
+        // Late because the previous answer was late: count from the schedule.
+        let origin = if free_since > due { due } else { sent };
+        if stream.get_mut().write_all(&request).await.is_err() {
+            out.errors += 1;
+            break;
+        }
+        let mut status = 0u16;
+        let mut length = 0usize;
+        line.clear();
+        let mut first = true;
+        loop {
+            line.clear();
+            match stream.read_line(&mut line).await {
+                Ok(0) | Err(_) => {
+                    out.errors += 1;
+                    return out;
+                }
+                Ok(_) => {}
+            }
+            let l = line.trim_end();
+            if first {
+                status = l.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                first = false;
+            } else if l.is_empty() {
+                break;
+            } else if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        if stream.read_exact(&mut body).await.is_err() {
+            out.errors += 1;
+            break;
+        }
+        let done = Instant::now();
+        free_since = done;
+        if !(200..300).contains(&status) {
+            out.non_2xx += 1;
+        }
+        out.latencies_us.push(u32::try_from(done.duration_since(origin).as_micros()).unwrap_or(u32::MAX));
+        due += interval;
+    }
+    out
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    f64::from(sorted[idx]) / 1000.0
+}
+
+fn main() {
+    let args = parse_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut request = format!("POST {} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n", args.path, args.addr, args.body.len());
+    for h in &args.headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request.push_str(&args.body);
+    let request = request.into_bytes();
+
+    let interval = Duration::from_secs_f64(args.connections as f64 / args.rate);
+    let outcomes = runtime.block_on(async {
+        let start = Instant::now() + Duration::from_millis(100);
+        let end = start + Duration::from_secs_f64(args.duration);
+        let mut tasks = Vec::new();
+        for i in 0..args.connections {
+            // Spread the connections' schedules over one interval.
+            let offset = interval.mul_f64(i as f64 / args.connections as f64);
+            tasks.push(tokio::spawn(connection(args.addr.clone(), request.clone(), interval, start + offset, end)));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.push(t.await.expect("task"));
+        }
+        all
+    });
+    let mut lat: Vec<u32> = outcomes.iter().flat_map(|o| o.latencies_us.iter().copied()).collect();
+    lat.sort_unstable();
+    let non_2xx: u64 = outcomes.iter().map(|o| o.non_2xx).sum();
+    let errors: u64 = outcomes.iter().map(|o| o.errors).sum();
+    println!(
+        "requests={} rate={:.0} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} p999_ms={:.3} max_ms={:.3} non_2xx={} errors={}",
+        lat.len(),
+        lat.len() as f64 / args.duration,
+        percentile(&lat, 50.0),
+        percentile(&lat, 90.0),
+        percentile(&lat, 99.0),
+        percentile(&lat, 99.9),
+        percentile(&lat, 100.0),
+        non_2xx,
+        errors
+    );
+}

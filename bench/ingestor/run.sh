@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Ingestor benchmark on this machine, with its yardsticks in the same run:
+#  (a) single-reading requests/s and p99 (wrk, keep-alive)
+#  (b) nginx answering a static 202 JSON on the same box, same wrk settings (the ratio)
+#  (c) p99 at half of (a)'s rate, fixed-rate load from loadgen/ (wrk has no -R here)
+#  (d) readings/s with 100 readings per request
+#  (e) RSS idle and peak under load, from /proc
+# Everything runs on free loopback ports and is stopped at the end.
+# Knobs: BENCH_DURATION (s, 15), BENCH_CONNECTIONS (64), BENCH_THREADS (wrk threads, 2).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+DURATION="${BENCH_DURATION:-15}"
+CONNS="${BENCH_CONNECTIONS:-64}"
+THREADS="${BENCH_THREADS:-2}"
+TOKEN="vtd_bench_$(date +%s)"
+BIN="$ROOT/rust-ingestor/target/release/visiontrack-ingestor"
+LOADGEN="$HERE/loadgen/target/release/vt-loadgen"
+
+for tool in redis-server redis-cli nginx wrk curl python3 cargo; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is not installed" >&2; exit 1; }
+done
+
+WORK="$(mktemp -d /tmp/vt-ingestor-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+to_ms() { # wrk latency like 812.00us / 1.93ms / 1.02s -> ms
+  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n *= 1; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'
+}
+idle_pct() { # share of CPU time idle over one second, all cores
+  read -r _ a b c d e f g h _ < /proc/stat; local t1=$((a+b+c+d+e+f+g+h)) i1=$d
+  sleep 1
+  read -r _ a b c d e f g h _ < /proc/stat; local t2=$((a+b+c+d+e+f+g+h)) i2=$d
+  echo $(( 100 * (i2 - i1) / (t2 - t1) ))
+}
+
+echo "== building (release)"
+(cd "$ROOT/rust-ingestor" && cargo build --release --locked --quiet)
+(cd "$HERE/loadgen" && cargo build --release --locked --quiet)
+
+REDIS_PORT="$(free_port)"; APP_PORT="$(free_port)"; NGINX_PORT="$(free_port)"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --maxmemory-policy noeviction \
+  --logfile "$WORK/redis.log" &
+PIDS+=($!)
+for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+HASH="$(printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1)"
+redis-cli -p "$REDIS_PORT" hset vt:device-tokens "$HASH" "1:active" >/dev/null
+
+# The bench has no aggregator: the high-water mark is raised and the stream is
+# deleted between runs instead (never do that outside a bench).
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" VT_LISTEN_ADDR="127.0.0.1:$APP_PORT" \
+  VT_STREAM_HIGH_WATER=1000000000 VT_LOG_LEVEL=warn "$BIN" >"$WORK/ingestor.log" 2>&1 &
+APP_PID=$!; PIDS+=("$APP_PID")
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$APP_PORT/readyz" >/dev/null && break; sleep 0.05; done
+curl -fs "http://127.0.0.1:$APP_PORT/readyz" >/dev/null || { echo "bench: ingestor not ready"; cat "$WORK/ingestor.log"; exit 1; }
+
+cat >"$WORK/nginx.conf" <<NGINX
+worker_processes auto;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / { default_type application/json; return 202 '{"accepted":1}'; }
+  }
+}
+NGINX
+nginx -c "$WORK/nginx.conf" -p "$WORK" &
+PIDS+=($!)
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/" && break; sleep 0.05; done
+
+check=$(curl -s -XPOST -H 'Content-Type: application/json' -H "Authorization: Bearer $TOKEN" \
+  -d '{"temperature":21.5}' "http://127.0.0.1:$APP_PORT/api/ingest")
+[ "$check" = '{"accepted":1}' ] || { echo "bench: smoke request failed: $check"; exit 1; }
+
+sleep 1
+IDLE_RSS=$(rss_kib "$APP_PID")
+BACKGROUND_IDLE=$(idle_pct)
+
+reset_stream() { redis-cli -p "$REDIS_PORT" del vt:telemetry >/dev/null; }
+
+# Samples the ingestor's RSS while a run is going; prints the largest value.
+sample_rss() {
+  local max=0 v
+  while [ -e "$WORK/sampling" ]; do
+    v=$(rss_kib "$APP_PID"); [ "$v" -gt "$max" ] && max=$v
+    sleep 0.1
+  done
+  echo "$max"
+}
+
+run_wrk() { # url script -> prints "req_per_s p99_ms"
+  VT_BENCH_TOKEN="$TOKEN" wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$2" "$1" >"$WORK/wrk.out"
+  local rps p99
+  rps=$(awk '/^Requests\/sec:/ {print $2}' "$WORK/wrk.out")
+  p99=$(awk '$1 == "99%" {print $2}' "$WORK/wrk.out")
+  local non2xx; non2xx=$(awk '/Non-2xx/ {print $NF}' "$WORK/wrk.out")
+  [ -z "$non2xx" ] || echo "   (non-2xx responses: $non2xx)" >&2
+  echo "$rps $(to_ms "$p99")"
+}
+
+echo "== warm-up (3 s)"
+VT_BENCH_TOKEN="$TOKEN" wrk -t"$THREADS" -c"$CONNS" -d3s -s "$HERE/single.lua" "http://127.0.0.1:$APP_PORT/api/ingest" >/dev/null
+reset_stream
+
+touch "$WORK/sampling"; sample_rss >"$WORK/rss.max" &
+SAMPLER=$!
+echo "== (a) ingestor, 1 reading/request, ${DURATION}s, $CONNS connections, $THREADS wrk threads"
+read -r A_RPS A_P99 < <(run_wrk "http://127.0.0.1:$APP_PORT/api/ingest" "$HERE/single.lua")
+A_ENTRIES=$(redis-cli -p "$REDIS_PORT" xlen vt:telemetry)
+reset_stream
+echo "== (d) ingestor, 100 readings/request"
+read -r D_RPS D_P99 < <(run_wrk "http://127.0.0.1:$APP_PORT/api/ingest" "$HERE/batch100.lua")
+reset_stream
+rm -f "$WORK/sampling"; wait "$SAMPLER"
+LOAD_RSS=$(cat "$WORK/rss.max")
+
+echo "== (b) nginx static 202, same settings"
+read -r B_RPS B_P99 < <(run_wrk "http://127.0.0.1:$NGINX_PORT/api/ingest" "$HERE/single.lua")
+
+HALF=$(awk -v r="$A_RPS" 'BEGIN { printf "%d", r / 2 }')
+echo "== (c) ingestor at a fixed $HALF req/s (half of (a)), ${DURATION}s"
+C_OUT=$("$LOADGEN" --addr "127.0.0.1:$APP_PORT" --path /api/ingest --rate "$HALF" --duration "$DURATION" \
+  --connections 128 --threads 1 --header 'Content-Type: application/json' \
+  --header "Authorization: Bearer $TOKEN" --body '{"temperature":21.5}')
+echo "   $C_OUT"
+C_P99=$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$C_OUT")
+C_RATE=$(sed -n 's/.* rate=\([0-9]*\).*/\1/p' <<<"$C_OUT")
+reset_stream
+HWM=$(hwm_kib "$APP_PID")
+
+D_READINGS=$(awk -v r="$D_RPS" 'BEGIN { printf "%d", r * 100 }')
+RATIO=$(awk -v a="$A_RPS" -v b="$B_RPS" 'BEGIN { printf "%.0f", 100 * a / b }')
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=") ? (v >= t) : (v < t); print ok ? "yes" : "NO" }'; }
+
+echo
+echo "Ingestor benchmark — $(nproc) cores, load generator on the same machine; CPU idle before the runs: ${BACKGROUND_IDLE}%"
+echo "(a)/(a') wrote $A_ENTRIES stream entries in the measured run."
+printf '| %-44s | %16s | %12s | %-4s |\n' "measure" "value" "target" "met"
+printf '|%s|%s|%s|%s|\n' "----------------------------------------------" "------------------" "--------------" "------"
+printf '| %-44s | %16s | %12s | %-4s |\n' "(a) single reading, requests/s" "$A_RPS" ">= 30000" "$(verdict "$A_RPS" 30000 '>=')"
+printf '| %-44s | %16s | %12s | %-4s |\n' "(a) single reading, p99 at max rate (ms)" "$A_P99" "-" "-"
+printf '| %-44s | %16s | %12s | %-4s |\n' "(b) nginx static 202, requests/s" "$B_RPS" "-" "-"
+printf '| %-44s | %15s%% | %12s | %-4s |\n' "(b) ingestor / nginx" "$RATIO" ">= 45%" "$(verdict "$RATIO" 45 '>=')"
+printf '| %-44s | %16s | %12s | %-4s |\n' "(c) p99 at $C_RATE req/s, fixed rate (ms)" "$C_P99" "< 5" "$(verdict "$C_P99" 5 '<')"
+printf '| %-44s | %16s | %12s | %-4s |\n' "(d) 100 readings/request, readings/s" "$D_READINGS" ">= 300000" "$(verdict "$D_READINGS" 300000 '>=')"
+printf '| %-44s | %16s | %12s | %-4s |\n' "(d) requests/s (p99 ms)" "$D_RPS ($D_P99)" "-" "-"
+printf '| %-44s | %16s | %12s | %-4s |\n' "(e) RSS idle (MiB)" "$(mib "$IDLE_RSS")" "< 20" "$(verdict "$(mib "$IDLE_RSS")" 20 '<')"
+printf '| %-44s | %16s | %12s | %-4s |\n' "(e) RSS under load, max sampled (MiB)" "$(mib "$LOAD_RSS")" "< 60" "$(verdict "$(mib "$LOAD_RSS")" 60 '<')"
+printf '| %-44s | %16s | %12s | %-4s |\n' "(e) RSS peak over the whole run, VmHWM (MiB)" "$(mib "$HWM")" "< 60" "$(verdict "$(mib "$HWM")" 60 '<')"
