@@ -16,7 +16,8 @@ from . import metrics, state
 
 config = config_module.load()
 
-app = Celery("aggregator", include=["aggregator.tasks.ingest", "aggregator.tasks.maintenance"])
+app = Celery("aggregator", include=["aggregator.tasks.ingest", "aggregator.tasks.maintenance",
+                                      "aggregator.tasks.alerts", "aggregator.tasks.retention"])
 app.conf.update(
     broker_url=config.redis_url,
     broker_connection_retry_on_startup=True,
@@ -50,6 +51,9 @@ def _schedule() -> dict:
         "repair-token-index": {"task": "aggregator.repair_token_index",
                                "schedule": config.token_index_repair_seconds},
         "purge-deleted-devices": {"task": "aggregator.purge_deleted_devices", "schedule": 30.0},
+        "evaluate-alerts": {"task": "aggregator.evaluate_alerts", "schedule": config.alert_eval_seconds,
+                            "options": {"expires": max(config.alert_eval_seconds * 2, 2)}},
+        "apply-retention": {"task": "aggregator.apply_retention", "schedule": config.retention_interval_seconds},
     })
     return schedule
 

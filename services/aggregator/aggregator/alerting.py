@@ -1,0 +1,215 @@
+"""Alert rule evaluation: threshold rules over the readings, inactivity rules over last-seen times.
+
+Threshold rules walk each device's new readings of the rule's metric in time order (from a per rule and
+device watermark, `alert_state`): the condition holding since `since`, a rule fires once the readings show it
+held for `for_seconds` (0: at the first reading), and resolves at the first reading where it no longer
+holds. Only devices whose latest reading (telemetry_latest) is newer than their watermark are read, so an
+evaluation costs the new readings, not the history. Readings that arrive later than newer ones already
+evaluated are stored and aggregated but do not move alerts.
+
+Inactivity rules fire when a device in scope has sent nothing (or nothing of `metric`, when given) for
+`after_seconds`, counted from its creation or the rule's last change if it never did; data again resolves.
+
+A partial unique index keeps one firing alert per rule and device whoever evaluates; evaluations also take
+an advisory lock so two workers never interleave. Every state change is returned as the alert's JSON for
+the webhook, which the caller sends (a Celery task) only after the commit.
+"""
+from __future__ import annotations
+
+import logging
+import operator
+from datetime import datetime, timedelta
+
+import psycopg2.extras
+from prometheus_client import Counter
+
+log = logging.getLogger("aggregator.alerting")
+
+# With the aggregator's other metrics in spirit (prefix visiontrack_aggregator_).
+ALERT_CHANGES = Counter("visiontrack_aggregator_alerts_total", "Alerts fired and resolved.", ["state"])
+WEBHOOK_CALLS = Counter("visiontrack_aggregator_webhook_calls_total", "Alert webhook calls, by outcome.",
+                        ["outcome"])
+
+LOCK_ID = 0x5654_414C  # "VTAL"
+OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
+       "!=": operator.ne}
+READINGS_PER_DEVICE = 5000  # per evaluation; the rest waits for the next one
+LOOKBACK = timedelta(minutes=5)  # a new rule or device also sees readings this much older than the rule
+
+_EVENT = "id, rule_id, device_id, state, value, started_at, resolved_at"
+
+
+def _scope(alias: str = "d") -> str:
+    return (f"{alias}.status = 'active' AND (%(scope_device)s::bigint IS NULL OR {alias}.id = %(scope_device)s) "
+            f"AND (%(scope_type)s::text IS NULL OR {alias}.type = %(scope_type)s)")
+
+
+def _iso(ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    from visiontrack.web.timefmt import format_ts
+
+    return format_ts(ts)
+
+
+def payload(event: dict, rule: dict) -> dict:
+    """The JSON a webhook receives: the alert as GET /api/alerts/ shows it, and the rule that raised it."""
+    return {
+        "id": event["id"], "rule_id": event["rule_id"], "device_id": event["device_id"], "state": event["state"],
+        "value": event["value"], "started_at": _iso(event["started_at"]), "resolved_at": _iso(event["resolved_at"]),
+        "rule": {k: rule[k] for k in ("name", "kind", "severity", "metric", "op", "threshold", "for_seconds",
+                                      "after_seconds", "device_id", "device_type")},
+    }
+
+
+class Evaluator:
+    def __init__(self, conn):
+        self.conn = conn
+
+    def run(self) -> list[tuple[str, dict]]:
+        """Evaluate every enabled rule in one transaction; return (webhook_url, payload) to send."""
+        changes: list[tuple[dict, dict]] = []
+        try:
+            with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                cur.execute("SELECT pg_try_advisory_xact_lock(%s) AS got", (LOCK_ID,))
+                if not cur.fetchone()["got"]:
+                    self.conn.rollback()
+                    return []
+                cur.execute("SELECT * FROM alert_rules WHERE enabled ORDER BY id")
+                rules = cur.fetchall()
+                for rule in rules:
+                    params = {"rule": rule["id"], "scope_device": rule["device_id"],
+                              "scope_type": rule["device_type"], "metric": rule["metric"]}
+                    if rule["kind"] == "threshold":
+                        events = self._threshold(cur, rule, params)
+                    else:
+                        events = self._inactivity(cur, rule, params)
+                    changes.extend((rule, e) for e in events)
+                changes.extend(self._out_of_scope(cur))
+            self.conn.commit()
+        except BaseException:
+            self.conn.rollback()
+            raise
+        out = []
+        for rule, event in changes:
+            ALERT_CHANGES.labels(event["state"]).inc()
+            log.info("alert %d (%s, rule %d %r, device %d) %s", event["id"], rule["severity"], rule["id"],
+                     rule["name"], event["device_id"], event["state"])
+            if rule["webhook_url"]:
+                out.append((rule["webhook_url"], payload(event, rule)))
+        return out
+
+    # --- threshold ------------------------------------------------------------------------------------
+    def _threshold(self, cur, rule: dict, params: dict) -> list[dict]:
+        start = rule["updated_at"] - LOOKBACK
+        cur.execute(f"""SELECT l.device_id, coalesce(s.watermark, %(start)s) AS watermark, s.since,
+                               e.id IS NOT NULL AS firing
+                        FROM telemetry_latest l
+                        JOIN devices d ON d.id = l.device_id
+                        LEFT JOIN alert_state s ON s.rule_id = %(rule)s AND s.device_id = l.device_id
+                        LEFT JOIN alert_events e ON e.rule_id = %(rule)s AND e.device_id = l.device_id
+                                                AND e.state = 'firing'
+                        WHERE l.metric = %(metric)s AND {_scope()}
+                          AND l.ts > coalesce(s.watermark, %(start)s)""", {**params, "start": start})
+        devices = {r["device_id"]: r for r in cur.fetchall()}
+        if not devices:
+            return []
+        cur.execute("""SELECT w.device_id, t.ts, t.value
+                       FROM unnest(%(ids)s::bigint[], %(after)s::timestamptz[]) AS w(device_id, after)
+                       CROSS JOIN LATERAL (
+                           SELECT ts, value FROM telemetry
+                           WHERE device_id = w.device_id AND metric = %(metric)s AND ts > w.after
+                           ORDER BY ts LIMIT %(n)s) t
+                       ORDER BY 1, 2""",
+                    {"ids": list(devices), "after": [d["watermark"] for d in devices.values()],
+                     "metric": rule["metric"], "n": READINGS_PER_DEVICE})
+        readings: dict[int, list[tuple[datetime, float]]] = {}
+        for r in cur.fetchall():
+            readings.setdefault(r["device_id"], []).append((r["ts"], r["value"]))
+        holds = OPS[rule["op"]]
+        threshold, hold_for = rule["threshold"], timedelta(seconds=rule["for_seconds"])
+        events, states = [], []
+        for device_id, series in readings.items():
+            since, firing = devices[device_id]["since"], devices[device_id]["firing"]
+            for ts, value in series:
+                if holds(value, threshold):
+                    if since is None:
+                        since = ts
+                    if not firing and ts - since >= hold_for:
+                        event = self._fire(cur, rule["id"], device_id, value, since)
+                        if event:
+                            events.append(event)
+                        firing = True
+                else:
+                    since = None
+                    if firing:
+                        events.extend(self._resolve(cur, rule["id"], device_id, ts))
+                        firing = False
+            states.append((rule["id"], device_id, series[-1][0], since))
+        psycopg2.extras.execute_values(
+            cur, """INSERT INTO alert_state (rule_id, device_id, watermark, since) VALUES %s
+                    ON CONFLICT (rule_id, device_id) DO UPDATE SET watermark = excluded.watermark,
+                                                                   since = excluded.since""", states)
+        return events
+
+    # --- inactivity -----------------------------------------------------------------------------------
+    def _inactivity(self, cur, rule: dict, params: dict) -> list[dict]:
+        if rule["metric"]:
+            seen = "(SELECT l.ts FROM telemetry_latest l WHERE l.device_id = d.id AND l.metric = %(metric)s)"
+        else:
+            seen = "d.last_seen_at"
+        cur.execute(f"""WITH scoped AS (
+                            SELECT d.id AS device_id, x.seen,
+                                   coalesce(x.seen, greatest(d.created_at, %(changed)s)) AS quiet_since
+                            FROM devices d CROSS JOIN LATERAL (SELECT {seen} AS seen) x
+                            WHERE {_scope()})
+                        SELECT s.device_id, s.seen, s.quiet_since, e.id AS firing_id, e.started_at,
+                               extract(epoch FROM now() - s.quiet_since) AS quiet_seconds, now() AS now
+                        FROM scoped s
+                        LEFT JOIN alert_events e ON e.rule_id = %(rule)s AND e.device_id = s.device_id
+                                                AND e.state = 'firing'
+                        WHERE (e.id IS NULL) = (s.quiet_since <= now() - %(after)s * interval '1 second')""",
+                    {**params, "changed": rule["updated_at"], "after": rule["after_seconds"]})
+        events = []
+        after = timedelta(seconds=rule["after_seconds"])
+        for row in cur.fetchall():
+            if row["firing_id"] is None:
+                event = self._fire(cur, rule["id"], row["device_id"], float(row["quiet_seconds"]),
+                                   row["quiet_since"] + after)
+                if event:
+                    events.append(event)
+            else:
+                when = max(row["seen"] or row["now"], row["started_at"])
+                events.extend(self._resolve(cur, rule["id"], row["device_id"], when))
+        return events
+
+    # --- alerts whose device or rule left the scope -----------------------------------------------------
+    def _out_of_scope(self, cur) -> list[tuple[dict, dict]]:
+        cur.execute(f"""UPDATE alert_events e SET state = 'resolved', resolved_at = greatest(now(), e.started_at)
+                        FROM alert_rules r
+                        WHERE e.rule_id = r.id AND e.state = 'firing' AND (NOT r.enabled OR NOT EXISTS (
+                            SELECT 1 FROM devices d WHERE d.id = e.device_id AND d.status = 'active'
+                              AND (r.device_id IS NULL OR d.id = r.device_id)
+                              AND (r.device_type IS NULL OR d.type = r.device_type)))
+                        RETURNING {', '.join('e.' + c.strip() for c in _EVENT.split(','))}, r.id AS rid""")
+        events = cur.fetchall()
+        if not events:
+            return []
+        cur.execute("SELECT * FROM alert_rules WHERE id = ANY(%s)", (list({e["rid"] for e in events}),))
+        rules = {r["id"]: r for r in cur.fetchall()}
+        return [(rules[e["rid"]], e) for e in events]
+
+    @staticmethod
+    def _fire(cur, rule_id: int, device_id: int, value: float, started_at: datetime) -> dict | None:
+        cur.execute(f"""INSERT INTO alert_events (rule_id, device_id, state, value, started_at)
+                        VALUES (%s, %s, 'firing', %s, %s)
+                        ON CONFLICT (rule_id, device_id) WHERE state = 'firing' DO NOTHING
+                        RETURNING {_EVENT}""", (rule_id, device_id, value, started_at))
+        return cur.fetchone()
+
+    @staticmethod
+    def _resolve(cur, rule_id: int, device_id: int, when: datetime) -> list[dict]:
+        cur.execute(f"""UPDATE alert_events SET state = 'resolved', resolved_at = greatest(%s, started_at)
+                        WHERE rule_id = %s AND device_id = %s AND state = 'firing' RETURNING {_EVENT}""",
+                    (when, rule_id, device_id))
+        return cur.fetchall()
