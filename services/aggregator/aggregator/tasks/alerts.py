@@ -48,7 +48,7 @@ def evaluate_alerts() -> int:
 
 @app.task(name="aggregator.notify_webhook", bind=True, ignore_result=True, autoretry_for=(WebhookFailed,),
           max_retries=config.webhook_max_retries, retry_backoff=config.webhook_backoff_seconds,
-          retry_backoff_max=240, retry_jitter=False, time_limit=60)
+          retry_backoff_max=240, retry_jitter=False, time_limit=60, soft_time_limit=50)
 def notify_webhook(self, url: str, body: dict) -> int:
     """POST the alert as JSON; retried on network errors, 5xx and 429, given up on other 4xx."""
     request = urllib.request.Request(

@@ -49,17 +49,17 @@ def purge_deleted_devices(batch_rows: int = 50_000) -> int:
                     "FROM device_purges ORDER BY requested_at LIMIT 10")
         for purge in cur.fetchall():
             device_id = purge["device_id"]
-            left = 0
+            deleted = 0
             for table, col in (("telemetry", "ts"), ("telemetry_1m", "bucket"), ("telemetry_1h", "bucket")):
                 cur.execute(f"""DELETE FROM {table} WHERE device_id = %(d)s AND (metric, {col}) IN (
                                     SELECT metric, {col} FROM {table} WHERE device_id = %(d)s LIMIT %(n)s)""",
                             {"d": device_id, "n": batch_rows})
-                left += cur.rowcount
+                deleted += cur.rowcount
             for table in ("telemetry_latest", "alert_state", "alert_events"):
                 cur.execute(f"DELETE FROM {table} WHERE device_id = %s", (device_id,))
-                left += cur.rowcount
-            removed += left
-            if left == 0 and purge["settled"]:
+                deleted += cur.rowcount
+            removed += deleted
+            if deleted == 0 and purge["settled"]:
                 cur.execute("DELETE FROM device_purges WHERE device_id = %s", (device_id,))
                 log.info("purged the telemetry of deleted device %d", device_id)
     if removed >= batch_rows:

@@ -1,0 +1,201 @@
+"""Alerts end to end in real processes: rules in the registry, readings through the query service's POST,
+the stream and a real Celery worker and beat, alerts in `GET /api/alerts/`, webhooks to a real local HTTP
+receiver (one of them failing its first attempts)."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from stack.servers import free_port
+from tests.conftest import ADMIN_TOKEN, READER_TOKEN, poll
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+READER = {"Authorization": f"Bearer {READER_TOKEN}"}
+
+
+class Receiver:
+    """Records every POST; a path may be told to answer 503 to its first N calls."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+        self.fail_first: dict[str, int] = {}
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with receiver.lock:
+                    attempt = sum(1 for c in receiver.calls if c["path"] == self.path) + 1
+                    failing = attempt <= receiver.fail_first.get(self.path, 0)
+                    receiver.calls.append({"path": self.path, "body": body, "at": time.monotonic(),
+                                           "status": 503 if failing else 200,
+                                           "header": self.headers.get("X-VisionTrack-Alert")})
+                self.send_response(503 if failing else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def on(self, path: str) -> list[dict]:
+        with self.lock:
+            return [c for c in self.calls if c["path"] == path]
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def alerting_aggregator(base_env, run_dir):
+    from tests.conftest import Aggregator
+
+    agg = Aggregator(base_env, run_dir, VT_ALERT_EVAL_SECONDS="0.5", VT_WEBHOOK_BACKOFF_SECONDS="1",
+                     VT_WEBHOOK_MAX_RETRIES="4").start()
+    yield agg
+    agg.stop()
+
+
+def _device(registry_url, **fields) -> dict:
+    resp = requests.post(f"{registry_url}/api/devices/", json={"name": f"al-{uuid.uuid4().hex[:10]}", **fields},
+                         headers=ADMIN)
+    assert resp.status_code == 201
+    return resp.json()
+
+
+def _rule(registry_url, **fields) -> dict:
+    resp = requests.post(f"{registry_url}/api/alert-rules/", json={"name": f"rule-{uuid.uuid4().hex[:6]}", **fields},
+                         headers=ADMIN)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def _send(query_url, device_id: int, *readings: tuple[int, float], metric: str = "temperature") -> None:
+    body = [{"device_id": device_id, "ts": ts, "values": {metric: v}} for ts, v in readings]
+    resp = requests.post(f"{query_url}/api/telemetry/", json=body, headers=ADMIN)
+    assert resp.status_code == 202, resp.text
+
+
+def _alerts(query_url, **params) -> list[dict]:
+    resp = requests.get(f"{query_url}/api/alerts/", params=params, headers=READER)
+    assert resp.status_code == 200, resp.text
+    return resp.json()["items"]
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+def test_a_threshold_rule_fires_once_calls_its_webhook_and_resolves(registry_url, query_url, receiver,
+                                                                    alerting_aggregator):
+    device = _device(registry_url)
+    rule = _rule(registry_url, metric="temperature", op=">", threshold=30, device_id=device["id"],
+                 severity="critical", webhook_url=receiver.url("/hook-a"))
+    now = int(time.time() * 1000)
+    _send(query_url, device["id"], (now - 9000, 20.0), (now - 8000, 31.0), (now - 7000, 35.0))
+    firing = poll(lambda: _alerts(query_url, rule_id=rule["id"]), what="the alert firing")
+    assert len(firing) == 1
+    assert {k: firing[0][k] for k in ("rule_id", "device_id", "state", "value", "started_at", "resolved_at")} == {
+        "rule_id": rule["id"], "device_id": device["id"], "state": "firing", "value": 31.0,
+        "started_at": _iso(now - 8000), "resolved_at": None}
+    call = poll(lambda: receiver.on("/hook-a"), what="the firing webhook")[0]
+    assert call["body"]["state"] == "firing" and call["body"]["id"] == firing[0]["id"]
+    assert call["body"]["rule"]["severity"] == "critical" and call["header"] == f"{firing[0]['id']}:firing"
+
+    _send(query_url, device["id"], (now - 6000, 40.0))  # still over: no second alert
+    _send(query_url, device["id"], (now - 5000, 29.0))  # clears
+    resolved = poll(lambda: [a for a in _alerts(query_url, rule_id=rule["id"]) if a["state"] == "resolved"],
+                    what="the alert resolved")
+    assert len(_alerts(query_url, rule_id=rule["id"])) == 1
+    assert resolved[0]["resolved_at"] == _iso(now - 5000)
+    calls = poll(lambda: receiver.on("/hook-a") if len(receiver.on("/hook-a")) >= 2 else None,
+                 what="the resolving webhook")
+    assert [c["body"]["state"] for c in calls] == ["firing", "resolved"]
+
+    _send(query_url, device["id"], (now - 4000, 50.0))  # a new episode: a new alert
+    poll(lambda: len(_alerts(query_url, rule_id=rule["id"])) == 2, what="a second episode")
+    assert [a["state"] for a in _alerts(query_url, rule_id=rule["id"])] == ["firing", "resolved"]
+    assert [a["state"] for a in _alerts(query_url, rule_id=rule["id"], state="firing")] == ["firing"]
+
+
+def test_for_seconds_needs_the_condition_to_hold_that_long(registry_url, query_url, alerting_aggregator):
+    device = _device(registry_url)
+    rule = _rule(registry_url, metric="pressure", op=">=", threshold=5, for_seconds=10, device_id=device["id"])
+    t0 = int(time.time() * 1000) - 60_000
+    # Over for 9 s, a dip, then over for 12 s: only the second stretch lasts 10 s.
+    _send(query_url, device["id"], *[(t0 + i * 1000, 6.0) for i in range(10)], (t0 + 10_000, 1.0),
+          *[(t0 + 11_000 + i * 1000, 5.0 + i) for i in range(13)], metric="pressure")
+    firing = poll(lambda: _alerts(query_url, rule_id=rule["id"]), what="the alert firing")
+    assert firing[0]["started_at"] == _iso(t0 + 11_000) and firing[0]["value"] == 15.0  # held 10 s at t0+21 s
+    time.sleep(1.5)
+    assert len(_alerts(query_url, rule_id=rule["id"])) == 1
+
+
+def test_a_failing_webhook_is_retried_with_backoff_until_it_succeeds(registry_url, query_url, receiver,
+                                                                     alerting_aggregator):
+    receiver.fail_first["/hook-flaky"] = 2
+    device = _device(registry_url)
+    _rule(registry_url, metric="temperature", op="<", threshold=0, device_id=device["id"],
+          webhook_url=receiver.url("/hook-flaky"))
+    _send(query_url, device["id"], (int(time.time() * 1000) - 1000, -5.0))
+    calls = poll(lambda: receiver.on("/hook-flaky") if len(receiver.on("/hook-flaky")) >= 3 else None,
+                 timeout=30, what="three webhook attempts")
+    assert [c["status"] for c in calls] == [503, 503, 200]
+    assert len({c["header"] for c in calls}) == 1
+    gaps = [b["at"] - a["at"] for a, b in zip(calls, calls[1:])]
+    assert gaps[0] >= 0.9 and gaps[1] >= 1.9, gaps  # 1 s, then 2 s
+    time.sleep(1)
+    assert len(receiver.on("/hook-flaky")) == 3
+
+
+def test_inactivity_fires_for_a_silent_device_of_the_type_and_resolves_on_data(registry_url, query_url, receiver,
+                                                                               alerting_aggregator):
+    kind = f"pump-{uuid.uuid4().hex[:6]}"
+    quiet, other = _device(registry_url, type=kind), _device(registry_url)
+    rule = _rule(registry_url, kind="inactivity", after_seconds=2, device_type=kind,
+                 webhook_url=receiver.url("/hook-quiet"))
+    firing = poll(lambda: _alerts(query_url, rule_id=rule["id"]), what="the inactivity alert")
+    assert [(a["device_id"], a["state"]) for a in firing] == [(quiet["id"], "firing")]
+    _send(query_url, quiet["id"], (int(time.time() * 1000), 1.0))
+    poll(lambda: _alerts(query_url, rule_id=rule["id"], state="resolved"), what="the inactivity alert resolved")
+    assert not _alerts(query_url, device_id=other["id"])
+    calls = poll(lambda: receiver.on("/hook-quiet") if len(receiver.on("/hook-quiet")) >= 2 else None,
+                 what="both webhooks")
+    assert [c["body"]["state"] for c in calls] == ["firing", "resolved"]
+
+
+def test_alert_list_filters_and_pages(query_url):
+    everything = _alerts(query_url, limit=1000)
+    assert len(everything) >= 4
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = requests.get(f"{query_url}/api/alerts/", params=params, headers=READER).json()
+        seen += [a["id"] for a in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == [a["id"] for a in everything] == sorted(seen, reverse=True)
+    first = everything[-1]
+    assert all(a["started_at"] >= first["started_at"] for a in _alerts(query_url, **{"from": first["started_at"]}))
+    assert _alerts(query_url, to=first["started_at"], rule_id=first["rule_id"]) == []
+    bad = requests.get(f"{query_url}/api/alerts/", params={"state": "open"}, headers=READER)
+    assert bad.status_code == 400 and bad.json()["details"][0]["field"] == "state"

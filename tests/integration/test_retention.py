@@ -1,0 +1,99 @@
+"""Retention drops whole expired partitions (raw, 1m and 1h rollups, each after its own setting), and
+deleting a device purges its raw rows, rollups, latest values and alerts (real Postgres and Celery)."""
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import date, timedelta
+
+import psycopg2
+import pytest
+import requests
+from celery import Celery
+
+from aggregator.copy_encoding import encode_entry
+from aggregator.storage import TelemetryStorage
+from aggregator.tasks.retention import drop_expired, expired
+from visiontrack.db import Database
+from visiontrack.stream import Entry
+
+from tests.conftest import ADMIN_TOKEN, poll
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def test_expired_partitions_by_name_and_table():
+    today = date(2026, 11, 27)
+    names = ["telemetry_20261027", "telemetry_20261028", "telemetry_1m_20260828", "telemetry_1m_20260829",
+             "telemetry_1h_202510", "telemetry_1h_202511", "telemetry_other"]
+    days = {"telemetry": 30, "telemetry_1m": 90, "telemetry_1h": 390}
+    # A partition goes once its last day ends on or before today - retention: raw 2026-10-27 ends at 10-28 =
+    # today - 30 days; 1m 2026-08-28 ends at 08-29 = today - 90; 1h October 2025 ends at 11-01 < today - 390.
+    assert expired(names, today, days) == ["telemetry_1h_202510", "telemetry_1m_20260828", "telemetry_20261027"]
+
+
+def _tables(db, prefix: str) -> set[str]:
+    with db.cursor() as cur:
+        cur.execute("SELECT relname FROM pg_class WHERE relname LIKE %s", (prefix + "%",))
+        return {r[0] for r in cur.fetchall()}
+
+
+def test_retention_drops_whole_partitions_only(db, postgres):
+    with db.cursor() as cur:
+        for day in ("2026-06-01", "2026-06-02"):
+            cur.execute("SELECT vt_ensure_telemetry_partition(%s::date)", (day,))
+        cur.execute("INSERT INTO telemetry VALUES (1, 'x', '2026-06-01T12:00:00Z', 1), (1, 'x', '2026-06-02T12:00:00Z', 2)")
+    today = date(2026, 6, 2) + timedelta(days=30)  # 2026-06-01 is a whole day past 30 days of retention
+    dropped = drop_expired(Database(postgres.url, 1), {"telemetry": 30, "telemetry_1m": 31, "telemetry_1h": 400},
+                           today)
+    assert "telemetry_20260601" in dropped and "telemetry_20260602" not in dropped
+    assert "telemetry_1m_20260601" not in dropped and not any(n.startswith("telemetry_1h") for n in dropped)
+    assert "telemetry_20260601" not in _tables(db, "telemetry_2026060")
+    with db.cursor() as cur:
+        cur.execute("SELECT value FROM telemetry WHERE device_id = 1 AND metric = 'x'")
+        assert [r[0] for r in cur.fetchall()] == [2.0]
+    later = drop_expired(Database(postgres.url, 1), {"telemetry": 30, "telemetry_1m": 30, "telemetry_1h": 30},
+                         date(2026, 8, 2))
+    assert {"telemetry_20260602", "telemetry_1m_20260601", "telemetry_1m_20260602", "telemetry_1h_202606"} <= set(later)
+
+
+@pytest.fixture(scope="module")
+def worker(base_env, run_dir):
+    from tests.conftest import Aggregator
+
+    agg = Aggregator(base_env, run_dir)
+    agg.start_worker()
+    yield agg
+    agg.stop()
+
+
+def test_deleting_a_device_purges_its_rollups_latest_values_and_alerts(registry_url, db, postgres, base_env, worker):
+    device = requests.post(f"{registry_url}/api/devices/", json={"name": f"purge-{uuid.uuid4().hex[:8]}"},
+                           headers=ADMIN).json()
+    conn = psycopg2.connect(postgres.url)
+    try:
+        now = int(time.time() * 1000)
+        TelemetryStorage(conn).store([encode_entry(Entry("1-0", device["id"], [["t", now - 1000, 1.0]], now),
+                                                   -10**9, 10**9)])
+    finally:
+        conn.close()
+    rule = requests.post(f"{registry_url}/api/alert-rules/", json={"name": "p", "metric": "t", "op": ">",
+                                                                    "threshold": 0}, headers=ADMIN).json()
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO alert_events (rule_id, device_id, state, value, started_at) "
+                    "VALUES (%s, %s, 'firing', 1, now())", (rule["id"], device["id"]))
+    tables = ("telemetry", "telemetry_1m", "telemetry_1h", "telemetry_latest", "alert_events")
+
+    def counts():
+        with db.cursor() as cur:
+            out = []
+            for table in tables:
+                cur.execute(f"SELECT count(*) FROM {table} WHERE device_id = %s", (device["id"],))
+                out.append(cur.fetchone()[0])
+            return out
+
+    assert counts() == [1, 1, 1, 1, 1]
+    assert requests.delete(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN).status_code == 204
+    client = Celery(broker=base_env["REDIS_URL"])
+    client.send_task("aggregator.purge_deleted_devices", queue="visiontrack")
+    poll(lambda: counts() == [0, 0, 0, 0, 0], timeout=30, what="the device's data purged")
