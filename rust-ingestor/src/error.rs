@@ -137,7 +137,8 @@ mod tests {
     #[tokio::test]
     async fn unavailable_sets_retry_after() {
         let (status, headers, body) =
-            render(ApiError::Unavailable { message: "stream backlog over high-water mark", retry_after_seconds: 7 }).await;
+            render(ApiError::Unavailable { message: "stream backlog over high-water mark", retry_after_seconds: 7 })
+                .await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(headers[header::RETRY_AFTER], "7");
         assert_eq!(body["error"], "unavailable");

@@ -62,7 +62,20 @@ fn describe() {
 /// The route templates we serve; anything else is one bounded label value.
 const ROUTES: [&str; 5] = ["/api/ingest", "/healthz", "/readyz", "/metrics", "unmatched"];
 const STATUSES: [&str; 15] = [
-    "200", "202", "400", "401", "403", "404", "405", "408", "413", "415", "500", "503", "other_2xx_3xx", "other_4xx",
+    "200",
+    "202",
+    "400",
+    "401",
+    "403",
+    "404",
+    "405",
+    "408",
+    "413",
+    "415",
+    "500",
+    "503",
+    "other_2xx_3xx",
+    "other_4xx",
     "other_5xx",
 ];
 

@@ -182,7 +182,10 @@ mod tests {
     #[test]
     fn entries_encode_compact_triples() {
         let mut buf = Vec::new();
-        encode_readings(&[r("temperature", 1_764_212_400_123, 21.5), r("door.open", -5, 1.0), r("x", 0, -0.25)], &mut buf);
+        encode_readings(
+            &[r("temperature", 1_764_212_400_123, 21.5), r("door.open", -5, 1.0), r("x", 0, -0.25)],
+            &mut buf,
+        );
         assert_eq!(
             std::str::from_utf8(&buf).unwrap(),
             r#"[["temperature",1764212400123,21.5],["door.open",-5,1],["x",0,-0.25]]"#
@@ -204,11 +207,15 @@ mod tests {
     #[test]
     fn the_xadd_has_the_contract_fields() {
         let cmd = xadd_cmd("vt:telemetry", 42, b"[]", 7);
-        let args: Vec<Vec<u8>> = cmd.args_iter().map(|a| match a {
-            redis::Arg::Simple(b) => b.to_vec(),
-            _ => Vec::new(),
-        }).collect();
-        let expected: Vec<&[u8]> = vec![b"XADD", b"vt:telemetry", b"*", b"v", b"1", b"d", b"42", b"r", b"[]", b"at", b"7"];
+        let args: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => b.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let expected: Vec<&[u8]> =
+            vec![b"XADD", b"vt:telemetry", b"*", b"v", b"1", b"d", b"42", b"r", b"[]", b"at", b"7"];
         assert_eq!(args, expected);
     }
 
@@ -227,15 +234,31 @@ mod tests {
     #[test]
     fn backlog_is_lag_plus_pending_of_our_group() {
         let group = |name: &str, pending: i64, lag: V| {
-            V::Array(vec![bulk("name"), bulk(name), bulk("consumers"), V::Int(1), bulk("pending"), V::Int(pending),
-                bulk("last-delivered-id"), bulk("0-0"), bulk("entries-read"), V::Nil, bulk("lag"), lag])
+            V::Array(vec![
+                bulk("name"),
+                bulk(name),
+                bulk("consumers"),
+                V::Int(1),
+                bulk("pending"),
+                V::Int(pending),
+                bulk("last-delivered-id"),
+                bulk("0-0"),
+                bulk("entries-read"),
+                V::Nil,
+                bulk("lag"),
+                lag,
+            ])
         };
         let reply = V::Array(vec![group("other", 100, V::Int(100)), group("aggregators", 3, V::Int(4))]);
         assert_eq!(backlog_from_groups(&reply, "aggregators"), Some(7));
         assert_eq!(backlog_from_groups(&reply, "missing"), None);
         let no_lag = V::Array(vec![group("aggregators", 3, V::Nil)]);
         assert_eq!(backlog_from_groups(&no_lag, "aggregators"), None);
-        let resp3 = V::Array(vec![V::Map(vec![(bulk("name"), bulk("g")), (bulk("pending"), V::Int(1)), (bulk("lag"), V::Int(2))])]);
+        let resp3 = V::Array(vec![V::Map(vec![
+            (bulk("name"), bulk("g")),
+            (bulk("pending"), V::Int(1)),
+            (bulk("lag"), V::Int(2)),
+        ])]);
         assert_eq!(backlog_from_groups(&resp3, "g"), Some(3));
     }
 }

@@ -46,7 +46,12 @@ pub fn check_media_type(content_type: Option<&str>) -> Result<(), ApiError> {
 }
 
 /// Steps 1–7 of the contract: the readings of an acceptable request, or the error to answer.
-pub fn validate(content_type: Option<&str>, body: &[u8], now_ms: i64, limits: &Limits) -> Result<Vec<Reading>, ApiError> {
+pub fn validate(
+    content_type: Option<&str>,
+    body: &[u8],
+    now_ms: i64,
+    limits: &Limits,
+) -> Result<Vec<Reading>, ApiError> {
     check_media_type(content_type)?;
     if body.len() > limits.max_body_bytes {
         return Err(ApiError::PayloadTooLarge(limits.max_body_bytes));
@@ -225,7 +230,8 @@ fn metric_value(value: &Value) -> Option<f64> {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { max_body_bytes: 1024, max_readings: 5, max_future_skew_seconds: 300, retention_days: 30 };
+    const LIMITS: Limits =
+        Limits { max_body_bytes: 1024, max_readings: 5, max_future_skew_seconds: 300, retention_days: 30 };
     const NOW: i64 = 1_795_748_400_000;
 
     fn ok(body: &str) -> Vec<Reading> {

@@ -91,10 +91,8 @@ fn every_shared_vector_passes() {
     let limits = limits_of(&doc);
     let cases = doc["cases"].as_array().unwrap();
     assert!(cases.len() >= 50, "only {} cases", cases.len());
-    let failures: Vec<String> = cases
-        .iter()
-        .filter_map(|c| check(c, now_ms, &limits).err().map(|e| format!("{}: {e}", c["name"])))
-        .collect();
+    let failures: Vec<String> =
+        cases.iter().filter_map(|c| check(c, now_ms, &limits).err().map(|e| format!("{}: {e}", c["name"]))).collect();
     assert!(failures.is_empty(), "{} of {} vectors failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 

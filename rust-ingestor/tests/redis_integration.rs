@@ -16,9 +16,7 @@ type Entry = (String, Vec<(String, String)>);
 
 fn entries(conn: &mut redis::Connection, key: &str) -> Vec<Entry> {
     let raw: Vec<(String, Vec<String>)> = redis::cmd("XRANGE").arg(key).arg("-").arg("+").query(conn).unwrap();
-    raw.into_iter()
-        .map(|(id, flat)| (id, flat.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect()))
-        .collect()
+    raw.into_iter().map(|(id, flat)| (id, flat.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect())).collect()
 }
 
 fn get<'a>(entry: &'a Entry, name: &str) -> &'a str {
@@ -37,7 +35,12 @@ async fn an_accepted_request_is_exactly_one_entry_with_the_contract_fields() {
 
     let ts = now_ms() - 1000;
     let before = now_ms();
-    let reply = post_ingest(addr, "vtd_one", &format!(r#"[{{"ts":{ts},"values":{{"temperature":21.5,"door":true}}}},{{"rpm":900}}]"#)).await;
+    let reply = post_ingest(
+        addr,
+        "vtd_one",
+        &format!(r#"[{{"ts":{ts},"values":{{"temperature":21.5,"door":true}}}},{{"rpm":900}}]"#),
+    )
+    .await;
     let after = now_ms();
     assert_eq!(reply.status, 202, "{}", reply.body);
     assert_eq!(reply.json(), json!({"accepted": 3}));
@@ -183,13 +186,21 @@ async fn a_backlog_over_the_high_water_mark_gives_503_until_it_drains() {
     assert_eq!(refused.json()["message"], "stream backlog is over its high-water mark");
 
     // With the group created at 0, lag counts the same 4 entries.
-    let _: () = redis::cmd("XGROUP").arg("CREATE").arg("vt:telemetry").arg("aggregators").arg("0").query(&mut conn).unwrap();
+    let _: () =
+        redis::cmd("XGROUP").arg("CREATE").arg("vt:telemetry").arg("aggregators").arg("0").query(&mut conn).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(post_ingest(addr, "vtd_b", r#"{"a":1}"#).await.status, 503);
 
     // Read but not acked: pending keeps it over the mark; acked: it drains.
     let read: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP").arg("aggregators").arg("c1").arg("COUNT").arg(100).arg("STREAMS").arg("vt:telemetry").arg(">")
+        .arg("GROUP")
+        .arg("aggregators")
+        .arg("c1")
+        .arg("COUNT")
+        .arg(100)
+        .arg("STREAMS")
+        .arg("vt:telemetry")
+        .arg(">")
         .query(&mut conn)
         .unwrap();
     assert_ne!(read, redis::Value::Nil);

@@ -16,6 +16,7 @@ pub async fn healthz() -> impl IntoResponse {
 
 /// 200 when Redis answers PING in time, else 503 `unavailable`.
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let _: String = state.redis("ping", &redis::cmd("PING")).await.map_err(|_| state.unavailable("redis is not reachable"))?;
+    let _: String =
+        state.redis("ping", &redis::cmd("PING")).await.map_err(|_| state.unavailable("redis is not reachable"))?;
     Ok((JSON, r#"{"status":"ready"}"#))
 }

@@ -64,10 +64,7 @@ async fn handle(state: &AppState, request: Request) -> Result<usize, Rejection> 
     let mut encoded = Vec::with_capacity(readings.len() * 40 + 2);
     stream::encode_readings(&readings, &mut encoded);
     let cmd = stream::xadd_cmd(&shard.key, device.id, &encoded, now_ms);
-    let _id: String = state
-        .redis("xadd", &cmd)
-        .await
-        .map_err(|error| Rejection { error, readings: readings.len() })?;
+    let _id: String = state.redis("xadd", &cmd).await.map_err(|error| Rejection { error, readings: readings.len() })?;
     Ok(readings.len())
 }
 
@@ -101,7 +98,5 @@ async fn read_capped(mut body: Body, max: usize) -> Result<Bytes, ApiError> {
 }
 
 fn epoch_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

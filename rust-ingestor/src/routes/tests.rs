@@ -53,7 +53,8 @@ async fn send(app: Router, req: Request<Body>) -> (StatusCode, axum::http::Heade
     let response = app.oneshot(req).await.unwrap();
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    let value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
     (parts.status, parts.headers, value)
 }
 
@@ -114,7 +115,8 @@ async fn a_disabled_device_is_403() {
 
 #[tokio::test]
 async fn an_uncached_token_with_redis_down_is_503_not_401() {
-    let (status, headers, body) = send(app(), ingest(Some("vtd_unknown"), Some("application/json"), r#"{"a":1}"#)).await;
+    let (status, headers, body) =
+        send(app(), ingest(Some("vtd_unknown"), Some("application/json"), r#"{"a":1}"#)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers[header::RETRY_AFTER], "3");
     assert_eq!(body["error"], "unavailable");
@@ -176,7 +178,8 @@ async fn backlog_over_the_high_water_mark_is_503() {
     let state = state_with(&[("VT_STREAM_HIGH_WATER", "10"), ("VT_STREAM_SHARDS", "2")]);
     // Device 7 writes to shard 1; only that shard is over the mark.
     state.shards[1].set_backlog(11);
-    let (status, headers, body) = send(router(state.clone()), ingest(Some(TOKEN), Some("application/json"), r#"{"a":1}"#)).await;
+    let (status, headers, body) =
+        send(router(state.clone()), ingest(Some(TOKEN), Some("application/json"), r#"{"a":1}"#)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers[header::RETRY_AFTER], "3");
     assert_eq!(body["message"], "stream backlog is over its high-water mark");

@@ -125,12 +125,20 @@ impl Reply {
 }
 
 pub async fn post_ingest(addr: SocketAddr, token: &str, body: &str) -> Reply {
-    request(addr, "POST", "/api/ingest", &[("Authorization", &format!("Bearer {token}")), ("Content-Type", "application/json")], body).await
+    request(
+        addr,
+        "POST",
+        "/api/ingest",
+        &[("Authorization", &format!("Bearer {token}")), ("Content-Type", "application/json")],
+        body,
+    )
+    .await
 }
 
 pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(k);
         req.push_str(": ");

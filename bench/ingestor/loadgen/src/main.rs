@@ -135,12 +135,10 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 fn main() {
     let args = parse_args();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let mut request = format!("POST {} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n", args.path, args.addr, args.body.len());
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build().expect("runtime");
+    let mut request =
+        format!("POST {} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n", args.path, args.addr, args.body.len());
     for h in &args.headers {
         request.push_str(h);
         request.push_str("\r\n");
