@@ -1,10 +1,12 @@
-"""`make bench` (Python side): the aggregator against a raw COPY, and raw range queries over HTTP.
+"""`make bench` (Python side): the aggregator against a raw COPY, with and without rollups and alerts, and
+raw, aggregate and latest queries over HTTP.
 
 Prints a table. Everything runs on this machine in one go, so the yardstick (a raw binary COPY of the
-same rows into the same table) shares the conditions of what it measures.
+same rows into the same table) shares the conditions of what it measures, and the aggregator runs without
+and with rollups+alerts alternately (BENCH_ROUNDS times each, best kept) so both see the same machine.
 
 Environment: BENCH_ENTRIES (3000 entries of 100 readings), BENCH_QUERY_ROWS (10,000,000),
-BENCH_QUERIES (2000).
+BENCH_QUERIES (2000), BENCH_ROUNDS (2).
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ ADMIN = "bench-admin-token-0123456789"
 ENTRIES = int(os.environ.get("BENCH_ENTRIES", "3000"))
 QUERY_ROWS = int(os.environ.get("BENCH_QUERY_ROWS", "10000000"))
 QUERIES = int(os.environ.get("BENCH_QUERIES", "2000"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+DERIVED = ("telemetry_1m", "telemetry_1h", "telemetry_latest", "alert_state", "alert_events")
 
 
 def log(msg: str) -> None:
@@ -61,14 +65,30 @@ def fill_stream(client: redis.Redis, key: str, entries: int, base_ms: int) -> in
     return entries * 100
 
 
-def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis) -> float:
-    """Readings/s of one Celery worker process draining a pre-filled stream, steady state."""
+def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups: bool = True) -> float:
+    """Readings/s of one Celery worker process draining a pre-filled stream, steady state.
+
+    With `rollups`, the worker keeps the rollups, latest values and last_seen_at, and beat evaluates alert
+    rules (a threshold rule over every device and an inactivity rule) every VT_ALERT_EVAL_SECONDS, in the
+    same worker process; without, only raw rows are written and no rule exists.
+    """
     with db.cursor() as cur:
-        cur.execute("TRUNCATE telemetry")
+        cur.execute(f"TRUNCATE telemetry, {', '.join(DERIVED)}")
+        cur.execute("DELETE FROM alert_rules")
+        cur.execute("INSERT INTO devices (id, name, type) SELECT i, 'bench-' || i, 'bench' "
+                    "FROM generate_series(1, 100) i ON CONFLICT DO NOTHING")
+        cur.execute("UPDATE devices SET last_seen_at = NULL")
+        if rollups:
+            cur.execute("""INSERT INTO alert_rules (name, kind, metric, op, threshold, for_seconds)
+                           VALUES ('bench hot', 'threshold', 'metric_0', '>', 45, 2)""")
+            cur.execute("""INSERT INTO alert_rules (name, kind, after_seconds, device_type)
+                           VALUES ('bench quiet', 'inactivity', 60, 'bench')""")
     client.delete("vt:telemetry")
-    total = fill_stream(client, "vt:telemetry", ENTRIES, int(time.time() * 1000) - 6 * 3_600_000)
+    # Recent readings (the last few minutes), so the alert rules evaluate every one of them.
+    total = fill_stream(client, "vt:telemetry", ENTRIES, int(time.time() * 1000) - 240_000)
     log(f"stream pre-filled with {ENTRIES} entries ({total} readings)")
-    agg_env = {**env, "VT_WORKER_CONCURRENCY": "1", "VT_DRAIN_INTERVAL_SECONDS": "0.2"}
+    agg_env = {**env, "VT_WORKER_CONCURRENCY": "1", "VT_DRAIN_INTERVAL_SECONDS": "0.2",
+               "VT_ROLLUPS_ENABLED": "true" if rollups else "false"}
     worker = Process("bench-worker", "worker", agg_env, run_dir / "logs" / "worker.log").start(run_dir)
     beat = Process("bench-beat", "beat", agg_env, run_dir / "logs" / "beat.log").start(run_dir)
     try:
@@ -85,6 +105,11 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis) -> float
     finally:
         beat.stop()
         worker.stop()
+    if rollups:  # the derived data really was written
+        with db.cursor() as cur:
+            cur.execute("SELECT sum(count) FROM telemetry_1m")
+            if cur.fetchone()[0] != total:
+                raise RuntimeError("the 1-minute rollups do not add up to the readings stored")
     # Steady state: from the first sample past 10% to the first past 90% (start-up excluded).
     t1, n1 = next(s for s in samples if s[1] >= total * 0.1)
     t2, n2 = next(s for s in samples if s[1] >= total * 0.9)
@@ -119,9 +144,10 @@ def bench_copy(db) -> float:
 
 
 def load_query_table(db, rows: int) -> tuple[int, int]:
-    """1,000 devices x 2 metrics over 7 days, `rows` readings in all, generated inside Postgres."""
+    """1,000 devices x 2 metrics over 7 days, `rows` readings in all, generated inside Postgres, and the
+    rollups and latest values the aggregator would have made of them."""
     with db.cursor() as cur:
-        cur.execute("TRUNCATE telemetry")
+        cur.execute(f"TRUNCATE telemetry, {', '.join(DERIVED)}")
         per_series = rows // 2000
         step_ms = 7 * 86_400_000 // per_series
         end_ms = int(time.time() * 1000) // 60_000 * 60_000
@@ -133,8 +159,64 @@ def load_query_table(db, rows: int) -> tuple[int, int]:
                        SELECT d, m, to_timestamp((%s + i::bigint * %s) / 1000.0), random() * 100
                        FROM generate_series(1, 1000) d, unnest(ARRAY['temperature', 'humidity']) m,
                             generate_series(0, %s - 1) i""", (start_ms, step_ms, per_series))
+        epoch = "timestamptz '2000-01-01 00:00+00'"
+        cur.execute(f"""INSERT INTO telemetry_1m
+                        SELECT device_id, metric, date_bin('1 minute', ts, {epoch}), count(*), sum(value),
+                               min(value), max(value)
+                        FROM telemetry GROUP BY 1, 2, 3""")
+        cur.execute(f"""INSERT INTO telemetry_1h
+                        SELECT device_id, metric, date_bin('1 hour', bucket, {epoch}), sum(count), sum(sum),
+                               min(min), max(max)
+                        FROM telemetry_1m GROUP BY 1, 2, 3""")
+        cur.execute("""INSERT INTO telemetry_latest
+                       SELECT d, m, t.ts, t.value
+                       FROM generate_series(1, 1000) d, unnest(ARRAY['temperature', 'humidity']) m,
+                            LATERAL (SELECT ts, value FROM telemetry WHERE device_id = d AND metric = m
+                                     ORDER BY ts DESC LIMIT 1) t""")
         cur.execute("ANALYZE telemetry")
+        cur.execute("ANALYZE telemetry_1m")
+        cur.execute("ANALYZE telemetry_1h")
+        cur.execute("ANALYZE telemetry_latest")
     return start_ms, end_ms
+
+
+def timed_gets(url: str, path: str, make_params, count: int) -> list[float]:
+    """Latencies (ms) of `count` sequential GETs after 100 that warm caches and connections."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {ADMIN}"
+    latencies = []
+    for i in range(count + 100):
+        params = make_params()
+        t = time.perf_counter()
+        resp = session.get(f"{url}{path}", params=params)
+        elapsed = time.perf_counter() - t
+        if resp.status_code != 200:
+            raise RuntimeError(f"{path} failed: {resp.status_code} {resp.text[:200]}")
+        if i >= 100:
+            latencies.append(elapsed * 1000)
+    return latencies
+
+
+def bench_aggregate_queries(url: str, start_ms: int, end_ms: int) -> dict[str, list[float]]:
+    def series() -> dict:
+        return {"device_id": random.randint(1, 1000), "metric": random.choice(["temperature", "humidity"])}
+
+    def day_at_1m() -> dict:  # ragged edges: raw rows for the partial minutes
+        to = random.randint(start_ms + 86_400_000, end_ms)
+        return {**series(), "interval": "1m", "from": to - 86_400_000, "to": to}
+
+    def month_at_1h() -> dict:
+        to = end_ms - random.randint(0, 3_600_000)
+        return {**series(), "interval": "1h", "from": to - 30 * 86_400_000, "to": to}
+
+    def latest() -> dict:
+        return {"device_id": random.randint(1, 1000)}
+
+    return {
+        "day_1m": timed_gets(url, "/api/telemetry/aggregate", day_at_1m, QUERIES),
+        "month_1h": timed_gets(url, "/api/telemetry/aggregate", month_at_1h, QUERIES),
+        "latest": timed_gets(url, "/api/telemetry/latest", latest, QUERIES),
+    }
 
 
 def bench_range_queries(url: str, start_ms: int, end_ms: int) -> list[float]:
@@ -179,13 +261,21 @@ def main() -> int:
         log("raw COPY yardstick")
         copy_rate = bench_copy(db)
         log(f"raw COPY: {copy_rate:,.0f} readings/s")
-        log("aggregator: one worker process draining a pre-filled stream")
-        agg_rate = bench_aggregator(env, run_dir, db, client)
-        log(f"aggregator: {agg_rate:,.0f} readings/s")
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        for round_ in range(ROUNDS):
+            for rollups in (False, True):
+                what = "with rollups+alerts" if rollups else "raw only"
+                log(f"aggregator round {round_ + 1}/{ROUNDS}, {what}: one worker process draining a pre-filled stream")
+                rates[rollups].append(bench_aggregator(env, run_dir, db, client, rollups))
+                log(f"aggregator, {what}: {rates[rollups][-1]:,.0f} readings/s")
+        raw_rate, agg_rate = max(rates[False]), max(rates[True])
         results += [
             ("raw binary COPY into telemetry (yardstick)", f"{copy_rate:,.0f} readings/s", ""),
             ("aggregator, 1 worker process, entries of 100", f"{agg_rate:,.0f} readings/s",
-             f"{agg_rate / copy_rate:.0%} of COPY (target >= 80,000/s and >= 65%)"),
+             f"rollups+alerts on; {agg_rate / copy_rate:.0%} of COPY (target >= 80,000/s and >= 65%)"),
+            ("aggregator, same, raw rows only", f"{raw_rate:,.0f} readings/s",
+             f"rollups+alerts cost {1 - agg_rate / raw_rate:.0%} (target <= 20%); best of {ROUNDS}: "
+             f"{', '.join(f'{r:,.0f}' for r in rates[True])} vs {', '.join(f'{r:,.0f}' for r in rates[False])}"),
         ]
         log(f"loading {QUERY_ROWS:,} rows for the range queries")
         t = time.perf_counter()
@@ -199,12 +289,19 @@ def main() -> int:
         nginx.start()
         try:
             lat = bench_range_queries(nginx.url, start_ms, end_ms)
+            agg = bench_aggregate_queries(nginx.url, start_ms, end_ms)
         finally:
             nginx.stop()
             query.stop()
-        results.append((f"1-hour raw range, 1 device+metric, {QUERY_ROWS / 1e6:.0f}M rows, via nginx",
-                        f"p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms",
-                        f"{len(lat)} sequential requests (target p99 < 10 ms)"))
+        rows_m = f"{QUERY_ROWS / 1e6:.0f}M rows"
+        for name, values, target in (
+            (f"1-hour raw range, 1 device+metric, {rows_m}, via nginx", lat, 10),
+            (f"aggregate 24 h at 1m (ragged edges), {rows_m}, via nginx", agg["day_1m"], 25),
+            (f"aggregate 30 days at 1h, {rows_m}, via nginx", agg["month_1h"], 10),
+            (f"latest, all metrics of a device, {rows_m}, via nginx", agg["latest"], 5),
+        ):
+            results.append((name, f"p50 {pct(values, 50):.2f} ms, p99 {pct(values, 99):.2f} ms",
+                            f"{len(values)} sequential requests (target p99 < {target} ms)"))
     finally:
         db.close()
         rs.stop()
