@@ -1,6 +1,6 @@
 """The chart lints, renders in every mode, and every rendered object is valid against the Kubernetes
-schemas (kubernetes-validate, bundled offline), the Prometheus Operator's CRD schemas (offline copies beside the repository) and the
-Gateway API models; values.schema.json refuses what cannot work."""
+schemas (kubernetes-validate, bundled offline), the Prometheus Operator's CRD schemas (offline copies
+beside the repository) and the Gateway API models; values.schema.json refuses what cannot work."""
 from __future__ import annotations
 
 import json
