@@ -61,7 +61,7 @@ def test_skaffold_should_set_values_the_chart_has_to_the_images_it_built(skaffol
         for part in key.split("."):
             assert isinstance(node, dict) and part in node, f"skaffold sets {key}, which the chart does not have"
             node = node[part]
-        for ref in re.findall(r"\.IMAGE_(?:REPO|TAG)_(\w+)", str(template)):
+        for ref in re.findall(r"\.IMAGE_(?:REPO|TAG|DIGEST)_(\w+)", str(template)):
             assert ref in {i.replace("/", "_").replace("-", "_") for i in images}, template
     for name, image in values["images"].items():
         assert release["setValueTemplates"][f"images.{name}.repository"] == \
