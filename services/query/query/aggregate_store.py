@@ -1,9 +1,10 @@
 """Aggregates over buckets, answered from the rollups where they fit exactly and from raw rows elsewhere.
 
 One statement: the 1-hour rollup rows, the 1-minute rollup rows and the raw rows of the ranges `buckets.plan`
-chose (each an index range scan on (device_id, metric, time) in the partitions it touches), put in their
-buckets with `width_bucket` over the bucket starts, and summed per bucket. The statement's time bounds are
-also given as constants, so the planner skips partitions outside the window.
+chose (each an index range scan on (device_id, metric, time) in the partitions it touches, with constant
+bounds so the planner skips the other partitions), put in their buckets (arithmetic when the buckets are
+evenly spaced, `width_bucket` over the bucket starts when an offset change makes them uneven), and summed
+per bucket.
 """
 from __future__ import annotations
 
@@ -20,30 +21,68 @@ _SOURCES = {
 }
 
 
+_MS = "timestamptz 'epoch'"
+
+
 def _dt(ms: int) -> datetime:
     return EPOCH + timedelta(milliseconds=ms)
 
 
-def aggregate(cur, device_id: int, metric: str, p: Plan) -> list[dict]:
-    """Rows {i: index into p.starts, n: count, s: sum, lo: min, hi: max} for the buckets holding data."""
-    parts, params = [], {"d": device_id, "m": metric, "starts": [_dt(s) for s in p.starts]}
+def _bigints(values) -> str:
+    """An array literal: one string to parse instead of an ARRAY[...] of many expressions."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+_FEW = 16  # up to this many ranges of a kind: one branch each, with constant bounds the planner prunes by
+
+
+def aggregate(cur, device_id: int, metric: str, p: Plan) -> list[tuple[int, int, float, float, float]]:
+    """Rows (index into p.starts, count, sum, min, max) for the buckets holding data, in order."""
+    parts, params = [], {"d": device_id, "m": metric}
     for kind, ranges in p.ranges.items():
         if not ranges:
             continue
         table, col, values = _SOURCES[kind]
-        params[f"{kind}_lo"] = [_dt(lo) for lo, _ in ranges]
-        params[f"{kind}_hi"] = [_dt(hi) for _, hi in ranges]
+        head = f"SELECT x.{col} AS ts, {values} FROM {table} x WHERE x.device_id = %(d)s AND x.metric = %(m)s"
+        if len(ranges) <= _FEW:
+            for j, (lo, hi) in enumerate(ranges):
+                params[f"{kind}_{j}_lo"], params[f"{kind}_{j}_hi"] = _dt(lo), _dt(hi)
+                parts.append(f"{head} AND x.{col} >= %({kind}_{j}_lo)s AND x.{col} < %({kind}_{j}_hi)s")
+            continue
+        params[f"{kind}_lo"] = _bigints(lo for lo, _ in ranges)
+        params[f"{kind}_hi"] = _bigints(hi for _, hi in ranges)
         params[f"{kind}_min"] = _dt(ranges[0][0])
         params[f"{kind}_max"] = _dt(ranges[-1][1])
         parts.append(f"""
             SELECT x.{col} AS ts, {values}
-            FROM unnest(%({kind}_lo)s::timestamptz[], %({kind}_hi)s::timestamptz[]) AS r(lo, hi)
+            FROM unnest(%({kind}_lo)s::bigint[], %({kind}_hi)s::bigint[]) AS r(lo, hi)
             JOIN {table} x ON x.device_id = %(d)s AND x.metric = %(m)s
-                          AND x.{col} >= r.lo AND x.{col} < r.hi
+                          AND x.{col} >= {_MS} + r.lo * interval '1 millisecond'
+                          AND x.{col} < {_MS} + r.hi * interval '1 millisecond'
                           AND x.{col} >= %({kind}_min)s AND x.{col} < %({kind}_max)s""")
-    sql = f"""SELECT width_bucket(p.ts, %(starts)s::timestamptz[]) - 1 AS i, sum(p.n)::bigint AS n,
-                     sum(p.s) AS s, min(p.lo) AS lo, max(p.hi) AS hi
+    ms = "floor(extract(epoch FROM p.ts) * 1000)::bigint"
+    step = _grid_step(p.starts)
+    if step:  # evenly spaced buckets (no offset change in the window): arithmetic instead of a search
+        params["first"], params["step"] = p.starts[0], step
+        index = f"({ms} - %(first)s) / %(step)s"
+    else:
+        params["starts"] = _bigints(p.starts)
+        index = f"width_bucket({ms}, %(starts)s::bigint[]) - 1"
+    sql = f"""SELECT {index} AS i, sum(p.n)::bigint AS n, sum(p.s) AS s, min(p.lo) AS lo, max(p.hi) AS hi
               FROM ({' UNION ALL '.join(parts)}) AS p(ts, n, s, lo, hi)
               GROUP BY 1 ORDER BY 1"""
-    cur.execute(sql, params)
-    return cur.fetchall()
+    with cur.connection.cursor() as plain:  # tuples: a dict per row costs more than the query here
+        plain.execute(sql, params)
+        return plain.fetchall()
+
+
+def _grid_step(starts: list[int]) -> int | None:
+    if len(starts) < 2:
+        return None
+    step = starts[1] - starts[0]
+    last = starts[0]
+    for s in starts[1:]:
+        if s - last != step:
+            return None
+        last = s
+    return step

@@ -115,8 +115,7 @@ def get_aggregate(args):
     with svc.db.transaction() as cur:
         rows = aggregate(cur, args["device_id"], args["metric"], p)
     items = []
-    for row in rows:
-        i, count, total, lo, hi = row["i"], row["n"], row["s"], row["lo"], row["hi"]
+    for i, count, total, lo, hi in rows:
         values = {"avg": total / count, "min": lo, "max": hi, "sum": total, "count": count}
         items.append({"ts": format_ts(from_ms(p.starts[i])), **{a: values[a] for a in aggs}})
     return _json({"device_id": args["device_id"], "metric": args["metric"], "interval": args["interval"],

@@ -93,16 +93,13 @@ def boundaries(zone: Zone, interval: int, start: int, end: int) -> list[int]:
     """Every bucket start in [start, end), sorted: where the label changes."""
     out: list[int] = []
     prev: tuple | None = None
-    for seg_start, seg_end, off in zone.segments(start, end):
+    segments = zone.segments(start, end)
+    for seg_start, seg_end, off in segments:
         if prev is not None and label(interval, seg_start - 1, prev[2]) != label(interval, seg_start, off):
             out.append(seg_start)
-        t = seg_start + (-(seg_start + off)) % interval
-        while t < seg_end:
-            out.append(t)
-            t += interval
+        out.extend(range(seg_start + (-(seg_start + off)) % interval, seg_end, interval))
         prev = (seg_start, seg_end, off)
-    out = sorted(set(out))
-    return out
+    return out if len(segments) == 1 else sorted(set(out))
 
 
 def bucket_starts(zone: Zone, interval: int, frm: int, to: int) -> list[int]:
@@ -127,8 +124,10 @@ def plan(zone: Zone, interval: int, frm: int, to: int) -> Plan:
         pieces.append(("raw", frm, to))
     else:
         pieces.append(("raw", frm, m_lo))
+        # Bucket starts that cut through a minute (or an hour): rare for minutes (an offset with seconds),
+        # the rule for hours with sub-hour intervals or half-hour zones.
         cut_minutes = sorted({_floor(b, MINUTE) for b in inner if b % MINUTE})
-        cut_hours = {_floor(b, HOUR) for b in inner if b % HOUR}
+        cut_hours = {_floor(b, HOUR) for b in inner if b % HOUR} if interval >= HOUR else set()
 
         def minutes(lo: int, hi: int) -> None:
             i = bisect.bisect_left(cut_minutes, lo)
