@@ -21,14 +21,10 @@ import operator
 from datetime import datetime, timedelta
 
 import psycopg2.extras
-from prometheus_client import Counter
+
+from .metrics import ALERT_CHANGES
 
 log = logging.getLogger("aggregator.alerting")
-
-# With the aggregator's other metrics in spirit (prefix visiontrack_aggregator_).
-ALERT_CHANGES = Counter("visiontrack_aggregator_alerts_total", "Alerts fired and resolved.", ["state"])
-WEBHOOK_CALLS = Counter("visiontrack_aggregator_webhook_calls_total", "Alert webhook calls, by outcome.",
-                        ["outcome"])
 
 LOCK_ID = 0x5654_414C  # "VTAL"
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,

@@ -31,6 +31,12 @@ DEAD_LETTER_LENGTH = Gauge("visiontrack_aggregator_dead_letter_entries", "Entrie
                            multiprocess_mode="livemostrecent")
 TOKEN_INDEX_SIZE = Gauge("visiontrack_aggregator_token_index_entries", "Device tokens in the Redis index.",
                          multiprocess_mode="livemostrecent")
+LAST_BATCH = Gauge("visiontrack_aggregator_last_batch_timestamp_seconds",
+                   "When a batch was last stored and acknowledged (Unix time).", multiprocess_mode="max")
+# Alert evaluation and notification (aggregator.alerting, aggregator.tasks.alerts).
+ALERT_CHANGES = Counter("visiontrack_aggregator_alerts_total", "Alerts fired and resolved.", ["state"])
+WEBHOOK_CALLS = Counter("visiontrack_aggregator_webhook_calls_total", "Alert webhook calls, by outcome.",
+                        ["outcome"])
 
 
 def record(entries: int, readings: int, inserted: int, dead_letters: int, stream: str) -> None:
@@ -41,6 +47,8 @@ def record(entries: int, readings: int, inserted: int, dead_letters: int, stream
         READINGS.labels("duplicate").inc(readings - inserted)
     if dead_letters:
         DEAD_LETTERS.inc(dead_letters)
+    if entries:
+        LAST_BATCH.set_to_current_time()
 
 
 def serve(port: int) -> None:

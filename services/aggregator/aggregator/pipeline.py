@@ -141,6 +141,8 @@ class Pipeline:
         fresh, tired = self.consumer.claim(self._next_count())
         self.consumer.dead_letter([(i, f, "delivered too many times without being stored") for i, f in tired])
         total.dead_letters += len(tired)
+        if tired:
+            metrics.DEAD_LETTERS.inc(len(tired))
         if fresh:
             total.add(self.process(fresh))
         while not self._own_pending_done:  # after a restart: what this consumer had taken but not acked

@@ -14,6 +14,8 @@ from visiontrack.tokens import parse_index_value, token_sha256
 from visiontrack.validation import Limits, Message, validate_telemetry
 from visiontrack.web.auth import bearer_token
 
+from . import metrics
+
 UNKNOWN_TOKEN = "a valid device or admin token is required (Authorization: Bearer <token>)"
 
 
@@ -73,7 +75,18 @@ def _read_body(limit: int) -> bytes:
 
 
 def ingest(svc, writer) -> int:
-    """Authenticate, validate, append; return the number of readings accepted."""
+    """Authenticate, validate, append; return the number of readings accepted (and count the outcome)."""
+    parsed = [0]  # readings of a request that got past validation
+    try:
+        accepted = _ingest(svc, writer, parsed)
+    except ApiError as exc:
+        metrics.rejected(exc.code, parsed[0])
+        raise
+    metrics.accepted(accepted)
+    return accepted
+
+
+def _ingest(svc, writer, parsed: list[int]) -> int:
     now_ms = time.time_ns() // 1_000_000
     token = bearer_token()
     if not token:
@@ -86,9 +99,10 @@ def ingest(svc, writer) -> int:
     body = _read_body(limits.max_body_bytes)
     messages = validate_telemetry(request.headers.get("Content-Type"), body, now_ms, limits,
                                   reserved=frozenset({"device_id"}))
+    readings = [r for msg in messages for r in msg.readings]
+    parsed[0] = len(readings)
     device_id = _named_device(messages, token_device)
     if token_device is None:
         _check_admin_device(svc, device_id)
-    readings = [r for msg in messages for r in msg.readings]
     writer.append(device_id, readings, now_ms)
     return len(readings)

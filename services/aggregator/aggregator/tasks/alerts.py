@@ -12,9 +12,10 @@ import os
 import urllib.error
 import urllib.request
 
-from ..alerting import WEBHOOK_CALLS, Evaluator
+from ..alerting import Evaluator
 from ..celery_app import app, config
 from .. import state
+from ..metrics import WEBHOOK_CALLS
 
 log = logging.getLogger("aggregator.tasks.alerts")
 
