@@ -90,6 +90,21 @@ def _json(body: dict) -> Response:
     return Response(orjson.dumps(body), mimetype="application/json")
 
 
+_DAYS: dict[int, str] = {}
+
+
+def _iso(ms: int) -> str:
+    """format_ts for epoch milliseconds, without a datetime per bucket."""
+    day, rest = divmod(ms, buckets.DAY)
+    date = _DAYS.get(day)
+    if date is None:
+        date = _DAYS[day] = format_ts(from_ms(day * buckets.DAY))[:10]
+        if len(_DAYS) > 100_000:
+            _DAYS.clear()
+    seconds, millis = divmod(rest, 1000)
+    return f"{date}T{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}.{millis:03d}Z"
+
+
 def _ms(dt) -> int:
     return to_micros(dt) // 1000
 
@@ -117,7 +132,7 @@ def get_aggregate(args):
     items = []
     for i, count, total, lo, hi in rows:
         values = {"avg": total / count, "min": lo, "max": hi, "sum": total, "count": count}
-        items.append({"ts": format_ts(from_ms(p.starts[i])), **{a: values[a] for a in aggs}})
+        items.append({"ts": _iso(p.starts[i]), **{a: values[a] for a in aggs}})
     return _json({"device_id": args["device_id"], "metric": args["metric"], "interval": args["interval"],
                   "tz": args["tz"], "items": items})
 

@@ -89,24 +89,43 @@ def label(interval: int, t: int, offset: int) -> tuple:
     return (local // interval,)
 
 
-def boundaries(zone: Zone, interval: int, start: int, end: int) -> list[int]:
-    """Every bucket start in [start, end), sorted: where the label changes."""
+def boundaries(zone: Zone, interval: int, start: int, end: int) -> tuple[list[int], list[int], list[int]]:
+    """Every bucket start in [start, end), sorted (where the label changes), and those of them that are not
+    on a whole UTC minute, and not on a whole UTC hour."""
     out: list[int] = []
-    prev: tuple | None = None
+    off_minute: list[int] = []
+    off_hour: list[int] = []
     segments = zone.segments(start, end)
+    prev_off: int | None = None
     for seg_start, seg_end, off in segments:
-        if prev is not None and label(interval, seg_start - 1, prev[2]) != label(interval, seg_start, off):
+        if prev_off is not None and label(interval, seg_start - 1, prev_off) != label(interval, seg_start, off):
             out.append(seg_start)
-        out.extend(range(seg_start + (-(seg_start + off)) % interval, seg_end, interval))
-        prev = (seg_start, seg_end, off)
-    return out if len(segments) == 1 else sorted(set(out))
+            if seg_start % MINUTE:
+                off_minute.append(seg_start)
+            if seg_start % HOUR:
+                off_hour.append(seg_start)
+        grid = range(seg_start + (-(seg_start + off)) % interval, seg_end, interval)
+        out.extend(grid)
+        # Grid points of one segment share their remainder: all on whole minutes (hours) or none.
+        if grid and grid[0] % MINUTE:
+            off_minute.extend(grid)
+        if grid and grid[0] % HOUR:
+            off_hour.extend(grid)
+        prev_off = off
+    if len(segments) > 1:
+        out, off_minute, off_hour = sorted(set(out)), sorted(set(off_minute)), sorted(set(off_hour))
+    return out, off_minute, off_hour
 
 
 def bucket_starts(zone: Zone, interval: int, frm: int, to: int) -> list[int]:
     """The start of the bucket holding `frm`, then every later bucket start before `to`."""
-    found = boundaries(zone, interval, frm - interval - _MAX_SHIFT, to)
+    return _starts(zone, interval, frm, to)[0]
+
+
+def _starts(zone: Zone, interval: int, frm: int, to: int) -> tuple[list[int], list[int], list[int]]:
+    found, off_minute, off_hour = boundaries(zone, interval, frm - interval - _MAX_SHIFT, to)
     i = bisect.bisect_right(found, frm) - 1
-    return found[max(i, 0):]
+    return found[max(i, 0):], off_minute, off_hour
 
 
 @dataclass(frozen=True)
@@ -116,18 +135,17 @@ class Plan:
 
 
 def plan(zone: Zone, interval: int, frm: int, to: int) -> Plan:
-    starts = bucket_starts(zone, interval, frm, to)
-    inner = [b for b in starts if frm < b < to]
+    starts, off_minute, off_hour = _starts(zone, interval, frm, to)
     pieces: list[tuple[str, int, int]] = []
     m_lo, m_hi = _ceil(frm, MINUTE), _floor(to, MINUTE)
     if m_lo >= m_hi:
         pieces.append(("raw", frm, to))
     else:
         pieces.append(("raw", frm, m_lo))
-        # Bucket starts that cut through a minute (or an hour): rare for minutes (an offset with seconds),
-        # the rule for hours with sub-hour intervals or half-hour zones.
-        cut_minutes = sorted({_floor(b, MINUTE) for b in inner if b % MINUTE})
-        cut_hours = {_floor(b, HOUR) for b in inner if b % HOUR} if interval >= HOUR else set()
+        # Minutes (hours) a bucket start cuts through: rare for minutes (an offset with seconds), the rule
+        # for hours in half-hour zones; with sub-hour intervals no hour is whole in one bucket anyway.
+        cut_minutes = sorted({_floor(b, MINUTE) for b in off_minute if frm < b < to})
+        cut_hours = sorted({_floor(b, HOUR) for b in off_hour if frm < b < to})
 
         def minutes(lo: int, hi: int) -> None:
             i = bisect.bisect_left(cut_minutes, lo)
@@ -142,11 +160,12 @@ def plan(zone: Zone, interval: int, frm: int, to: int) -> Plan:
         h_lo, h_hi = _ceil(m_lo, HOUR), _floor(m_hi, HOUR)
         if interval >= HOUR and h_lo < h_hi:
             minutes(m_lo, h_lo)
-            for h in range(h_lo, h_hi, HOUR):
-                if h in cut_hours:
-                    minutes(h, h + HOUR)
-                else:
-                    pieces.append(("1h", h, h + HOUR))
+            lo = h_lo
+            for h in cut_hours[bisect.bisect_left(cut_hours, h_lo):bisect.bisect_left(cut_hours, h_hi)]:
+                pieces.append(("1h", lo, h))
+                minutes(h, h + HOUR)
+                lo = h + HOUR
+            pieces.append(("1h", lo, h_hi))
             minutes(h_hi, m_hi)
         else:
             minutes(m_lo, m_hi)
