@@ -83,3 +83,11 @@ def test_half_hour_zones_use_minutes_not_hours_for_hourly_buckets():
     assert q.ranges == {"1h": [(_ms("2026-11-01T01:00:00+00:00"), _ms("2026-11-30T00:00:00+00:00"))],
                         "1m": [(_ms("2026-11-01T00:01:00+00:00"), _ms("2026-11-01T01:00:00+00:00"))],
                         "raw": [(_ms("2026-11-01T00:00:30+00:00"), _ms("2026-11-01T00:01:00+00:00"))]}
+
+
+def test_a_day_without_a_midnight_starts_at_the_transition():
+    # America/Santiago moves 2026-09-06 00:00 (-04) to 01:00 (-03): that day starts at the jump.
+    starts = B.bucket_starts(B.Zone("America/Santiago"), B.DAY, _ms("2026-09-05T12:00:00+00:00"),
+                             _ms("2026-09-07T12:00:00+00:00"))
+    assert starts == [_ms("2026-09-05T04:00:00+00:00"), _ms("2026-09-06T04:00:00+00:00"),
+                      _ms("2026-09-07T03:00:00+00:00")]
