@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import prometheus as prom
 from .nginx import Nginx
 from .servers import Postgres, Redis, StackError
 from .services import INGESTOR_BINARY, ROOT, Process
@@ -39,6 +40,9 @@ class Ports:
     query: int = _port("VT_QUERY_PORT", 58003)
     worker_metrics: int = _port("VT_WORKER_METRICS_PORT", 59101)
     beat_metrics: int = _port("VT_BEAT_METRICS_PORT", 59102)
+    prometheus: int = _port("VT_PROMETHEUS_PORT", 59090)
+    redis_exporter: int = _port("VT_REDIS_EXPORTER_PORT", 59121)
+    postgres_exporter: int = _port("VT_POSTGRES_EXPORTER_PORT", 59187)
 
 
 def say(msg: str) -> None:
@@ -146,6 +150,7 @@ def up(args: argparse.Namespace) -> int:
     # Worker and beat serve /metrics once started: that is their readiness.
     _start("worker", "worker", {**env, "VT_METRICS_PORT": str(ports.worker_metrics)}, ports.worker_metrics, "/metrics")
     _start("beat", "beat", {**env, "VT_METRICS_PORT": str(ports.beat_metrics)}, ports.beat_metrics, "/metrics")
+    _start_monitoring(ports, env, upstreams)
     if _alive("nginx"):
         say("nginx already running")
     else:
@@ -169,10 +174,39 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_monitoring(ports: Ports, env: dict, upstreams: dict[str, int]) -> None:
+    """The Redis and Postgres exporters, then Prometheus scraping every process with the chart's rules."""
+    stream_key = os.environ.get("VT_STREAM_KEY", "vt:telemetry")
+    for daemon in (prom.redis_exporter(ports.redis_exporter, env["REDIS_URL"], stream_key, LOGS / "redis-exporter.log"),
+                   prom.postgres_exporter(ports.postgres_exporter, env["DATABASE_URL"], LOGS / "postgres-exporter.log")):
+        if _alive(daemon.name):
+            say(f"{daemon.name} already running")
+            continue
+        daemon.start()
+        _record(daemon.name, daemon.pid)
+        say(f"{daemon.name} on {daemon.url}/metrics (pid {daemon.pid})")
+    if _alive("prometheus"):
+        say("Prometheus already running")
+        return
+    targets = {f"visiontrack-{part}": [f"127.0.0.1:{port}"] for part, port in upstreams.items()}
+    targets.update({
+        "visiontrack-worker": [f"127.0.0.1:{ports.worker_metrics}"],
+        "visiontrack-beat": [f"127.0.0.1:{ports.beat_metrics}"],
+        "visiontrack-redis-exporter": [f"127.0.0.1:{ports.redis_exporter}"],
+        "visiontrack-postgres-exporter": [f"127.0.0.1:{ports.postgres_exporter}"],
+        "prometheus": [f"127.0.0.1:{ports.prometheus}"],
+    })
+    daemon = prom.start_prometheus(prom.prometheus(ports.prometheus, RUN / "prometheus", targets,
+                                                   LOGS / "prometheus.log"))
+    _record("prometheus", daemon.pid)
+    say(f"Prometheus on {daemon.url} scraping {len(targets)} jobs with {prom.RULES.relative_to(ROOT)}")
+
+
 def _summary(base: str, admin: str) -> None:
     print(f"""
 VisionTrack is up.
   API (ingress)   {base}
+  Prometheus      http://127.0.0.1:{Ports().prometheus}   (targets: /targets, alerts: /alerts)
   OpenAPI         {base}/api/devices/openapi.json   {base}/api/telemetry/openapi.json
   admin token     {admin}
   logs            {LOGS}/
@@ -190,7 +224,8 @@ Try it:
 
 
 def down(args: argparse.Namespace) -> int:
-    order = ["simulator", "nginx", "ingestor", "registry", "query", "beat", "worker", "redis"]
+    order = ["simulator", "prometheus", "redis-exporter", "postgres-exporter", "nginx", "ingestor", "registry",
+             "query", "beat", "worker", "redis"]
     for name in order:
         pid = _alive(name)
         if not pid:
@@ -214,12 +249,13 @@ def down(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    names = ["redis", "registry", "query", "ingestor", "worker", "beat", "nginx", "simulator"]
+    names = ["redis", "registry", "query", "ingestor", "worker", "beat", "nginx", "simulator", "prometheus",
+             "redis-exporter", "postgres-exporter"]
     for name in names:
         pid = _alive(name)
-        print(f"{name:10} {'running (pid %d)' % pid if pid else 'stopped'}")
+        print(f"{name:17} {'running (pid %d)' % pid if pid else 'stopped'}")
     pg = Postgres((RUN / "pg").resolve(), Ports().postgres, LOGS / "postgres.log")
-    print(f"{'postgres':10} {'running' if pg.running() else 'stopped'}")
+    print(f"{'postgres':17} {'running' if pg.running() else 'stopped'}")
     return 0
 
 
