@@ -57,7 +57,17 @@ fn describe() {
     metrics::describe_counter!(TOKEN_CACHE_HITS, "Device-token lookups answered from the cache");
     metrics::describe_counter!(TOKEN_CACHE_MISSES, "Device-token lookups that went to Redis");
     metrics::describe_gauge!(STREAM_BACKLOG, "Last sampled backlog (lag + pending) per stream shard");
+    // Present from the start at 0, so rates and alerts do not depend on a first event.
+    for name in [READINGS_ACCEPTED, BACKPRESSURE, TOKEN_CACHE_HITS, TOKEN_CACHE_MISSES] {
+        counter!(name).increment(0);
+    }
+    for op in REDIS_OPS {
+        counter!(REDIS_ERRORS, "op" => op).increment(0);
+    }
 }
+
+/// The `op` label values of [`REDIS_ERRORS`].
+pub const REDIS_OPS: [&str; 4] = ["xadd", "token_lookup", "backlog", "ping"];
 
 /// The route templates we serve; anything else is one bounded label value.
 const ROUTES: [&str; 5] = ["/api/ingest", "/healthz", "/readyz", "/metrics", "unmatched"];

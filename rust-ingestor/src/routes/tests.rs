@@ -212,6 +212,8 @@ async fn metrics_use_route_templates_and_the_prefix() {
     assert!(text.contains(r#"route="unmatched",status="404""#), "{text}");
     assert!(text.contains("visiontrack_ingestor_http_request_duration_seconds_bucket"), "{text}");
     assert!(text.contains(r#"visiontrack_ingestor_ingest_rejected_total{reason="unauthorized"}"#), "{text}");
+    assert!(text.contains(r#"visiontrack_ingestor_redis_errors_total{op="xadd"}"#), "pre-registered: {text}");
+    assert!(text.contains("visiontrack_ingestor_backpressure_events_total"), "pre-registered: {text}");
     assert!(!text.contains("1234"), "raw paths must not become labels");
 }
 
