@@ -114,7 +114,8 @@ async fn a_rotated_token_stops_working_within_the_cache_ttl() {
     })
     .await
     .expect("the new token never works");
-    let ttl = Duration::from_secs(1) + Duration::from_millis(300);
+    // TTL 1 s plus room for a slow, shared test machine; the contract's bound is 5 s.
+    let ttl = Duration::from_millis(2500);
     assert!(old_dead - rotated <= ttl, "old token lived {:?}", old_dead - rotated);
     assert!(new_alive - rotated <= ttl, "new token waited {:?}", new_alive - rotated);
 
