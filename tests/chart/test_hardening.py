@@ -24,7 +24,8 @@ def test_the_default_release_should_hold_every_object_of_the_system(render):
     assert names(objs, "PodDisruptionBudget") >= {f"{FULL}-{c}" for c in ("ingestor", "registry", "query", "worker")}
     assert {component(o) for o in by_kind(objs, "NetworkPolicy")} == set(PART_OF) | {"postgres", "redis"}
     assert names(objs, "ConfigMap") >= {f"{FULL}-config"}
-    assert names(objs, "Secret") == {f"{FULL}-secrets"}
+    # The release Secret, and Grafana's Postgres data source (it holds the database password).
+    assert names(objs, "Secret") == {f"{FULL}-secrets", f"{FULL}-grafana-datasources"}
     assert len(by_kind(objs, "Ingress")) == 1
     tests = [o for o in by_kind(objs, "Pod") if o["metadata"]["annotations"].get("helm.sh/hook") == "test"]
     assert len(tests) == 1
@@ -38,7 +39,7 @@ def test_external_databases_should_remove_the_in_chart_ones(render):
 
 def test_an_existing_secret_should_replace_the_chart_secret(render):
     objs = render("existing-secret")
-    assert not by_kind(objs, "Secret")
+    assert names(objs, "Secret") == {f"{FULL}-grafana-datasources"}  # no release Secret; Grafana's stays
     refs = {e["valueFrom"]["secretKeyRef"]["name"] for w in workloads(objs) for c in pod_spec(w)["containers"]
             for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
     assert refs == {"visiontrack-credentials"}

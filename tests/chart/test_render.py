@@ -57,7 +57,42 @@ def _crd_schema(kind: str) -> dict:
         pytest.skip(f"{path} not present (the shared offline schemas sit beside the repository)")
     crd = load_yaml(path)
     version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
-    return version["schema"]["openAPIV3Schema"]
+    return _portable_patterns(version["schema"]["openAPIV3Schema"])
+
+
+def _portable_patterns(node):
+    """The CRDs' patterns are Go regexps; the validator reads ECMAScript ones, which have no inline flags.
+    "^(?i)(abort|warn)?$" becomes "^([aA][bB][oO][rR][tT]|[wW][aA][rR][nN])?$", which means the same."""
+    if isinstance(node, dict):
+        out = {k: _portable_patterns(v) for k, v in node.items()}
+        if isinstance(out.get("pattern"), str) and "(?i)" in out["pattern"]:
+            out["pattern"] = _case_insensitive(out["pattern"].replace("(?i)", ""))
+        return out
+    if isinstance(node, list):
+        return [_portable_patterns(v) for v in node]
+    return node
+
+
+def _case_insensitive(pattern: str) -> str:
+    out, in_class, escaped = [], False, False
+    for ch in pattern:
+        if escaped:
+            out.append(ch)
+            escaped = False
+        elif ch == "\\":
+            out.append(ch)
+            escaped = True
+        elif ch == "[":
+            in_class = True
+            out.append(ch)
+        elif ch == "]":
+            in_class = False
+            out.append(ch)
+        elif ch.isascii() and ch.isalpha() and not in_class:
+            out.append(f"[{ch.lower()}{ch.upper()}]")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def _check_against(schema: dict, objects: list[dict], tmp_path) -> subprocess.CompletedProcess:

@@ -38,6 +38,14 @@ ALERT_CHANGES = Counter("visiontrack_aggregator_alerts_total", "Alerts fired and
 WEBHOOK_CALLS = Counter("visiontrack_aggregator_webhook_calls_total", "Alert webhook calls, by outcome.",
                         ["outcome"])
 
+# Every label value exported from the start (at 0), so a dashboard shows 0 rather than no data.
+for _outcome in ("inserted", "duplicate"):
+    READINGS.labels(_outcome)
+for _state in ("firing", "resolved"):
+    ALERT_CHANGES.labels(_state)
+for _outcome in ("delivered", "retried", "failed", "refused"):
+    WEBHOOK_CALLS.labels(_outcome)
+
 
 def record(entries: int, readings: int, inserted: int, dead_letters: int, stream: str) -> None:
     ENTRIES.labels(stream).inc(entries)

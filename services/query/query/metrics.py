@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
+from visiontrack.errors import STATUS
+
 READINGS_ACCEPTED = Counter("visiontrack_query_readings_accepted_total",
                             "Readings written to the stream by POST /api/telemetry/.")
 READINGS_REJECTED = Counter("visiontrack_query_readings_rejected_total",
@@ -21,6 +23,11 @@ INGEST_REJECTED = Counter("visiontrack_query_ingest_rejected_total",
                           ["reason"])
 BATCH_READINGS = Histogram("visiontrack_query_batch_readings", "Readings per accepted POST /api/telemetry/ request.",
                            buckets=(1, 2, 5, 10, 50, 100, 500, 1_000, 5_000, 10_000))
+
+# Every reason exported from the start (at 0), so a dashboard shows 0 rather than no data.
+for _reason in STATUS:
+    INGEST_REJECTED.labels(_reason)
+    READINGS_REJECTED.labels(_reason)
 
 
 def accepted(readings: int) -> None:
