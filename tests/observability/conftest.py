@@ -1,0 +1,186 @@
+"""The observability layer's fixtures: the whole system on free ports with Prometheus (Debian's) scraping
+every process and both exporters, the chart's rules loaded, and traffic flowing through every path the
+dashboards and alerts look at.
+
+`monitored` starts, once per session: registry and query (gunicorn, 2 workers, multiprocess metrics), the
+ingestor when it is built, a Celery worker with 3 pool processes and beat (each serving /metrics on its own
+port), the Redis and Postgres exporters, and Prometheus scraping them every second and evaluating the
+rules every second. `traffic` then drives it: devices registered, readings accepted through both writers,
+requests rejected for several reasons, a batch resent (duplicates), a poison entry (a dead letter), reads
+through both APIs, and a device alert rule that fires.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from stack import prometheus as prom
+from stack.servers import free_port
+from stack.services import INGESTOR_BINARY, Process
+from tests.conftest import ADMIN_TOKEN, poll
+
+ROOT = Path(__file__).resolve().parents[2]
+FILES = ROOT / "charts" / "visiontrack" / "files"
+RULES = FILES / "prometheus" / "rules.yaml"
+RULE_TESTS = FILES / "prometheus" / "rules.test.yaml"
+DASHBOARDS = FILES / "dashboards"
+RUNBOOK = ROOT / "docs" / "runbook.md"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def need(binary: str) -> str:
+    found = shutil.which(binary)
+    if not found:
+        pytest.skip(f"{binary} not installed (scripts/install-deps.sh)")
+    return found
+
+
+@dataclass
+class Monitored:
+    prometheus: str
+    targets: dict[str, str]  # job -> base URL of its /metrics
+    worker: Process
+    worker_metrics: str
+    multiproc_dirs: dict[str, Path] = field(default_factory=dict)
+
+    def query(self, expr: str, at: float | None = None) -> list[dict]:
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = str(at)
+        with urllib.request.urlopen(f"{self.prometheus}/api/v1/query?{urllib.parse.urlencode(params)}",
+                                    timeout=10) as resp:
+            body = json.load(resp)
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def api(self, path: str) -> dict:
+        with urllib.request.urlopen(f"{self.prometheus}{path}", timeout=10) as resp:
+            body = json.load(resp)
+        assert body["status"] == "success", body
+        return body["data"]
+
+
+@pytest.fixture(scope="session")
+def monitored(request, base_env, run_dir, registry_url, query_url):
+    for binary in ("prometheus", "promtool", "prometheus-redis-exporter", "prometheus-postgres-exporter"):
+        need(binary)
+    logs = run_dir / "logs"
+    started: list = []
+    targets = {"visiontrack-registry": registry_url, "visiontrack-query": query_url}
+    if INGESTOR_BINARY.exists():
+        targets["visiontrack-ingestor"] = request.getfixturevalue("ingestor_url")
+    worker_port, beat_port = free_port(), free_port()
+    agg_env = {**base_env, "VT_WORKER_CONCURRENCY": "3", "VT_DRAIN_INTERVAL_SECONDS": "0.5",
+               "VT_TRIM_INTERVAL_SECONDS": "1", "VT_ALERT_EVAL_SECONDS": "1",
+               "VT_BEAT_SCHEDULE_FILE": str(run_dir / "beat-observability")}
+    worker = Process("worker-obs", "worker", {**agg_env, "VT_METRICS_PORT": str(worker_port)},
+                     logs / "worker-obs.log").start(run_dir)
+    started.append(worker)
+    worker.wait_http(worker_port, "/metrics", timeout=60)
+    beat = Process("beat-obs", "beat", {**agg_env, "VT_METRICS_PORT": str(beat_port)}, logs / "beat-obs.log").start(run_dir)
+    started.append(beat)
+    beat.wait_http(beat_port, "/metrics", timeout=60)
+    targets["visiontrack-worker"] = f"http://127.0.0.1:{worker_port}"
+    targets["visiontrack-beat"] = f"http://127.0.0.1:{beat_port}"
+    redis_exp = prom.redis_exporter(free_port(), base_env["REDIS_URL"], "vt:telemetry", logs / "redis-exporter.log")
+    pg_exp = prom.postgres_exporter(free_port(), base_env["DATABASE_URL"], logs / "postgres-exporter.log")
+    for daemon in (redis_exp, pg_exp):
+        started.append(daemon.start())
+    targets["visiontrack-redis-exporter"] = redis_exp.url
+    targets["visiontrack-postgres-exporter"] = pg_exp.url
+    prom_port = free_port()
+    scrape = {job: [url.removeprefix("http://")] for job, url in targets.items()}
+    server = prom.start_prometheus(prom.prometheus(prom_port, run_dir / "prometheus", scrape, logs / "prometheus.log",
+                                                   interval="1s", evaluation="1s"))
+    started.append(server)
+    try:
+        yield Monitored(server.url, targets, worker, targets["visiontrack-worker"],
+                        {"query": run_dir / "metrics" / "query", "registry": run_dir / "metrics" / "registry",
+                         "worker": run_dir / "metrics" / "worker-obs"})
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+def _post(url: str, body, token: str, content_type: str = "application/json") -> requests.Response:
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return requests.post(url, data=data, headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
+                         timeout=10)
+
+
+@dataclass
+class Traffic:
+    devices: list[dict]
+    ingest_url: str  # /api/ingest of the ingestor, or POST /api/telemetry/ when it is not built
+
+
+@pytest.fixture(scope="session")
+def traffic(monitored, registry_url, query_url, redis_client, db) -> Traffic:
+    """Drive every path the dashboards and alerts look at, then wait until Prometheus has seen it."""
+    suffix = str(time.time_ns())[-8:]
+    devices = []
+    for i in range(3):
+        r = requests.post(f"{registry_url}/api/devices/", json={"name": f"obs-{suffix}-{i}", "type": "obs-thermo"},
+                          headers=ADMIN, timeout=10)
+        assert r.status_code == 201, r.text
+        devices.append(r.json())
+    ingest_url = (monitored.targets["visiontrack-ingestor"] + "/api/ingest"
+                  if "visiontrack-ingestor" in monitored.targets else f"{query_url}/api/telemetry/")
+    rule = requests.post(f"{registry_url}/api/alert-rules/", headers=ADMIN, timeout=10, json={
+        "name": f"obs-{suffix} hot", "metric": "temperature", "op": ">", "threshold": 30,
+        "device_id": devices[0]["id"], "severity": "warning"})
+    assert rule.status_code == 201, rule.text
+    now_ms = int(time.time() * 1000)
+    resent = {"ts": now_ms - 60_000, "values": {"temperature": 35.5, "humidity": 40}}
+    for i, device in enumerate(devices):
+        batch = [{"ts": now_ms - 120_000 + k * 1000, "values": {"temperature": 20 + k % 5 + i, "humidity": 40 + k % 3}}
+                 for k in range(50)] + [resent]
+        assert _post(ingest_url, batch, device["token"]).status_code == 202
+        # the seed's path, with the device's token and with an admin token naming the device
+        assert _post(f"{query_url}/api/telemetry/", {"values": {"temperature": 21.0 + i}}, device["token"]).status_code == 202
+        assert _post(f"{query_url}/api/telemetry/", {"device_id": device["id"], "values": {"humidity": 41}},
+                     ADMIN_TOKEN).status_code == 202
+    # the same batch again: every reading a duplicate for the aggregator
+    assert _post(ingest_url, [resent], devices[0]["token"]).status_code == 202
+    # rejections for several reasons, on both writers
+    for url in (ingest_url, f"{query_url}/api/telemetry/"):
+        assert _post(url, {"values": {"temperature": "hot"}}, devices[1]["token"]).status_code == 400
+        assert _post(url, b"{not json", devices[1]["token"]).status_code == 400
+        assert _post(url, {"temperature": 1}, "vtd_unknown-token-000000000000000000000000000000").status_code == 401
+        assert _post(url, "temperature=1", devices[1]["token"], "text/plain").status_code == 415
+    # a poison entry written around the writers: the aggregator dead-letters it
+    redis_client.xadd("vt:telemetry", {"v": "1", "d": "not-a-device", "r": "[]", "at": str(now_ms)})
+    # reads through both APIs
+    for device in devices:
+        assert requests.get(f"{query_url}/api/telemetry/latest", params={"device_id": device["id"]}, headers=ADMIN,
+                            timeout=10).status_code in (200, 404)
+        assert requests.get(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN, timeout=10).status_code == 200
+
+    def stored() -> bool:
+        with db.cursor() as cur:
+            cur.execute("SELECT count(*) FROM telemetry_1m WHERE device_id = ANY(%s)", ([d["id"] for d in devices],))
+            rollups = cur.fetchone()[0]
+            cur.execute("SELECT count(*) FROM alert_events WHERE device_id = %s", (devices[0]["id"],))
+            alerts = cur.fetchone()[0]
+        return rollups > 0 and alerts > 0
+
+    poll(stored, timeout=60, what="readings in the rollups and the device alert fired")
+    for device in devices:
+        assert requests.get(f"{query_url}/api/telemetry/aggregate", headers=ADMIN, timeout=10, params={
+            "device_id": device["id"], "metric": "temperature", "interval": "1m",
+            "from": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))}).status_code == 200
+    # Prometheus has scraped the aftermath (a few scrapes, so rates have two points)
+    poll(lambda: monitored.query('sum(visiontrack_aggregator_dead_letters_total) > 0')
+         and monitored.query('sum(visiontrack_aggregator_readings_total{outcome="duplicate"}) > 0')
+         and monitored.query('sum(visiontrack_aggregator_alerts_total{state="firing"}) > 0'),
+         timeout=60, what="dead letter, duplicates and device alert in Prometheus")
+    time.sleep(3)
+    return Traffic(devices, ingest_url)
