@@ -184,3 +184,7 @@ def traffic(monitored, registry_url, query_url, redis_client, db) -> Traffic:
          timeout=60, what="dead letter, duplicates and device alert in Prometheus")
     time.sleep(3)
     return Traffic(devices, ingest_url)
+
+
+# The chart layer's fixtures, for the chart's monitoring objects (test_chart.py).
+from tests.chart.helpers import helm, render  # noqa: E402,F401
