@@ -3,6 +3,11 @@
 Settings: VT_URL (the ingress), VT_ADMIN_TOKEN, SIM_DEVICES (20), SIM_INTERVAL (1.0 s), SIM_STATE (where
 the devices' ids and tokens are kept, so a restart reuses them). Devices send through /api/ingest (the
 Rust ingestor); if it is not there, through the query service's POST /api/telemetry/.
+
+The alert demo: the first two devices run hot (temperature over 30) for SIM_HOT_SECONDS (40) of every
+SIM_HOT_PERIOD (180 s), half a period apart. The simulator makes sure the demo rule exists (temperature > 30
+for 10 s on sim-thermo devices, created once, found by name afterwards), receives its webhook on
+127.0.0.1:SIM_WEBHOOK_PORT (58090; 0: no webhook) and logs every alert firing and resolving.
 """
 from __future__ import annotations
 
@@ -13,9 +18,12 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 log = logging.getLogger("simulator")
@@ -63,13 +71,81 @@ def register(api: Api, admin: str, count: int, state_path: Path) -> dict[str, di
     return {name: state[name] for name in sorted(state)[:count]}
 
 
+DEMO_RULE = {"name": "demo: sim-thermo over 30 for 10 s", "metric": "temperature", "op": ">", "threshold": 30,
+             "for_seconds": 10, "device_type": "sim-thermo", "severity": "warning"}
+HOT_PERIOD = float(os.environ.get("SIM_HOT_PERIOD", "180"))
+HOT_SECONDS = float(os.environ.get("SIM_HOT_SECONDS", "40"))
+
+
+def hot(i: int, t: float) -> bool:
+    """Devices 0 and 1 run hot for HOT_SECONDS of every HOT_PERIOD, half a period apart."""
+    return i < 2 and (t + i * HOT_PERIOD / 2) % HOT_PERIOD < HOT_SECONDS
+
+
 def reading(i: int, t: float) -> dict:
-    """A daily-ish temperature wave per device, with noise; humidity moving the other way."""
+    """A daily-ish temperature wave per device (21 +- 4), with noise; humidity moving the other way; the
+    first two devices' hot spells at 36."""
     phase = t / 300 + i
+    temperature = 36 if hot(i, t) else 21 + 4 * math.sin(phase)
     return {"ts": int(t * 1000),
-            "values": {"temperature": round(21 + 4 * math.sin(phase) + random.gauss(0, 0.2), 3),
+            "values": {"temperature": round(temperature + random.gauss(0, 0.2), 3),
                        "humidity": round(45 - 10 * math.sin(phase) + random.gauss(0, 0.5), 2),
                        "battery": round(max(0.0, 100 - (t / 3600) % 100), 2)}}
+
+
+def serve_webhook(port: int) -> str | None:
+    """A tiny receiver that logs the alerts the aggregator posts; its URL, or None if the port is taken."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            log.info("webhook: alert %s %s for device %s (%s, value %s)", body.get("id"), body.get("state"),
+                     body.get("device_id"), body.get("rule", {}).get("name"), body.get("value"))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    except OSError as exc:
+        log.warning("no webhook receiver on :%d (%s); the demo rule posts nowhere", port, exc)
+        return None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{port}/webhook"
+
+
+def ensure_demo_rule(api: Api, admin: str, webhook: str | None) -> int | None:
+    """The demo rule's id: found by name, or created (once)."""
+    query = urllib.parse.urlencode({"metric": "temperature", "device_type": "sim-thermo", "limit": 1000})
+    status, page = api.call("GET", f"/api/alert-rules/?{query}", admin)
+    if status != 200:
+        log.warning("cannot list alert rules (%s %s); no alert demo", status, page.get("message"))
+        return None
+    for rule in page["items"]:
+        if rule["name"] == DEMO_RULE["name"]:
+            return rule["id"]
+    status, rule = api.call("POST", "/api/alert-rules/", admin, {**DEMO_RULE, "webhook_url": webhook})
+    if status != 201:
+        log.warning("cannot create the demo alert rule (%s %s)", status, rule.get("message"))
+        return None
+    log.info("created alert rule %d: %s", rule["id"], rule["name"])
+    return rule["id"]
+
+
+def report_alerts(api: Api, admin: str, rule_id: int, known: dict[int, str]) -> None:
+    """Log the demo rule's alerts that appeared or changed since the last look."""
+    status, page = api.call("GET", f"/api/alerts/?rule_id={rule_id}&limit=20", admin)
+    if status != 200:
+        return
+    for alert in reversed(page["items"]):
+        if known.get(alert["id"]) != alert["state"]:
+            if alert["id"] in known or alert["state"] == "firing" or known:
+                log.info("alert %d %s: device %d, value %s, started %s%s", alert["id"], alert["state"],
+                         alert["device_id"], alert["value"], alert["started_at"],
+                         f", resolved {alert['resolved_at']}" if alert["resolved_at"] else "")
+            known[alert["id"]] = alert["state"]
 
 
 def main() -> int:
@@ -82,7 +158,12 @@ def main() -> int:
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     devices = register(api, admin, count, state_path)
-    log.info("sending for %d devices every %.1fs", len(devices), interval)
+    webhook_port = int(os.environ.get("SIM_WEBHOOK_PORT", "58090"))
+    rule_id = ensure_demo_rule(api, admin, serve_webhook(webhook_port) if webhook_port else None)
+    alerts: dict[int, str] = {}
+    last_alert_check = 0.0
+    log.info("sending for %d devices every %.1fs; devices 0 and 1 run hot %.0f s of every %.0f s",
+             len(devices), interval, HOT_SECONDS, HOT_PERIOD)
     path = "/api/ingest"
     sent = accepted = failed = 0
     last_report = time.monotonic()
@@ -103,6 +184,9 @@ def main() -> int:
             else:
                 failed += 1
                 log.warning("%s: %s %s", name, status, answer.get("message"))
+        if rule_id is not None and time.monotonic() - last_alert_check >= 5:
+            report_alerts(api, admin, rule_id, alerts)
+            last_alert_check = time.monotonic()
         if time.monotonic() - last_report >= 10:
             log.info("sent %d messages, %d readings accepted, %d refused", sent, accepted, failed)
             last_report = time.monotonic()

@@ -41,11 +41,7 @@ def _scope(alias: str = "d") -> str:
 
 
 def _iso(ts: datetime | None) -> str | None:
-    if ts is None:
-        return None
-    from visiontrack.web.timefmt import format_ts
-
-    return format_ts(ts)
+    return None if ts is None else format_ts(ts)
 
 
 def payload(event: dict, rule: dict) -> dict:

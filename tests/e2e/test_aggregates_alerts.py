@@ -1,0 +1,150 @@
+"""Through the ingress with real Celery processes: aggregates of ingested data equal what the raw rows give
+(1m, 15m, 1h and a non-UTC day), latest is right, and a threshold rule fires once, calls its webhook and
+resolves."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from zoneinfo import ZoneInfo
+
+import pytest
+import requests
+
+from stack.servers import free_port
+from stack.services import INGESTOR_BINARY
+from tests.conftest import ADMIN_TOKEN, READER_TOKEN, Aggregator, poll
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+READER = {"Authorization": f"Bearer {READER_TOKEN}"}
+MINUTE = 60_000
+
+
+@pytest.fixture(scope="module")
+def aggregator(base_env, run_dir):
+    agg = Aggregator(base_env, run_dir, VT_ALERT_EVAL_SECONDS="0.5", VT_WEBHOOK_BACKOFF_SECONDS="1").start()
+    yield agg
+    agg.stop()
+
+
+@pytest.fixture(scope="module")
+def hooks():
+    calls: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            calls.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", calls
+    server.shutdown()
+
+
+def _device(ingress) -> dict:
+    resp = requests.post(f"{ingress}/api/devices/", json={"name": f"e2e-agg-{uuid.uuid4().hex[:8]}",
+                                                          "type": "e2e-agg"}, headers=ADMIN)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def _ingest(ingress, device: dict, messages: list[dict]) -> None:
+    path = "/api/ingest" if INGESTOR_BINARY.exists() else "/api/telemetry/"
+    for i in range(0, len(messages), 500):
+        resp = requests.post(f"{ingress}{path}", json=messages[i:i + 500],
+                             headers={"Authorization": f"Bearer {device['token']}"})
+        assert resp.status_code == 202, resp.text
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _raw_buckets(readings: list[tuple[int, float]], start_of, frm: int, to: int) -> list[tuple]:
+    groups: dict[int, list[float]] = {}
+    for ts, v in readings:
+        if frm <= ts < to:
+            groups.setdefault(start_of(ts), []).append(v)
+    return [(_iso(k), len(v), min(v), max(v), math.fsum(v)) for k, v in sorted(groups.items())]
+
+
+def _fixed(step: int):
+    return lambda ts: ts - ts % step
+
+
+def _local_day(zone: str):
+    tz = ZoneInfo(zone)
+
+    def start(ts: int) -> int:
+        local = datetime.fromtimestamp(ts / 1000, tz)
+        midnight = datetime(local.year, local.month, local.day, tzinfo=tz)
+        return int(midnight.timestamp() * 1000)
+
+    return start
+
+
+def test_aggregates_and_latest_of_ingested_data_through_the_ingress(ingress, aggregator):
+    device = _device(ingress)
+    now = int(time.time() * 1000)
+    rng = random.Random(4)
+    # Three days of readings, at ragged times, with a resent stretch (duplicates the pipeline drops).
+    readings = sorted({now - rng.randrange(60_000, 3 * 86_400_000): round(rng.uniform(-20, 40), 3)
+                       for _ in range(3000)}.items())
+    messages = [{"ts": ts, "values": {"temperature": v}} for ts, v in readings]
+    _ingest(ingress, device, messages + messages[100:300])
+    latest_ts, latest_value = readings[-1]
+
+    def latest():
+        got = requests.get(f"{ingress}/api/telemetry/latest", params={"device_id": device["id"]},
+                           headers=READER).json()
+        return got if got["values"].get("temperature", {}).get("ts") == _iso(latest_ts) else None
+
+    got = poll(latest, timeout=30, interval=0.2, what="the latest reading")
+    assert got == {"device_id": device["id"], "values": {"temperature": {"ts": _iso(latest_ts),
+                                                                         "value": latest_value}}}
+    frm, to = now - 2 * 86_400_000 - 12_345, now - 3_333
+    cases = [("1m", "UTC", _fixed(MINUTE)), ("15m", "UTC", _fixed(15 * MINUTE)), ("1h", "UTC", _fixed(3_600_000)),
+             ("1d", "America/New_York", _local_day("America/New_York")),
+             ("1d", "Asia/Kolkata", _local_day("Asia/Kolkata"))]
+    for interval, zone, start_of in cases:
+        resp = requests.get(f"{ingress}/api/telemetry/aggregate", headers=READER,
+                            params={"device_id": device["id"], "metric": "temperature", "interval": interval,
+                                    "tz": zone, "from": frm, "to": to, "agg": "count,min,max,sum,avg"})
+        assert resp.status_code == 200, resp.text
+        items = resp.json()["items"]
+        want = _raw_buckets(readings, start_of, frm, to)
+        assert [(i["ts"], i["count"], i["min"], i["max"]) for i in items] == [w[:4] for w in want], interval
+        for item, w in zip(items, want):
+            assert item["sum"] == pytest.approx(w[4], rel=1e-9, abs=1e-9)
+            assert item["avg"] == pytest.approx(w[4] / w[1], rel=1e-9, abs=1e-9)
+
+
+def test_a_threshold_rule_fires_once_calls_its_webhook_and_resolves_through_the_ingress(ingress, aggregator,
+                                                                                     hooks):
+    url, calls = hooks
+    device = _device(ingress)
+    rule = requests.post(f"{ingress}/api/alert-rules/", headers=ADMIN,
+                         json={"name": "e2e hot", "metric": "temperature", "op": ">", "threshold": 30,
+                               "device_id": device["id"], "severity": "critical", "webhook_url": url}).json()
+    t0 = int(time.time() * 1000) - 30_000
+    _ingest(ingress, device, [{"ts": t0 + i * 1000, "values": {"temperature": 31 + i}} for i in range(5)])
+    alerts = poll(lambda: requests.get(f"{ingress}/api/alerts/", params={"rule_id": rule["id"]},
+                                       headers=READER).json()["items"], timeout=20, what="the alert firing")
+    assert [(a["state"], a["device_id"], a["value"]) for a in alerts] == [("firing", device["id"], 31.0)]
+    _ingest(ingress, device, [{"ts": t0 + 10_000, "values": {"temperature": 20}}])
+    poll(lambda: [c for c in calls if c["rule_id"] == rule["id"] and c["state"] == "resolved"], timeout=20,
+         what="the resolving webhook")
+    assert [c["state"] for c in calls if c["rule_id"] == rule["id"]] == ["firing", "resolved"]
+    alerts = requests.get(f"{ingress}/api/alerts/", params={"rule_id": rule["id"]}, headers=READER).json()["items"]
+    assert [(a["state"], a["resolved_at"]) for a in alerts] == [("resolved", _iso(t0 + 10_000))]
