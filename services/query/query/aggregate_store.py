@@ -60,7 +60,7 @@ def aggregate(cur, device_id: int, metric: str, p: Plan) -> list[tuple[int, int,
                           AND x.{col} >= {_MS} + r.lo * interval '1 millisecond'
                           AND x.{col} < {_MS} + r.hi * interval '1 millisecond'
                           AND x.{col} >= %({kind}_min)s AND x.{col} < %({kind}_max)s""")
-    ms = "floor(extract(epoch FROM p.ts) * 1000)::bigint"
+    ms = "round(date_part('epoch', p.ts) * 1000)::bigint"  # float8: cheaper than extract's numeric
     step = _grid_step(p.starts)
     if step:  # evenly spaced buckets (no offset change in the window): arithmetic instead of a search
         params["first"], params["step"] = p.starts[0], step

@@ -91,18 +91,24 @@ def _json(body: dict) -> Response:
 
 
 _DAYS: dict[int, str] = {}
+_TIMES: dict[int, str] = {}
 
 
 def _iso(ms: int) -> str:
-    """format_ts for epoch milliseconds, without a datetime per bucket."""
+    """format_ts for epoch milliseconds, from cached day and time-of-day parts (buckets repeat them)."""
     day, rest = divmod(ms, buckets.DAY)
     date = _DAYS.get(day)
     if date is None:
-        date = _DAYS[day] = format_ts(from_ms(day * buckets.DAY))[:10]
         if len(_DAYS) > 100_000:
             _DAYS.clear()
-    seconds, millis = divmod(rest, 1000)
-    return f"{date}T{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}.{millis:03d}Z"
+        date = _DAYS[day] = format_ts(from_ms(day * buckets.DAY))[:10]
+    clock = _TIMES.get(rest)
+    if clock is None:
+        if len(_TIMES) > 100_000:
+            _TIMES.clear()
+        seconds, millis = divmod(rest, 1000)
+        clock = _TIMES[rest] = f"T{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}.{millis:03d}Z"
+    return date + clock
 
 
 def _ms(dt) -> int:
@@ -129,10 +135,14 @@ def get_aggregate(args):
     p = buckets.plan(buckets.Zone(args["tz"]), interval, from_ms_, to_ms)
     with svc.db.transaction() as cur:
         rows = aggregate(cur, args["device_id"], args["metric"], p)
+    starts, pick = p.starts, [AGGS.index(a) for a in aggs]
     items = []
     for i, count, total, lo, hi in rows:
-        values = {"avg": total / count, "min": lo, "max": hi, "sum": total, "count": count}
-        items.append({"ts": _iso(p.starts[i]), **{a: values[a] for a in aggs}})
+        values = (total / count, lo, hi, total, count)  # in the order of AGGS
+        item = {"ts": _iso(starts[i])}
+        for k in pick:
+            item[AGGS[k]] = values[k]
+        items.append(item)
     return _json({"device_id": args["device_id"], "metric": args["metric"], "interval": args["interval"],
                   "tz": args["tz"], "items": items})
 

@@ -109,7 +109,7 @@ def boundaries(zone: Zone, interval: int, start: int, end: int) -> tuple[list[in
         # Grid points of one segment share their remainder: all on whole minutes (hours) or none.
         if grid and grid[0] % MINUTE:
             off_minute.extend(grid)
-        if grid and grid[0] % HOUR:
+        if grid and grid[0] % HOUR and interval >= HOUR:  # shorter intervals never use whole hours
             off_hour.extend(grid)
         prev_off = off
     if len(segments) > 1:
@@ -145,7 +145,7 @@ def plan(zone: Zone, interval: int, frm: int, to: int) -> Plan:
         # Minutes (hours) a bucket start cuts through: rare for minutes (an offset with seconds), the rule
         # for hours in half-hour zones; with sub-hour intervals no hour is whole in one bucket anyway.
         cut_minutes = sorted({_floor(b, MINUTE) for b in off_minute if frm < b < to})
-        cut_hours = sorted({_floor(b, HOUR) for b in off_hour if frm < b < to})
+        cut_hours = sorted({_floor(b, HOUR) for b in off_hour if frm < b < to}) if interval >= HOUR else []
 
         def minutes(lo: int, hi: int) -> None:
             i = bisect.bisect_left(cut_minutes, lo)
