@@ -65,6 +65,10 @@ test-unit: venv ## Run only the tests that need no servers
 test-integration: venv ## Run the tests with real Postgres, Redis, gunicorn, Celery and nginx
 	$(PY) -m pytest -q -m "integration or e2e"
 
+.PHONY: lint
+lint: venv ## Lint the Python code (ruff: unused and undefined names, likely bugs)
+	$(VENV)/bin/ruff check services stack bench tests
+
 .PHONY: bench
 bench: deps venv ingestor-build ## Measure throughput and latency; prints tables
 	$(PY) -m bench.pipeline

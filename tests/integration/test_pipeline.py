@@ -1,14 +1,10 @@
 """Telemetry from the query service's POST through the stream and real Celery processes into Postgres."""
 from __future__ import annotations
 
-import json
-import os
-import signal
 import time
 import uuid
 
 import pytest
-import redis
 import requests
 
 from tests.conftest import ADMIN_TOKEN, READER_TOKEN, poll
