@@ -9,7 +9,7 @@ import random
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from zoneinfo import ZoneInfo
 
@@ -148,3 +148,36 @@ def test_a_threshold_rule_fires_once_calls_its_webhook_and_resolves_through_the_
     assert [c["state"] for c in calls if c["rule_id"] == rule["id"]] == ["firing", "resolved"]
     alerts = requests.get(f"{ingress}/api/alerts/", params={"rule_id": rule["id"]}, headers=READER).json()["items"]
     assert [(a["state"], a["resolved_at"]) for a in alerts] == [("resolved", _iso(t0 + 10_000))]
+
+
+def test_the_simulator_demo_rule_fires_and_resolves(ingress, aggregator, run_dir):
+    """What `make up` shows: the simulator's hot devices trip its demo rule, which then resolves."""
+    import os
+    import subprocess
+    import sys
+
+    from stack import simulator
+
+    env = {**os.environ, "VT_URL": ingress, "VT_ADMIN_TOKEN": ADMIN_TOKEN, "SIM_DEVICES": "3",
+           "SIM_STATE": str(run_dir / f"sim-{uuid.uuid4().hex[:6]}.json"), "SIM_HOT_PERIOD": "30",
+           "SIM_HOT_SECONDS": "14", "SIM_WEBHOOK_PORT": "0", "PYTHONPATH": str(simulator.__file__).rsplit("/stack/", 1)[0]}
+    log = open(run_dir / "logs" / "simulator-e2e.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "stack.simulator"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def demo_rule():
+            page = requests.get(f"{ingress}/api/alert-rules/", params={"device_type": "sim-thermo"},
+                                headers=READER).json()
+            return next((r for r in page["items"] if r["name"] == simulator.DEMO_RULE["name"]), None)
+
+        rule = poll(demo_rule, timeout=20, what="the demo rule")
+
+        def resolved():
+            items = requests.get(f"{ingress}/api/alerts/", params={"rule_id": rule["id"], "state": "resolved"},
+                                 headers=READER).json()["items"]
+            return items or None
+
+        alert = poll(resolved, timeout=90, interval=0.5, what="a demo alert firing and resolving")[0]
+        assert alert["value"] > 30
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -21,7 +21,7 @@ from aggregator.storage import TelemetryStorage
 from query import buckets
 from visiontrack.stream import Entry
 
-from tests.conftest import ADMIN_TOKEN, READER_TOKEN
+from tests.conftest import READER_TOKEN
 
 READER = {"Authorization": f"Bearer {READER_TOKEN}"}
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000

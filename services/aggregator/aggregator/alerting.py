@@ -16,11 +16,14 @@ the webhook, which the caller sends (a Celery task) only after the commit.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import operator
 from datetime import datetime, timedelta
 
 import psycopg2.extras
+
+from visiontrack.web.timefmt import EPOCH, format_ts, from_ms
 
 from .metrics import ALERT_CHANGES
 
@@ -42,6 +45,11 @@ def _scope(alias: str = "d") -> str:
 
 def _iso(ts: datetime | None) -> str | None:
     return None if ts is None else format_ts(ts)
+
+
+def _epoch_ms(ts: datetime) -> int:
+    delta = ts - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
 def payload(event: dict, rule: dict) -> dict:
@@ -106,38 +114,43 @@ class Evaluator:
         devices = {r["device_id"]: r for r in cur.fetchall()}
         if not devices:
             return []
-        cur.execute("""SELECT w.device_id, t.ts, t.value
-                       FROM unnest(%(ids)s::bigint[], %(after)s::timestamptz[]) AS w(device_id, after)
-                       CROSS JOIN LATERAL (
-                           SELECT ts, value FROM telemetry
-                           WHERE device_id = w.device_id AND metric = %(metric)s AND ts > w.after
-                           ORDER BY ts LIMIT %(n)s) t
-                       ORDER BY 1, 2""",
-                    {"ids": list(devices), "after": [d["watermark"] for d in devices.values()],
-                     "metric": rule["metric"], "n": READINGS_PER_DEVICE})
-        readings: dict[int, list[tuple[datetime, float]]] = {}
-        for r in cur.fetchall():
-            readings.setdefault(r["device_id"], []).append((r["ts"], r["value"]))
+        # Plain tuples with times as epoch ms: this loop sees every new reading, so it stays lean.
         holds = OPS[rule["op"]]
-        threshold, hold_for = rule["threshold"], timedelta(seconds=rule["for_seconds"])
+        with self.conn.cursor() as plain:
+            plain.execute("""SELECT w.device_id, round(date_part('epoch', t.ts) * 1000)::bigint, t.value
+                             FROM unnest(%(ids)s::bigint[], %(after)s::timestamptz[]) AS w(device_id, after)
+                             CROSS JOIN LATERAL (
+                                 SELECT ts, value FROM telemetry
+                                 WHERE device_id = w.device_id AND metric = %(metric)s AND ts > w.after
+                                 ORDER BY ts LIMIT %(n)s) t
+                             ORDER BY 1, 2""",
+                          {"ids": list(devices), "after": [d["watermark"] for d in devices.values()],
+                           "metric": rule["metric"], "n": READINGS_PER_DEVICE})
+            rows = plain.fetchall()
+        threshold, hold_ms = rule["threshold"], rule["for_seconds"] * 1000
         events, states = [], []
-        for device_id, series in readings.items():
-            since, firing = devices[device_id]["since"], devices[device_id]["firing"]
-            for ts, value in series:
+        for device_id, series in itertools.groupby(rows, key=operator.itemgetter(0)):
+            since = devices[device_id]["since"]
+            since = None if since is None else _epoch_ms(since)
+            firing = devices[device_id]["firing"]
+            ts = None
+            for _, ts, value in series:
                 if holds(value, threshold):
                     if since is None:
                         since = ts
-                    if not firing and ts - since >= hold_for:
-                        event = self._fire(cur, rule["id"], device_id, value, since)
+                    if not firing and ts - since >= hold_ms:
+                        event = self._fire(cur, rule["id"], device_id, value, from_ms(since))
                         if event:
                             events.append(event)
                         firing = True
                 else:
                     since = None
                     if firing:
-                        events.extend(self._resolve(cur, rule["id"], device_id, ts))
+                        events.extend(self._resolve(cur, rule["id"], device_id, from_ms(ts)))
                         firing = False
-            states.append((rule["id"], device_id, series[-1][0], since))
+            states.append((rule["id"], device_id, from_ms(ts), None if since is None else from_ms(since)))
+        if not states:
+            return events
         psycopg2.extras.execute_values(
             cur, """INSERT INTO alert_state (rule_id, device_id, watermark, since) VALUES %s
                     ON CONFLICT (rule_id, device_id) DO UPDATE SET watermark = excluded.watermark,
