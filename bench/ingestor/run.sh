@@ -149,17 +149,40 @@ read -r B_RPS B_P99 < <(run_wrk "http://127.0.0.1:$NGINX_PORT/api/ingest" "$HERE
 
 HALF=$(awk -v r="$A_RPS" 'BEGIN { printf "%d", r / 2 }')
 echo "== (c) ingestor at a fixed $HALF req/s (half of (a)), ${DURATION}s, $RATE_RUNS runs"
-C_P99S=()
-for _ in $(seq "$RATE_RUNS"); do
-  C_OUT=$("$LOADGEN" --addr "127.0.0.1:$APP_PORT" --path /api/ingest --rate "$HALF" --duration "$DURATION" \
+C_P99S=(); N_P99S=(); S_P99S=()
+fixed_rate() { # port -> loadgen summary line
+  "$LOADGEN" --addr "127.0.0.1:$1" --path /api/ingest --rate "$HALF" --duration "$DURATION" \
     --connections 64 --threads 1 --header 'Content-Type: application/json' \
-    --header "Authorization: Bearer $TOKEN" --body '{"temperature":21.5}')
-  echo "   $C_OUT"
-  C_P99S+=("$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$C_OUT")")
+    --header "Authorization: Bearer $TOKEN" --body '{"temperature":21.5}'
+}
+p99_of() { sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$1"; }
+# The ingestor's own latency histogram for /api/ingest, as "le count" lines.
+server_hist() {
+  curl -s "http://127.0.0.1:$APP_PORT/metrics" \
+    | sed -n 's/^visiontrack_ingestor_http_request_duration_seconds_bucket{route="\/api\/ingest",le="\([^"]*\)"} \([0-9]*\)$/\1 \2/p'
+}
+# Upper bucket bound (ms) under which 99% of the requests between two snapshots were served, server side.
+server_p99() {
+  awk 'NR == FNR { before[$1] = $2; next }
+       { le[++n] = $1; d[n] = $2 - before[$1] }
+       END { total = d[n]; for (i = 1; i <= n; i++) if (d[i] >= 0.99 * total) { print (le[i] == "+Inf" ? "inf" : le[i] * 1000); exit } }' "$1" "$2"
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+for _ in $(seq "$RATE_RUNS"); do
+  server_hist >"$WORK/hist.before"
+  C_OUT=$(fixed_rate "$APP_PORT"); echo "   ingestor: $C_OUT"
+  server_hist >"$WORK/hist.after"
+  S_P99S+=("$(server_p99 "$WORK/hist.before" "$WORK/hist.after")")
+  C_P99S+=("$(p99_of "$C_OUT")")
   C_RATE=$(sed -n 's/.* rate=\([0-9]*\).*/\1/p' <<<"$C_OUT")
   reset_stream
+  # The same fixed rate against nginx: how much of the tail is this machine's own.
+  N_OUT=$(fixed_rate "$NGINX_PORT"); echo "   nginx:    $N_OUT"
+  N_P99S+=("$(p99_of "$N_OUT")")
 done
-C_P99=$(printf '%s\n' "${C_P99S[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+C_P99=$(median "${C_P99S[@]}")
+N_P99=$(median "${N_P99S[@]}")
+S_P99=$(median "${S_P99S[@]}")
 
 echo "== (d) ingestor, 100 readings/request"
 read -r D_RPS D_P99 < <(run_wrk "http://127.0.0.1:$APP_PORT/api/ingest" "$HERE/batch100.lua")
@@ -177,7 +200,8 @@ verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=") ? (v >
 echo
 echo "Ingestor benchmark — $(nproc) cores, load generators on the same machine (wrk, keep-alive)."
 echo "CPU idle just before (a): ${IDLE_A}% (other processes skew the figures when it is low)."
-echo "Stream entries written: $A_ENTRIES in (a), $D_ENTRIES in (d). (c): p99 of each run: ${C_P99S[*]} ms;"
+echo "Stream entries written: $A_ENTRIES in (a), $D_ENTRIES in (d)."
+echo "(c) p99 of each run: ingestor ${C_P99S[*]} ms (server side at most ${S_P99S[*]} ms), nginx ${N_P99S[*]} ms;"
 echo "fixed-rate load from bench/ingestor/loadgen (open loop, 64 connections; wrk here has no -R)."
 printf '| %-44s | %16s | %12s | %-4s |\n' "measure" "value" "target" "met"
 printf '|%s|%s|%s|%s|\n' "----------------------------------------------" "------------------" "--------------" "------"
@@ -187,6 +211,8 @@ printf '| %-44s | %16s | %12s | %-4s |\n' "(a) CPU per request: ingestor / redis
 printf '| %-44s | %16s | %12s | %-4s |\n' "(b) nginx static 202, requests/s" "$B_RPS" "-" "-"
 printf '| %-44s | %15s%% | %12s | %-4s |\n' "(b) ingestor / nginx" "$RATIO" ">= 45%" "$(verdict "$RATIO" 45 '>=')"
 printf '| %-44s | %16s | %12s | %-4s |\n' "(c) p99 at $C_RATE req/s, median run (ms)" "$C_P99" "< 5" "$(verdict "$C_P99" 5 '<')"
+printf '| %-44s | %16s | %12s | %-4s |\n' "(c) same, server side (histogram bucket, ms)" "<= $S_P99" "-" "-"
+printf '| %-44s | %16s | %12s | %-4s |\n' "(c) nginx static at the same rate, p99 (ms)" "$N_P99" "-" "-"
 printf '| %-44s | %16s | %12s | %-4s |\n' "(d) 100 readings/request, readings/s" "$D_READINGS" ">= 300000" "$(verdict "$D_READINGS" 300000 '>=')"
 printf '| %-44s | %16s | %12s | %-4s |\n' "(d) requests/s (p99 ms)" "$D_RPS ($D_P99)" "-" "-"
 printf '| %-44s | %16s | %12s | %-4s |\n' "(e) RSS idle (MiB)" "$(mib "$IDLE_RSS")" "< 20" "$(verdict "$(mib "$IDLE_RSS")" 20 '<')"
