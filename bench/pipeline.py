@@ -50,6 +50,18 @@ def count_rows(db) -> int:
         return cur.fetchone()[0]
 
 
+def stored_readings(client: redis.Redis) -> int:
+    """Readings of the bench's entries (100 each) acknowledged, i.e. committed, by the aggregator."""
+    try:
+        groups = client.xinfo_groups("vt:telemetry")
+    except redis.ResponseError:
+        return 0
+    for g in groups:
+        if g["name"] in (b"aggregators", "aggregators"):
+            return (int(g.get("entries-read") or 0) - int(g["pending"])) * 100
+    return 0
+
+
 def fill_stream(client: redis.Redis, key: str, entries: int, base_ms: int) -> int:
     """`entries` entries of 100 readings (10 metrics x 10 timestamps) from 100 devices."""
     pipe = client.pipeline(transaction=False)
@@ -66,12 +78,43 @@ def fill_stream(client: redis.Redis, key: str, entries: int, base_ms: int) -> in
     return entries * 100
 
 
-def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups: bool = True) -> float:
+def _cpu_seconds(roots: list[int]) -> float:
+    """CPU time (user + system, with reaped children's) of the processes under `roots`, from /proc."""
+    procs: dict[int, tuple[int, int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        procs[int(name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0, [r for r in roots if r in procs]
+    while todo:
+        pid = todo.pop()
+        total += procs[pid][1]
+        todo += children.get(pid, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _postmaster(pg: Postgres) -> int:
+    return int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+
+
+def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups: bool = True,
+                     pg: Postgres | None = None) -> tuple[float, float]:
     """Readings/s of one Celery worker process draining a pre-filled stream, steady state.
 
     With `rollups`, the worker keeps the rollups, latest values and last_seen_at, and beat evaluates alert
     rules (a threshold rule over every device and an inactivity rule) every VT_ALERT_EVAL_SECONDS, in the
     same worker process; without, only raw rows are written and no rule exists.
+
+    Returns readings/s and CPU seconds per million readings (worker, beat and Postgres together), the
+    second much less sensitive to what else the machine runs.
     """
     with db.cursor() as cur:
         cur.execute(f"TRUNCATE telemetry, {', '.join(DERIVED)}")
@@ -92,22 +135,27 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups:
     log(f"stream pre-filled with {ENTRIES} entries ({total} readings)")
     agg_env = {**env, "VT_WORKER_CONCURRENCY": "1", "VT_DRAIN_INTERVAL_SECONDS": "0.2",
                "VT_ROLLUPS_ENABLED": "true" if rollups else "false"}
+    pg_cpu = _cpu_seconds([_postmaster(pg)]) if pg else 0.0
     worker = Process("bench-worker", "worker", agg_env, run_dir / "logs" / "worker.log").start(run_dir)
     beat = Process("bench-beat", "beat", agg_env, run_dir / "logs" / "beat.log").start(run_dir)
+    cpu = 0.0
     try:
         samples = []
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            n = count_rows(db)
+            n = stored_readings(client)  # from Redis: a count(*) every 0.1 s would load Postgres itself
             samples.append((time.perf_counter(), n))
             if n >= total:
                 break
             time.sleep(0.1)
         else:
             raise RuntimeError("the aggregator did not store everything within 10 minutes")
+        cpu = _cpu_seconds([worker.pid, beat.pid]) + (_cpu_seconds([_postmaster(pg)]) - pg_cpu if pg else 0.0)
     finally:
         beat.stop()
         worker.stop()
+    if count_rows(db) != total:
+        raise RuntimeError(f"{count_rows(db)} readings stored, {total} expected")
     if rollups:  # the derived data really was written
         with db.cursor() as cur:
             cur.execute("SELECT sum(count) FROM telemetry_1m")
@@ -116,7 +164,7 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups:
     # Steady state: from the first sample past 10% to the first past 90% (start-up excluded).
     t1, n1 = next(s for s in samples if s[1] >= total * 0.1)
     t2, n2 = next(s for s in samples if s[1] >= total * 0.9)
-    return (n2 - n1) / (t2 - t1)
+    return (n2 - n1) / (t2 - t1), cpu / total * 1e6
 
 
 def bench_copy(db) -> float:
@@ -263,13 +311,17 @@ def main() -> int:
         copy_rate = bench_copy(db)
         log(f"raw COPY: {copy_rate:,.0f} readings/s")
         rates: dict[bool, list[float]] = {False: [], True: []}
+        cpus: dict[bool, list[float]] = {False: [], True: []}
         for round_ in range(ROUNDS):
             for rollups in (False, True):
                 what = "with rollups+alerts" if rollups else "raw only"
                 log(f"aggregator round {round_ + 1}/{ROUNDS}, {what}: one worker process draining a pre-filled stream")
-                rates[rollups].append(bench_aggregator(env, run_dir, db, client, rollups))
-                log(f"aggregator, {what}: {rates[rollups][-1]:,.0f} readings/s")
+                rate, cpu = bench_aggregator(env, run_dir, db, client, rollups, pg)
+                rates[rollups].append(rate)
+                cpus[rollups].append(cpu)
+                log(f"aggregator, {what}: {rate:,.0f} readings/s, {cpu:.2f} CPU s per million readings")
         raw_rate, agg_rate = statistics.median(rates[False]), statistics.median(rates[True])
+        raw_cpu, agg_cpu = statistics.median(cpus[False]), statistics.median(cpus[True])
         results += [
             ("raw binary COPY into telemetry (yardstick)", f"{copy_rate:,.0f} readings/s", ""),
             ("aggregator, 1 worker process, entries of 100", f"{agg_rate:,.0f} readings/s",
@@ -277,6 +329,8 @@ def main() -> int:
             ("aggregator, same, raw rows only", f"{raw_rate:,.0f} readings/s",
              f"rollups+alerts cost {1 - agg_rate / raw_rate:.0%} (target <= 20%); medians of "
              f"{', '.join(f'{r:,.0f}' for r in rates[True])} vs {', '.join(f'{r:,.0f}' for r in rates[False])}"),
+            ("aggregator CPU (worker+beat+Postgres) per 1M readings", f"{agg_cpu:.1f} s vs {raw_cpu:.1f} s raw only",
+             f"rollups+alerts cost {agg_cpu / raw_cpu - 1:.0%} more CPU (medians of {ROUNDS})"),
         ]
         log(f"loading {QUERY_ROWS:,} rows for the range queries")
         t = time.perf_counter()

@@ -176,7 +176,8 @@ def test_day_buckets_follow_local_midnight_across_dst(storage, query_url):
     ({"tz": "../../etc/passwd"}, "tz"), ({"from": "yesterday"}, "from"), ({"device_id": "x"}, "device_id"),
     ({"from": "2026-11-02T00:00:00Z", "to": "2026-11-01T00:00:00Z"}, "to"),
     ({"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "interval"),
-    ({"metric": None}, "metric"),
+    ({"metric": None}, "metric"), ({"from": "1969-12-31T00:00:00Z", "interval": "1d"}, "from"),
+    ({"from": "0001-01-01T00:00:00Z", "to": "0001-01-02T00:00:00Z", "tz": "Europe/Berlin"}, "from"),
 ])
 def test_bad_parameters_name_the_field(query_url, params, field):
     base = {"device_id": 1, "metric": "m", "interval": "1m"}

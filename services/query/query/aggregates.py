@@ -132,6 +132,8 @@ def get_aggregate(args):
         raise _bad("interval", f"gives more than {most} buckets for this range; use a coarser interval "
                                "or a shorter range")
     aggs = [a for a in AGGS if a in {x.strip() for x in args["agg"].split(",")}]
+    if from_ms_ < 0:  # zone offsets before 1970 are local mean times nobody stores telemetry in
+        raise _bad("from", "must be 1970-01-01 or later")
     p = buckets.plan(buckets.Zone(args["tz"]), interval, from_ms_, to_ms)
     with svc.db.transaction() as cur:
         rows = aggregate(cur, args["device_id"], args["metric"], p)
