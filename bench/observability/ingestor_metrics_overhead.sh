@@ -4,8 +4,10 @@
 # stream_backlog) turned into a no-op, both outside the repository (the ingestor has no switch for it).
 # Then single-reading requests at full speed (wrk, keep-alive) against each, alternating, while /metrics is
 # scraped every second on the "with" build; reports requests/s and CPU time per request, medians of the
-# runs, and the difference.
-# Knobs: OVERHEAD_RUNS (3 per build), OVERHEAD_DURATION (s, 10), OVERHEAD_CONNECTIONS (64),
+# runs, and the difference. On a shared or busy machine those swing by more than the metrics cost, so it
+# also counts the instructions per request of each build under valgrind's callgrind (deterministic to a
+# few hundred instructions): (instructions after N sequential requests - after none) / N.
+# Knobs: OVERHEAD_IR_REQUESTS (20000; 0 skips callgrind; each build counted twice), OVERHEAD_RUNS (3 per build), OVERHEAD_DURATION (s, 10), OVERHEAD_CONNECTIONS (64),
 #        OVERHEAD_WORK (/tmp/vt-metrics-overhead), OVERHEAD_REBUILD (1; 0 reuses the two binaries there).
 # What is still measured in both: the per-request Instant::now() of the metrics middleware.
 set -euo pipefail
@@ -17,7 +19,7 @@ DURATION="${OVERHEAD_DURATION:-10}"
 CONNS="${OVERHEAD_CONNECTIONS:-64}"
 WORK="${OVERHEAD_WORK:-/tmp/vt-metrics-overhead}"
 TOKEN="vtd_overhead_bench"
-for tool in cargo redis-server redis-cli wrk curl python3; do
+for tool in cargo redis-server redis-cli wrk curl python3 valgrind; do
   command -v "$tool" >/dev/null || { echo "overhead: $tool is not installed" >&2; exit 1; }
 done
 
@@ -78,7 +80,7 @@ run() { # build -> "req/s cpu_us_per_request"
   python3 -c "import sys; r=float('$rps'); print(f'{r:.0f}', f'{($t1-$t0)/$(getconf CLK_TCK)*1e6/(r*$DURATION):.1f}')"
 }
 
-declare -A RPS CPU
+declare -A RPS CPU IR
 for i in $(seq "$RUNS"); do
   for v in with without; do
     read -r r c < <(run "$v")
@@ -96,3 +98,38 @@ print(f"| metrics on (as shipped), scraped every 1 s | {mrw:.0f} | {mcw:.1f} us 
 print(f"| metrics recording off | {mro:.0f} | {mco:.1f} us |")
 print(f"\nthroughput cost of metrics: {100 * (mro - mrw) / mro:+.1f}%; CPU per request: {100 * (mcw - mco) / mco:+.1f}%")
 PY
+
+IR_REQUESTS="${OVERHEAD_IR_REQUESTS:-20000}"
+[ "$IR_REQUESTS" -gt 0 ] || exit 0
+instructions() { # build requests -> instructions executed by the ingestor, start to exit
+  local v=$1 n=$2 port out="$WORK/callgrind-$1-$2.out" pid
+  port="$(free_port)"
+  REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" VT_LISTEN_ADDR="127.0.0.1:$port" VT_STREAM_HIGH_WATER=1000000000 \
+    VT_LOG_LEVEL=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$WORK/ingestor-$v" >/dev/null 2>&1 &
+  pid=$!
+  for _ in $(seq 300); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+  python3 - "$port" "$n" "$TOKEN" <<'PY'
+import http.client, sys
+port, n, token = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+conn = http.client.HTTPConnection("127.0.0.1", port)
+for _ in range(n):
+    conn.request("POST", "/api/ingest", body=b'{"temperature":21.5}',
+                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 202, resp.status
+PY
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  awk '/^(summary|totals):/ {print $2; exit}' "$out"
+  redis-cli -p "$REDIS_PORT" del vt:telemetry >/dev/null
+}
+echo
+echo "== instructions per request under callgrind ($IR_REQUESTS sequential requests, one connection)"
+for v in with without; do
+  base=$(instructions "$v" 0)
+  first=$(( ($(instructions "$v" "$IR_REQUESTS") - base) / IR_REQUESTS ))
+  second=$(( ($(instructions "$v" "$IR_REQUESTS") - base) / IR_REQUESTS ))
+  IR[$v]=$(( (first + second) / 2 ))
+  echo "   metrics $v: ${IR[$v]} instructions/request (runs: $first, $second)"
+done
+python3 -c "w, o = ${IR[with]}, ${IR[without]}; print(f'instructions per request spent on metrics: {w - o} ({100 * (w - o) / o:+.1f}%; the two runs of a build differ by a few hundred)')"
