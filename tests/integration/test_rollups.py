@@ -2,6 +2,7 @@
 transaction, from the rows really inserted only (real Postgres)."""
 from __future__ import annotations
 
+import itertools
 import random
 import time
 import uuid
@@ -31,9 +32,11 @@ def device(db) -> int:
         return cur.fetchone()[0]
 
 
-def _entry(device_id: int, readings, received_ms: int | None = None, n=[0]) -> object:
-    n[0] += 1
-    entry = Entry(f"{n[0]}-0", device_id, [list(r) for r in readings], received_ms or int(time.time() * 1000))
+_ids = itertools.count(1)
+
+
+def _entry(device_id: int, readings, received_ms: int | None = None) -> object:
+    entry = Entry(f"{next(_ids)}-0", device_id, [list(r) for r in readings], received_ms or int(time.time() * 1000))
     return encode_entry(entry, -10**9, 10**9)
 
 
