@@ -32,7 +32,13 @@ def grafana(expr: str) -> str:
 
 def overview_expressions() -> list[tuple[str, str]]:
     board = json.loads((DASHBOARDS / "visiontrack-overview.json").read_text())
-    return [(f"{p['title']} / {t['legendFormat']}", t["expr"]) for p in board["panels"] for t in p.get("targets", [])]
+    exprs = [(f"{p['title']} / {t['legendFormat']}", t["expr"]) for p in board["panels"] for t in p.get("targets", [])]
+    for var in board["templating"]["list"]:  # label_values(<selector>, label): the selector must find series
+        if var["type"] == "query":
+            m = re.fullmatch(r"label_values\((.+), \w+\)", var["query"]["query"])
+            assert m, var
+            exprs.append((f"variable {var['name']}", m.group(1)))
+    return exprs
 
 
 def test_every_target_should_be_up(monitored, traffic):
