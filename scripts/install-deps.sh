@@ -18,7 +18,7 @@ pkg_installed prometheus-postgres-exporter || need+=(prometheus-postgres-exporte
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 have cc || need+=(build-essential)
 have curl || need+=(curl)
-# Rust for the ingestor (needs 1.80+). Debian 12's `cargo` is 1.65; its `cargo-web`/`rustc-web` (kept current
+# Rust for the ingestor (needs 1.88+). Debian 12's `cargo` is 1.65; its `cargo-web`/`rustc-web` (kept current
 # for browser builds) are recent, so prefer those where the distribution has them.
 if ! have cargo; then
   if apt-cache show cargo-web >/dev/null 2>&1; then need+=(cargo-web rustc-web rust-web-clippy)
@@ -46,7 +46,7 @@ done
 echo "==> system packages installed"
 if have cargo; then
   rust_minor=$(cargo --version | sed -E 's/^cargo 1\.([0-9]+).*/\1/')
-  if [ "${rust_minor:-0}" -lt 80 ]; then
-    echo "warning: $(cargo --version) is older than the ingestor needs (1.80); install a newer Rust (rustup)" >&2
+  if [ "${rust_minor:-0}" -lt 88 ]; then
+    echo "warning: $(cargo --version) is older than the ingestor needs (1.88); install a newer Rust (rustup)" >&2
   fi
 fi
