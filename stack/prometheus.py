@@ -53,7 +53,7 @@ class Daemon:
                         return self
             except OSError as exc:
                 if time.monotonic() > deadline:
-                    raise StackError(f"{self.name} not ready on :{self.port}{ready_path} ({exc}){_tail(self.log)}")
+                    raise StackError(f"{self.name} not ready on :{self.port}{ready_path} ({exc}){_tail(self.log)}") from None
             time.sleep(0.1)
 
     @property

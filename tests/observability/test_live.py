@@ -91,7 +91,7 @@ def test_every_recording_rule_should_have_data(monitored, traffic):
     records = [r for g in monitored.api("/api/v1/rules")["groups"] for r in g["rules"] if r["type"] == "recording"]
     assert records
     for rule in records:
-        poll(lambda: monitored.query(rule["name"]), timeout=20, interval=0.5, what=f"data for {rule['name']}")
+        poll(lambda rule=rule: monitored.query(rule["name"]), timeout=20, interval=0.5, what=f"data for {rule['name']}")
 
 
 METRIC = r"(?:visiontrack|pg|redis)_[a-z0-9_]+|visiontrack:[a-z0-9_:]+|up"
@@ -120,7 +120,7 @@ def _assert_selectors_have_series(monitored, what: str, expr: str, timeout: floa
     selectors = _selectors(expr)
     assert selectors, f"{what}: no selector found in {expr}"
     for selector in selectors:
-        poll(lambda: monitored.query(f"count({selector})"), timeout=timeout, interval=0.5,
+        poll(lambda selector=selector: monitored.query(f"count({selector})"), timeout=timeout, interval=0.5,
              what=f"series of {selector} (read by {what})")
 
 
@@ -151,7 +151,7 @@ def test_every_overview_expression_should_return_data(monitored, traffic):
     missing = []
     for title, expr in overview_expressions():
         try:
-            poll(lambda: monitored.query(grafana(expr)), timeout=15, interval=0.5, what=title)
+            poll(lambda expr=expr: monitored.query(grafana(expr)), timeout=15, interval=0.5, what=title)
         except AssertionError:
             missing.append(f"{title}: {grafana(expr)}")
     assert not missing, "no data for:\n" + "\n".join(missing)
