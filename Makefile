@@ -73,6 +73,7 @@ lint: venv ## Lint the Python code (ruff: unused and undefined names, likely bug
 bench: deps venv ingestor-build ## Measure throughput and latency; prints tables
 	$(PY) -m bench.pipeline
 	$(MAKE) --no-print-directory ingestor-bench
+	$(PY) -m bench.end_to_end
 
 .PHONY: migrate
 migrate: venv ## Apply database migrations to DATABASE_URL

@@ -8,7 +8,13 @@
 //!
 //! Usage: vt-loadgen --addr 127.0.0.1:8080 --path /api/ingest --rate 15000
 //!        --duration 20 --connections 32 --threads 1 --header 'K: V' --body '{...}'
+//!        [--seq-start N]
+//!
+//! Every `{seq}` in the body becomes a number unique to the request (counting up from --seq-start,
+//! zero-padded to six digits), so bodies can carry distinct timestamps and the pipeline stores every reading.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -23,6 +29,26 @@ struct Args {
     threads: usize,
     headers: Vec<String>,
     body: String,
+    seq_start: u64,
+}
+
+/// The request template: the head up to the headers, and the body split at its `{seq}` markers.
+struct Template {
+    head: String,
+    body_parts: Vec<String>,
+    seq: AtomicU64,
+}
+
+impl Template {
+    fn render(&self) -> Vec<u8> {
+        let body = if self.body_parts.len() == 1 {
+            self.body_parts[0].clone()
+        } else {
+            let n = format!("{:06}", self.seq.fetch_add(1, Ordering::Relaxed));
+            self.body_parts.join(&n)
+        };
+        format!("{}Content-Length: {}\r\n\r\n{}", self.head, body.len(), body).into_bytes()
+    }
 }
 
 fn parse_args() -> Args {
@@ -35,6 +61,7 @@ fn parse_args() -> Args {
         threads: 1,
         headers: Vec::new(),
         body: String::new(),
+        seq_start: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -48,6 +75,7 @@ fn parse_args() -> Args {
             "--threads" => a.threads = value.parse().expect("--threads"),
             "--header" => a.headers.push(value),
             "--body" => a.body = value,
+            "--seq-start" => a.seq_start = value.parse().expect("--seq-start"),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -61,7 +89,7 @@ struct Outcome {
     errors: u64,
 }
 
-async fn connection(addr: String, request: Vec<u8>, interval: Duration, start: Instant, end: Instant) -> Outcome {
+async fn connection(addr: String, template: Arc<Template>, interval: Duration, start: Instant, end: Instant) -> Outcome {
     let mut out = Outcome::default();
     let Ok(stream) = TcpStream::connect(&addr).await else {
         out.errors += 1;
@@ -80,7 +108,7 @@ async fn connection(addr: String, request: Vec<u8>, interval: Duration, start: I
         let sent = Instant::now();
         // Late because the previous answer was late: count from the schedule.
         let origin = if free_since > due { due } else { sent };
-        if stream.get_mut().write_all(&request).await.is_err() {
+        if stream.get_mut().write_all(&template.render()).await.is_err() {
             out.errors += 1;
             break;
         }
@@ -137,15 +165,16 @@ fn main() {
     let args = parse_args();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build().expect("runtime");
-    let mut request =
-        format!("POST {} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n", args.path, args.addr, args.body.len());
+    let mut head = format!("POST {} HTTP/1.1\r\nHost: {}\r\n", args.path, args.addr);
     for h in &args.headers {
-        request.push_str(h);
-        request.push_str("\r\n");
+        head.push_str(h);
+        head.push_str("\r\n");
     }
-    request.push_str("\r\n");
-    request.push_str(&args.body);
-    let request = request.into_bytes();
+    let template = Arc::new(Template {
+        head,
+        body_parts: args.body.split("{seq}").map(str::to_owned).collect(),
+        seq: AtomicU64::new(args.seq_start),
+    });
 
     let interval = Duration::from_secs_f64(args.connections as f64 / args.rate);
     let outcomes = runtime.block_on(async {
@@ -155,7 +184,7 @@ fn main() {
         for i in 0..args.connections {
             // Spread the connections' schedules over one interval.
             let offset = interval.mul_f64(i as f64 / args.connections as f64);
-            tasks.push(tokio::spawn(connection(args.addr.clone(), request.clone(), interval, start + offset, end)));
+            tasks.push(tokio::spawn(connection(args.addr.clone(), template.clone(), interval, start + offset, end)));
         }
         let mut all = Vec::new();
         for t in tasks {
