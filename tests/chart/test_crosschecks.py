@@ -55,7 +55,7 @@ def reads(part: str, name: str, python_settings: dict, rust_settings: dict) -> b
 def test_every_variable_the_chart_gives_a_part_should_be_read_by_that_part(render, mode, python_settings, rust_settings):
     objs = render(mode)
     problems = []
-    for comp, part, w, c in part_containers(objs):
+    for comp, part, _w, c in part_containers(objs):
         for name, src in container_env(objs, c).items():
             if src["source"] == "configmap":
                 continue  # shared by every part: checked below against all of them
@@ -110,7 +110,7 @@ def test_every_setting_a_part_needs_should_be_set(render, mode, python_settings,
     objs = render(mode)
     seen = set()
     problems = []
-    for comp, part, w, c in part_containers(objs):
+    for comp, part, _w, c in part_containers(objs):
         seen.add(part)
         missing = needed(part, python_settings, rust_settings) - set(container_env(objs, c))
         if missing:
@@ -122,7 +122,7 @@ def test_every_setting_a_part_needs_should_be_set(render, mode, python_settings,
 @pytest.mark.parametrize("mode", MODES)
 def test_the_parts_should_not_get_secrets_they_do_not_read(render, mode, python_settings, rust_settings):
     objs = render(mode)
-    for comp, part, w, c in part_containers(objs):
+    for comp, part, _w, c in part_containers(objs):
         for name, src in container_env(objs, c).items():
             if src["source"] == "secret":
                 assert reads(part, name, python_settings, rust_settings), f"{comp} gets secret {name} it never reads"
@@ -135,7 +135,7 @@ def test_the_chart_secret_should_hold_every_key_the_pods_read_with_valid_values(
                for s in by_kind(objs, "Secret")}
     for w in workloads(objs):
         for c in pod_spec(w)["containers"]:
-            for name, src in container_env(objs, c).items():
+            for _name, src in container_env(objs, c).items():
                 if src["source"] == "secret":
                     assert src["secret"] in secrets, f"{w['metadata']['name']} reads missing Secret {src['secret']}"
                     assert src["key"] in secrets[src["secret"]], f"{src['secret']} has no key {src['key']}"
@@ -146,7 +146,7 @@ def test_the_chart_secret_should_hold_every_key_the_pods_read_with_valid_values(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_listen_addresses_should_match_the_container_ports(render, mode):
-    for comp, part, w, c in part_containers(render(mode)):
+    for comp, _part, _w, c in part_containers(render(mode)):
         env = {e["name"]: e.get("value") for e in c.get("env", [])}
         ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
         if comp == "ingestor":
@@ -256,7 +256,7 @@ def test_api_md_paths_should_all_be_routed(render):
 @pytest.mark.parametrize("mode", MODES)
 def test_probes_should_hit_paths_the_container_serves(render, mode, served, rust_routes):
     served = {**served, "ingestor": sorted(rust_routes)}
-    for comp, part, w, c in part_containers(render(mode)):
+    for comp, _part, _w, c in part_containers(render(mode)):
         if comp not in served:
             continue
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -302,7 +302,7 @@ def module_file(module: str) -> Path | None:
 def test_every_container_command_should_exist_in_the_code(render, mode):
     objs = render(mode)
     common = pyproject("common")
-    for comp, part, w, c in part_containers(objs):
+    for comp, _part, _w, c in part_containers(objs):
         argv = c.get("command", []) + c.get("args", [])
         if comp == "ingestor":
             cargo = tomllib.loads((ROOT / "rust-ingestor" / "Cargo.toml").read_text())
@@ -361,7 +361,7 @@ def test_each_python_command_should_load_its_app_with_the_chart_environment(rend
     vt-entrypoint and with the chart's own environment (secrets included)."""
     objs = render("default")
     checked = set()
-    for comp, part, w, c in part_containers(objs):
+    for comp, _part, _w, c in part_containers(objs):
         if comp == "ingestor":
             continue
         argv = (c.get("command", []) + c.get("args", []))
@@ -398,7 +398,7 @@ def test_the_chart_should_run_the_commands_the_local_harness_runs(render):
         sys.path.remove(str(ROOT))
     objs = render("default")
     chart, multiproc = {}, set()
-    for comp, part, w, c in part_containers(objs):
+    for comp, _part, _w, c in part_containers(objs):
         argv = c.get("command", []) + c.get("args", [])
         chart[comp] = argv[1:] if argv[0] == "vt-entrypoint" else argv
         if "PROMETHEUS_MULTIPROC_DIR" in container_env(objs, c):

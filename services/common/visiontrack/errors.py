@@ -34,7 +34,4 @@ class ApiError(Exception):
         return STATUS[self.code]
 
     def body(self) -> dict:
-        out = {"error": self.code, "message": self.message}
-        if self.details:
-            out["details"] = self.details
-        return out
+        return {"error": self.code, "message": self.message, "details": self.details}
