@@ -53,7 +53,8 @@ $(STAMP): requirements/dev.txt requirements/constraints.txt services/*/requireme
 venv: $(STAMP) ## Create .venv with the pinned Python dependencies and the services installed
 
 .PHONY: test
-test: deps venv ingestor-build ## Run every test: unit, contract, integration, end-to-end, chart, Rust
+test: deps venv ingestor-build ## Run every test: lint, unit, contract, integration, end-to-end, chart, observability, Rust
+	$(VENV)/bin/ruff check services stack bench tests
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory ingestor-test
 
