@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.pipeline import bench_copy  # noqa: E402
-from stack.servers import Postgres, Redis, free_port  # noqa: E402
+from stack.servers import Postgres, Redis, free_port, scratch_dir  # noqa: E402
 from stack.services import INGESTOR_BINARY, Process  # noqa: E402
 from visiontrack.stream import backlog  # noqa: E402
 from visiontrack.tokens import index_value, token_sha256  # noqa: E402
@@ -58,8 +57,7 @@ def main() -> int:
         print(f"ingestor not built ({INGESTOR_BINARY}); run `make ingestor-build`", file=sys.stderr)
         return 1
     gen = loadgen()
-    run_dir = Path(tempfile.mkdtemp(prefix="vt-bench-e2e-"))
-    os.chmod(run_dir, 0o755)
+    run_dir = scratch_dir("vt-bench-e2e-")
     pg = Postgres(run_dir / "pg", free_port(), run_dir / "logs" / "postgres.log")
     rs = Redis(run_dir / "redis", free_port(), run_dir / "logs" / "redis.log")
     print(f"VisionTrack benchmark (whole pipeline): {RATE} requests/s of 100 readings for {SECONDS}s")

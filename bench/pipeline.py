@@ -17,7 +17,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stack.nginx import Nginx  # noqa: E402
-from stack.servers import Postgres, Redis, free_port  # noqa: E402
+from stack.servers import Postgres, Redis, free_port, scratch_dir  # noqa: E402
 from stack.services import Process  # noqa: E402
 
 ADMIN = "bench-admin-token-0123456789"
@@ -293,8 +292,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def main() -> int:
-    run_dir = Path(tempfile.mkdtemp(prefix="vt-bench-"))
-    os.chmod(run_dir, 0o755)
+    run_dir = scratch_dir("vt-bench-")
     pg = Postgres(run_dir / "pg", free_port(), run_dir / "logs" / "postgres.log")
     rs = Redis(run_dir / "redis", free_port(), run_dir / "logs" / "redis.log")
     print("VisionTrack benchmark (Python side): Postgres, Redis, aggregator, query service")

@@ -5,12 +5,14 @@ Postgres refuses to run as root, so as root it runs as the `postgres` user.
 """
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,18 @@ from pathlib import Path
 
 class StackError(RuntimeError):
     pass
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder Postgres' own user can reach, removed when the process exits.
+
+    Set VT_KEEP_RUN=1 to keep it (its logs/ explain a failed run); benchmark data runs to gigabytes.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(path, 0o755)
+    if not os.environ.get("VT_KEEP_RUN"):
+        atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def free_port() -> int:

@@ -5,10 +5,7 @@ nginx, routed like the Ingress), chart (the Helm chart, rendered and validated o
 """
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stack.nginx import Nginx  # noqa: E402
-from stack.servers import Postgres, Redis, free_port  # noqa: E402
+from stack.servers import Postgres, Redis, free_port, scratch_dir  # noqa: E402
 from stack.services import INGESTOR_BINARY, Process  # noqa: E402
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -49,11 +46,7 @@ def poll(check: Callable[[], object], timeout: float = 15.0, interval: float = 0
 @pytest.fixture(scope="session")
 def run_dir():
     # Not pytest's tmp_path: Postgres runs as its own user and must reach its data folder.
-    path = Path(tempfile.mkdtemp(prefix="vt-test-"))
-    os.chmod(path, 0o755)
-    yield path
-    if not os.environ.get("VT_KEEP_TEST_RUN"):
-        shutil.rmtree(path, ignore_errors=True)
+    return scratch_dir("vt-test-")
 
 
 @pytest.fixture(scope="session")
