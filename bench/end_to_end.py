@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.pipeline import bench_copy  # noqa: E402
+from bench.report import print_table  # noqa: E402
 from stack.servers import Postgres, Redis, free_port, scratch_dir  # noqa: E402
 from stack.services import INGESTOR_BINARY, Process  # noqa: E402
 from visiontrack.stream import backlog  # noqa: E402
@@ -140,12 +141,7 @@ def main() -> int:
         ("every accepted reading stored exactly once", "yes" if stored == accepted else "NO",
          f"{stored:,} rows for {accepted:,} accepted readings"),
     ]
-    width = max(len(r[0]) for r in rows)
-    print()
-    print(f"{'measure'.ljust(width)} | {'result':28} | note")
-    print(f"{'-' * width}-|-{'-' * 28}-|-----")
-    for name, value, note in rows:
-        print(f"{name.ljust(width)} | {value:28} | {note}")
+    print_table(rows)
     print(json.dumps({"backlog_by_second": backlogs}))
     return 0 if stored == accepted else 1
 

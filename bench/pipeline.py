@@ -27,6 +27,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import print_table  # noqa: E402
 from stack.nginx import Nginx  # noqa: E402
 from stack.servers import Postgres, Redis, free_port, scratch_dir  # noqa: E402
 from stack.services import Process  # noqa: E402
@@ -360,12 +361,7 @@ def main() -> int:
         db.close()
         rs.stop()
         pg.stop()
-    width = max(len(r[0]) for r in results)
-    print()
-    print(f"{'measure'.ljust(width)} | {'result':32} | note")
-    print(f"{'-' * width}-|-{'-' * 32}-|-----")
-    for name, value, note in results:
-        print(f"{name.ljust(width)} | {value:32} | {note}")
+    print_table(results)
     return 0
 
 
