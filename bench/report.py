@@ -3,8 +3,8 @@ from __future__ import annotations
 
 
 def print_table(rows: list[tuple[str, str, str]]) -> None:
-    width = max(len(r[0]) for r in rows)
-    value_width = max(len(r[1]) for r in rows)
+    width = max(len("measure"), *(len(r[0]) for r in rows))
+    value_width = max(len("result"), *(len(r[1]) for r in rows))
     print()
     print(f"{'measure'.ljust(width)} | {'result'.ljust(value_width)} | note")
     print(f"{'-' * width}-|-{'-' * value_width}-|-----")
