@@ -94,3 +94,14 @@ def test_devices_ingest_through_the_rust_ingestor(ingress, aggregator):
     items = _read_all(ingress, device["id"], 5)
     assert sorted((i["metric"], i["value"]) for i in items) == [
         ("door", 1.0), ("humidity", 41.0), ("humidity", 42.0), ("pressure", 1013.25), ("temperature", 20.5)]
+
+
+@pytest.mark.parametrize("path", ["/api/telemetry/", "/api/alerts/"])
+def test_a_time_range_that_ends_before_it_starts_is_refused_naming_to(ingress, path):
+    resp = requests.get(f"{ingress}{path}", headers=READER,
+                        params={"from": "2026-11-27T03:00:00Z", "to": "2026-11-27T02:00:00Z"})
+    assert resp.status_code == 400
+    assert resp.json()["details"] == [{"field": "to", "message": "must be later than from"}]
+    same = requests.get(f"{ingress}{path}", headers=READER,
+                        params={"from": "2026-11-27T03:00:00Z", "to": "2026-11-27T03:00:00Z"})
+    assert same.status_code == 400

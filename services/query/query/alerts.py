@@ -5,15 +5,14 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from visiontrack.errors import ApiError
 from visiontrack.web.app import services
-from visiontrack.web.fields import Timestamp
+from visiontrack.web.fields import TimeRangeArgs, Timestamp
 from visiontrack.web.pagination import decode_cursor, encode_cursor
 
 blp = Blueprint("alerts", __name__, url_prefix="/api/alerts", description="Alerts raised by the alert rules")
 
 
-class AlertListArgsSchema(Schema):
+class AlertListArgsSchema(TimeRangeArgs):
     device_id = fields.Integer(load_default=None, validate=validate.Range(min=1))
     rule_id = fields.Integer(load_default=None, validate=validate.Range(min=1))
     state = fields.String(load_default=None, validate=validate.OneOf(["firing", "resolved"]))
@@ -47,9 +46,6 @@ class Alerts(MethodView):
         """Alert events, newest first."""
         svc = services()
         svc.auth.require()
-        if args["from_"] and args["to"] and args["from_"] >= args["to"]:
-            raise ApiError("validation_error", "invalid request; see details",
-                           [{"field": "to", "message": "must be later than from"}])
         where, params = ["TRUE"], {"limit": args["limit"] + 1}
         for col in ("device_id", "rule_id", "state"):
             if args[col] is not None:

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from visiontrack.web.fields import Timestamp
+from visiontrack.web.fields import TimeRangeArgs, Timestamp
 
 
-class TelemetryListArgsSchema(Schema):
+class TelemetryListArgsSchema(TimeRangeArgs):
     device_id = fields.Integer(load_default=None, validate=validate.Range(min=1))
     metric = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
-    from_ = Timestamp(data_key="from", load_default=None, metadata={"description": "Inclusive start."})
-    to = Timestamp(load_default=None, metadata={"description": "Exclusive end."})
     limit = fields.Integer(load_default=1000, validate=validate.Range(1, 10000))
     cursor = fields.String(load_default=None)
     order = fields.String(load_default="desc", validate=validate.OneOf(["asc", "desc"]))

@@ -8,7 +8,6 @@ from flask import Response, current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from visiontrack.errors import ApiError
 from visiontrack.stream_writer import StreamWriter
 from visiontrack.web.app import services
 from visiontrack.web.pagination import decode_cursor, encode_cursor
@@ -51,9 +50,6 @@ class Telemetry(MethodView):
         """Raw readings, newest first unless `order=asc`; `Accept: text/csv` for CSV."""
         svc = services()
         svc.auth.require()
-        if args["from_"] and args["to"] and args["from_"] >= args["to"]:
-            raise ApiError("validation_error", "invalid request; see details",
-                           [{"field": "to", "message": "must be later than from"}])
         q = RawQuery(args["device_id"], args["metric"], args["from_"], args["to"], args["order"], args["limit"])
         after = decode_cursor(args["cursor"], q.cursor_shape) if args["cursor"] else None
         with svc.db.transaction() as cur:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from marshmallow import fields
+from marshmallow import Schema, ValidationError, fields, validates_schema
 
 from .timefmt import format_ts, parse_time
 
@@ -23,3 +23,18 @@ class Timestamp(fields.Field):
             return parse_time(str(value))
         except ValueError:
             raise self.make_error("invalid") from None
+
+
+class TimeRangeArgs(Schema):
+    """`from` (inclusive) and `to` (exclusive) query arguments; `to` must come after `from`.
+
+    Subclasses may redeclare either field (with their own description); the check stays.
+    """
+
+    from_ = Timestamp(data_key="from", load_default=None, metadata={"description": "Inclusive start."})
+    to = Timestamp(load_default=None, metadata={"description": "Exclusive end."})
+
+    @validates_schema
+    def _ordered(self, data, **_):
+        if data.get("from_") is not None and data.get("to") is not None and data["from_"] >= data["to"]:
+            raise ValidationError("must be later than from", "to")
