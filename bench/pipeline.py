@@ -62,14 +62,18 @@ def stored_readings(client: redis.Redis) -> int:
     return 0
 
 
+def bench_entry(n: int, base_ms: int) -> tuple[int, list]:
+    """The n-th benchmark entry: (device id, 100 readings: 10 metrics x 10 timestamps); 100 devices."""
+    t0 = base_ms + (n // 100) * 10_000
+    return 1 + n % 100, [[f"metric_{m}", t0 + k * 1000, round(random.uniform(-50, 50), 3)]
+                         for k in range(10) for m in range(10)]
+
+
 def fill_stream(client: redis.Redis, key: str, entries: int, base_ms: int) -> int:
-    """`entries` entries of 100 readings (10 metrics x 10 timestamps) from 100 devices."""
+    """`entries` entries of 100 readings from 100 devices."""
     pipe = client.pipeline(transaction=False)
     for n in range(entries):
-        device = 1 + n % 100
-        t0 = base_ms + (n // 100) * 10_000
-        readings = [[f"metric_{m}", t0 + k * 1000, round(random.uniform(-50, 50), 3)]
-                    for k in range(10) for m in range(10)]
+        device, readings = bench_entry(n, base_ms)
         pipe.xadd(key, {"v": "1", "d": str(device), "r": json.dumps(readings, separators=(",", ":")),
                         "at": str(base_ms)})
         if n % 500 == 499:
@@ -169,8 +173,8 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups:
 
 def bench_copy(db) -> float:
     """Readings/s of a raw binary COPY of the same shape of rows into the same (emptied) table."""
-    sys.path.insert(0, str(ROOT / "services" / "aggregator"))
     from aggregator.copy_encoding import COPY_HEADER, COPY_TRAILER, encode_entry
+    from aggregator.storage import COPY_TELEMETRY
     from visiontrack.stream import Entry
 
     with db.cursor() as cur:
@@ -178,16 +182,13 @@ def bench_copy(db) -> float:
     base_ms = int(time.time() * 1000) - 6 * 3_600_000
     rows = []
     for n in range(ENTRIES):
-        t0 = base_ms + (n // 100) * 10_000
-        readings = [[f"metric_{m}", t0 + k * 1000, round(random.uniform(-50, 50), 3)]
-                    for k in range(10) for m in range(10)]
-        rows.append(encode_entry(Entry(str(n), 1 + n % 100, readings, base_ms), -10**9, 10**9).rows)
+        device, readings = bench_entry(n, base_ms)
+        rows.append(encode_entry(Entry(str(n), device, readings, base_ms), -10**9, 10**9).rows)
     payload = COPY_HEADER + b"".join(rows) + COPY_TRAILER
     db.autocommit = False
     started = time.perf_counter()
     with db.cursor() as cur:
-        cur.copy_expert("COPY telemetry (device_id, metric, ts, value) FROM STDIN WITH (FORMAT binary)",
-                        io.BytesIO(payload))
+        cur.copy_expert(COPY_TELEMETRY, io.BytesIO(payload))
     db.commit()
     elapsed = time.perf_counter() - started
     db.autocommit = True

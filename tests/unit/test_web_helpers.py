@@ -30,3 +30,11 @@ def test_times_in_are_rfc3339_or_epoch_ms():
     assert parse_time("2026-11-27T04:00:00+01:00") == from_ms(1_795_748_400_000)
     with pytest.raises(ValueError):
         parse_time("yesterday")
+
+
+def test_microsecond_conversions_are_exact():
+    from visiontrack.web.timefmt import from_micros, to_micros, to_ms
+
+    for us in (0, 1, 1_795_748_400_123_456, -62_135_596_800_000_000):
+        assert to_micros(from_micros(us)) == us
+    assert to_ms(from_micros(1_795_748_400_123_999)) == 1_795_748_400_123

@@ -25,7 +25,7 @@ from .copy_encoding import COPY_HEADER, COPY_TRAILER, DAY_MS, EncodedEntry, enco
 
 log = logging.getLogger("aggregator.storage")
 
-_COPY_TELEMETRY = "COPY telemetry (device_id, metric, ts, value) FROM STDIN WITH (FORMAT binary)"
+COPY_TELEMETRY = "COPY telemetry (device_id, metric, ts, value) FROM STDIN WITH (FORMAT binary)"
 _STAGING = """CREATE TEMP TABLE IF NOT EXISTS telemetry_incoming (
                   device_id bigint, metric text, ts timestamptz, value double precision
               ) ON COMMIT DELETE ROWS"""
@@ -126,7 +126,7 @@ class TelemetryStorage:
                     self._staged = True
                 cur.execute("SAVEPOINT fast_path")
                 try:
-                    cur.copy_expert(_COPY_TELEMETRY, io.BytesIO(payload))
+                    cur.copy_expert(COPY_TELEMETRY, io.BytesIO(payload))
                     inserted = total
                     if self.rollups:
                         cur.copy_expert(_COPY_ROLLUP, io.BytesIO(_rollup_payload(batch)))

@@ -12,11 +12,10 @@ from marshmallow import Schema, ValidationError, fields, validate, validates
 from visiontrack.errors import ApiError
 from visiontrack.web.app import services
 from visiontrack.web.fields import Timestamp
-from visiontrack.web.timefmt import format_ts, from_ms
+from visiontrack.web.timefmt import format_ts, from_ms, to_ms
 
 from . import buckets
 from .aggregate_store import aggregate
-from .telemetry_store import to_micros
 
 blp = Blueprint("telemetry_aggregates", __name__, url_prefix="/api/telemetry",
                 description="Aggregated and latest telemetry")
@@ -111,10 +110,6 @@ def _iso(ms: int) -> str:
     return date + clock
 
 
-def _ms(dt) -> int:
-    return to_micros(dt) // 1000
-
-
 @blp.route("/aggregate")
 @blp.arguments(AggregateArgsSchema, location="query")
 @blp.response(200, AggregateSchema)
@@ -122,19 +117,19 @@ def get_aggregate(args):
     """Count, sum, min, max and average per bucket, bucket boundaries in the zone `tz`."""
     svc = services()
     svc.auth.require()
-    to_ms = _ms(args["to"]) if args["to"] else int(time.time() * 1000)
-    from_ms_ = _ms(args["from_"]) if args["from_"] else to_ms - buckets.DAY
-    if from_ms_ >= to_ms:
+    end_ms = to_ms(args["to"]) if args["to"] else int(time.time() * 1000)
+    start_ms = to_ms(args["from_"]) if args["from_"] else end_ms - buckets.DAY
+    if start_ms >= end_ms:
         raise _bad("to", "must be later than from")
     interval = buckets.INTERVALS[args["interval"]]
     most = svc.config.aggregate_max_buckets
-    if (to_ms - from_ms_) // interval + 2 > most:
+    if (end_ms - start_ms) // interval + 2 > most:
         raise _bad("interval", f"gives more than {most} buckets for this range; use a coarser interval "
                                "or a shorter range")
     aggs = [a for a in AGGS if a in {x.strip() for x in args["agg"].split(",")}]
-    if from_ms_ < 0:  # zone offsets before 1970 are local mean times nobody stores telemetry in
+    if start_ms < 0:  # zone offsets before 1970 are local mean times nobody stores telemetry in
         raise _bad("from", "must be 1970-01-01 or later")
-    p = buckets.plan(buckets.Zone(args["tz"]), interval, from_ms_, to_ms)
+    p = buckets.plan(buckets.Zone(args["tz"]), interval, start_ms, end_ms)
     with svc.db.transaction() as cur:
         rows = aggregate(cur, args["device_id"], args["metric"], p)
     starts, pick = p.starts, [AGGS.index(a) for a in aggs]

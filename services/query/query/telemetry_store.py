@@ -7,18 +7,9 @@ time range selects.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from visiontrack.web.timefmt import EPOCH
-
-
-def to_micros(ts: datetime) -> int:
-    delta = ts - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_micros(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
+from visiontrack.web.timefmt import from_micros, to_micros
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
 from ..validation import parse_rfc3339_ms
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def format_ts(dt: datetime) -> str:
@@ -30,3 +30,17 @@ def from_ms(ms: int) -> datetime:
         return EPOCH + timedelta(milliseconds=ms)
     except OverflowError:
         raise ValueError("is out of range") from None
+
+
+def to_micros(ts: datetime) -> int:
+    """Exact microseconds since the epoch (no float on the way)."""
+    delta = ts - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def to_ms(ts: datetime) -> int:
+    return to_micros(ts) // 1000
