@@ -37,7 +37,8 @@ _FEW = 16  # up to this many ranges of a kind: one branch each, with constant bo
 
 
 def aggregate(cur, device_id: int, metric: str, p: Plan) -> list[tuple[int, int, float, float, float]]:
-    """Rows (index into p.starts, count, sum, min, max) for the buckets holding data, in order."""
+    """Rows (index into p.starts, count, sum, min, max) for the buckets holding data, in order. `cur` is a
+    plain (tuple) cursor."""
     parts, params = [], {"d": device_id, "m": metric}
     for kind, ranges in p.ranges.items():
         if not ranges:
@@ -71,9 +72,8 @@ def aggregate(cur, device_id: int, metric: str, p: Plan) -> list[tuple[int, int,
     sql = f"""SELECT {index} AS i, sum(p.n)::bigint AS n, sum(p.s) AS s, min(p.lo) AS lo, max(p.hi) AS hi
               FROM ({' UNION ALL '.join(parts)}) AS p(ts, n, s, lo, hi)
               GROUP BY 1 ORDER BY 1"""
-    with cur.connection.cursor() as plain:  # tuples: a dict per row costs more than the query here
-        plain.execute(sql, params)
-        return plain.fetchall()
+    cur.execute(sql, params)
+    return cur.fetchall()
 
 
 def _grid_step(starts: list[int]) -> int | None:

@@ -8,9 +8,15 @@ from ..validation import parse_rfc3339_ms
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+_UTC_OFFSET = timedelta(0)
+
+
 def format_ts(dt: datetime) -> str:
-    dt = dt.astimezone(timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    """`2026-01-02T03:04:05.678Z`: UTC, milliseconds truncated. isoformat is C and several times faster
+    than strftime, which matters at thousands of readings per response."""
+    if dt.tzinfo is None or dt.utcoffset() != _UTC_OFFSET:
+        dt = dt.astimezone(timezone.utc)
+    return dt.isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 def parse_time(raw: str) -> datetime:
