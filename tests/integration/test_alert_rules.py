@@ -38,7 +38,10 @@ def test_create_read_change_delete_a_threshold_rule(registry_url):
     assert requests.delete(url, headers=READER).status_code == 403
     assert requests.delete(url, headers=ADMIN).status_code == 204
     assert requests.get(url, headers=ADMIN).status_code == 404
+    assert requests.patch(url, json={"name": "again"}, headers=ADMIN).status_code == 404
     assert requests.delete(url, headers=ADMIN).status_code == 404
+    listed = requests.get(f"{registry_url}/api/alert-rules/", params={"device_id": device["id"]}, headers=READER)
+    assert listed.json()["items"] == []
 
 
 def test_an_inactivity_rule_for_a_device_type(registry_url):

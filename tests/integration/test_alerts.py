@@ -182,6 +182,90 @@ def test_inactivity_fires_for_a_silent_device_of_the_type_and_resolves_on_data(r
     assert [c["body"]["state"] for c in calls] == ["firing", "resolved"]
 
 
+def _state(db, rule_id: int, device_id: int):
+    with db.cursor() as cur:
+        cur.execute("SELECT watermark, since FROM alert_state WHERE rule_id = %s AND device_id = %s",
+                    (rule_id, device_id))
+        return cur.fetchone()
+
+
+def test_for_seconds_fires_by_the_clock_when_no_later_reading_comes(registry_url, query_url, receiver, db,
+                                                                     alerting_aggregator):
+    kind = f"fan-{uuid.uuid4().hex[:6]}"
+    quiet, cleared, stale = (_device(registry_url, type=kind) for _ in range(3))
+    rule = _rule(registry_url, metric="load", op=">", threshold=0.9, for_seconds=2, device_type=kind,
+                 webhook_url=receiver.url("/hook-held"))
+    with db.cursor() as cur:  # an old rule, so it sees readings from before the stale limit
+        cur.execute("UPDATE alert_rules SET updated_at = now() - interval '1 hour' WHERE id = %s", (rule["id"],))
+    now = int(time.time() * 1000)
+    # Over, then silent for longer than for_seconds + 5 min: the old reading no longer stands for the condition.
+    _send(query_url, stale["id"], (now - 400_000, 1.0), metric="load")
+    # Over, then back under before for_seconds passed.
+    _send(query_url, cleared["id"], (now - 1500, 1.0), (now - 1000, 0.5), metric="load")
+    poll(lambda: _state(db, rule["id"], stale["id"]) and _state(db, rule["id"], cleared["id"]),
+         what="both readings evaluated")
+    assert _state(db, rule["id"], cleared["id"])[1] is None
+
+    sent = int(time.time() * 1000)
+    _send(query_url, quiet["id"], (sent, 1.0), metric="load")  # over, and then nothing more
+    firing = poll(lambda: _alerts(query_url, rule_id=rule["id"]), what="the alert firing by the clock")
+    assert [(a["device_id"], a["state"], a["value"], a["started_at"]) for a in firing] == [
+        (quiet["id"], "firing", 1.0, _iso(sent))]
+    assert time.time() * 1000 >= sent + 2000, "fired before the condition held for for_seconds"
+    call = poll(lambda: receiver.on("/hook-held"), what="the firing webhook")[0]
+    assert (call["body"]["id"], call["body"]["state"]) == (firing[0]["id"], "firing")
+    # That evaluation also passed over the stale and the cleared devices, whose holds began earlier.
+    assert len(_alerts(query_url, rule_id=rule["id"])) == 1
+
+
+def _firing_rule(registry_url, query_url, receiver, hook: str) -> tuple[dict, dict, dict]:
+    """A rule with a webhook and one firing alert: (rule, alert, its firing webhook call)."""
+    device = _device(registry_url)
+    rule = _rule(registry_url, metric="temperature", op=">", threshold=30, device_id=device["id"],
+                 webhook_url=receiver.url(hook))
+    _send(query_url, device["id"], (int(time.time() * 1000) - 1000, 40.0))
+    alert = poll(lambda: _alerts(query_url, rule_id=rule["id"]), what="the alert firing")[0]
+    call = poll(lambda: receiver.on(hook), what="the firing webhook")[0]
+    return rule, alert, call
+
+
+def _resolved_call(receiver, hook: str, alert: dict, firing_call: dict) -> dict:
+    calls = poll(lambda: receiver.on(hook) if len(receiver.on(hook)) >= 2 else None, what="the resolving webhook")
+    assert [c["body"]["state"] for c in calls] == ["firing", "resolved"]
+    body = calls[1]["body"]
+    assert body.keys() == firing_call["body"].keys() and body["rule"] == firing_call["body"]["rule"]
+    assert (body["id"], body["value"], body["started_at"]) == (alert["id"], alert["value"], alert["started_at"])
+    assert body["resolved_at"] >= body["started_at"] and calls[1]["header"] == f"{alert['id']}:resolved"
+    return body
+
+
+def test_disabling_a_rule_resolves_its_firing_alerts_with_their_webhooks(registry_url, query_url, receiver,
+                                                                         alerting_aggregator):
+    rule, alert, call = _firing_rule(registry_url, query_url, receiver, "/hook-disabled")
+    resp = requests.patch(f"{registry_url}/api/alert-rules/{rule['id']}", json={"enabled": False}, headers=ADMIN)
+    assert resp.status_code == 200
+    body = _resolved_call(receiver, "/hook-disabled", alert, call)
+    assert [(a["id"], a["state"], a["resolved_at"]) for a in _alerts(query_url, rule_id=rule["id"])] == [
+        (alert["id"], "resolved", body["resolved_at"])]
+
+
+def test_deleting_a_rule_resolves_its_firing_alerts_with_their_webhooks_then_removes_them(
+        registry_url, query_url, receiver, db, alerting_aggregator):
+    rule, alert, call = _firing_rule(registry_url, query_url, receiver, "/hook-deleted")
+    url = f"{registry_url}/api/alert-rules/{rule['id']}"
+    assert requests.delete(url, headers=ADMIN).status_code == 204
+    assert requests.get(url, headers=ADMIN).status_code == 404  # gone from the API at once
+    _resolved_call(receiver, "/hook-deleted", alert, call)
+
+    def removed():
+        with db.cursor() as cur:
+            cur.execute("SELECT count(*) FROM alert_rules WHERE id = %s", (rule["id"],))
+            return cur.fetchone()[0] == 0
+    poll(removed, what="the deleted rule removed")
+    assert _alerts(query_url, rule_id=rule["id"]) == []
+    assert len(receiver.on("/hook-deleted")) == 2
+
+
 def test_alert_list_filters_and_pages(query_url):
     everything = _alerts(query_url, limit=1000)
     assert len(everything) >= 4

@@ -1,14 +1,27 @@
 """Alert rule evaluation: threshold rules over the readings, inactivity rules over last-seen times.
 
-Threshold rules walk each device's new readings of the rule's metric in time order (from a per rule and
-device watermark, `alert_state`): the condition holding since `since`, a rule fires once the readings show it
-held for `for_seconds` (0: at the first reading), and resolves at the first reading where it no longer
-holds. Only devices whose latest reading (telemetry_latest) is newer than their watermark are read, so an
-evaluation costs the new readings, not the history. Readings that arrive later than newer ones already
-evaluated are stored and aggregated but do not move alerts.
+Threshold rules walk each device's new readings of the rule's metric in time order, from a per rule and
+device watermark (`alert_state`). The condition holds from the first reading that meets it (`since`) until
+a reading that does not, which resolves a firing alert. A rule fires once the condition has held for
+`for_seconds` (0: at the first such reading), which either a later reading shows (its time - since) or,
+when none comes, the clock: each evaluation also fires where now - since >= for_seconds and the device's
+last reading, already walked, still meets the condition. A last reading stands for the condition only so
+long: once the device has sent nothing for more than for_seconds + STALE_AFTER, silence is not taken as the
+condition holding (saying a device went quiet is the inactivity rules' job), and it takes a new reading
+that meets the condition to fire. Only devices whose latest reading (telemetry_latest) is newer than their
+watermark are read, so an evaluation costs the new readings, not the history.
+
+Late readings: a reading older than the watermark (it arrived after newer ones of the device were walked)
+is stored and aggregated but never fires, resolves or interrupts an alert. Alerts follow the readings in
+the order they were evaluated; rewriting history already sent to webhooks would be worse than missing it.
 
 Inactivity rules fire when a device in scope has sent nothing (or nothing of `metric`, when given) for
 `after_seconds`, counted from its creation or the rule's last change if it never did; data again resolves.
+
+Alerts whose device left the rule's scope, or whose rule was disabled or deleted, resolve at the next
+evaluation like any other. Deleting a rule through the registry only marks it (`deleted_at`); the
+evaluation resolves its firing alerts and then removes the rule with its alerts and state. So this module
+stays the one writer of alert events, and the registry never waits on a webhook.
 
 A partial unique index keeps one firing alert per rule and device whoever evaluates; evaluations also take
 an advisory lock so two workers never interleave. Every state change is returned as the alert's JSON for
@@ -34,6 +47,9 @@ OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
        "!=": operator.ne}
 READINGS_PER_DEVICE = 5000  # per evaluation; the rest waits for the next one
 LOOKBACK = timedelta(minutes=5)  # a new rule or device also sees readings this much older than the rule
+# How long past for_seconds a device's last reading still counts as the condition holding (Prometheus's
+# default lookback is the same 5 minutes): room for a late evaluation, not for a device that went quiet.
+STALE_AFTER = timedelta(minutes=5)
 
 _EVENT = "id, rule_id, device_id, state, value, started_at, resolved_at"
 
@@ -75,17 +91,20 @@ class Evaluator:
                 if not cur.fetchone()["got"]:
                     self.conn.rollback()
                     return []
-                cur.execute("SELECT * FROM alert_rules WHERE enabled ORDER BY id")
+                cur.execute("SELECT * FROM alert_rules WHERE enabled AND deleted_at IS NULL ORDER BY id")
                 rules = cur.fetchall()
                 for rule in rules:
                     params = {"rule": rule["id"], "scope_device": rule["device_id"],
                               "scope_type": rule["device_type"], "metric": rule["metric"]}
                     if rule["kind"] == "threshold":
                         events = self._threshold(cur, rule, params)
+                        if rule["for_seconds"]:
+                            events += self._held(cur, rule, params)
                     else:
                         events = self._inactivity(cur, rule, params)
                     changes.extend((rule, e) for e in events)
                 changes.extend(self._out_of_scope(cur))
+                self._purge_deleted(cur)
             self.conn.commit()
         except BaseException:
             self.conn.rollback()
@@ -157,6 +176,31 @@ class Evaluator:
                                                                    since = excluded.since""", states)
         return events
 
+    def _held(self, cur, rule: dict, params: dict) -> list[dict]:
+        """Fire where the condition has held for for_seconds by the clock, with no later reading to show it."""
+        # `l.ts <= s.watermark`: every reading up to the device's latest has been walked, so the last one
+        # still meets the condition (a device past READINGS_PER_DEVICE, or with readings committed after the
+        # walk, waits for the walk).
+        cur.execute(f"""SELECT s.device_id, s.since, l.value
+                        FROM alert_state s
+                        JOIN devices d ON d.id = s.device_id
+                        JOIN telemetry_latest l ON l.device_id = s.device_id AND l.metric = %(metric)s
+                        WHERE s.rule_id = %(rule)s AND s.since IS NOT NULL
+                          AND s.since <= now() - %(hold)s
+                          AND s.watermark > now() - %(hold)s - %(stale)s
+                          AND l.ts <= s.watermark
+                          AND {_scope()}
+                          AND NOT EXISTS (SELECT 1 FROM alert_events e
+                                          WHERE e.rule_id = s.rule_id AND e.device_id = s.device_id
+                                            AND e.state = 'firing')""",
+                    {**params, "hold": timedelta(seconds=rule["for_seconds"]), "stale": STALE_AFTER})
+        events = []
+        for row in cur.fetchall():
+            event = self._fire(cur, rule["id"], row["device_id"], row["value"], row["since"])
+            if event:
+                events.append(event)
+        return events
+
     # --- inactivity -----------------------------------------------------------------------------------
     def _inactivity(self, cur, rule: dict, params: dict) -> list[dict]:
         if rule["metric"]:
@@ -188,11 +232,12 @@ class Evaluator:
                 events.extend(self._resolve(cur, rule["id"], row["device_id"], when))
         return events
 
-    # --- alerts whose device or rule left the scope -----------------------------------------------------
+    # --- alerts whose device left the scope, or whose rule was disabled or deleted ------------------------
     def _out_of_scope(self, cur) -> list[tuple[dict, dict]]:
         cur.execute(f"""UPDATE alert_events e SET state = 'resolved', resolved_at = greatest(now(), e.started_at)
                         FROM alert_rules r
-                        WHERE e.rule_id = r.id AND e.state = 'firing' AND (NOT r.enabled OR NOT EXISTS (
+                        WHERE e.rule_id = r.id AND e.state = 'firing' AND (
+                            NOT r.enabled OR r.deleted_at IS NOT NULL OR NOT EXISTS (
                             SELECT 1 FROM devices d WHERE d.id = e.device_id AND d.status = 'active'
                               AND (r.device_id IS NULL OR d.id = r.device_id)
                               AND (r.device_type IS NULL OR d.type = r.device_type)))
@@ -203,6 +248,17 @@ class Evaluator:
         cur.execute("SELECT * FROM alert_rules WHERE id = ANY(%s)", (list({e["rid"] for e in events}),))
         rules = {r["id"]: r for r in cur.fetchall()}
         return [(rules[e["rid"]], e) for e in events]
+
+    @staticmethod
+    def _purge_deleted(cur) -> None:
+        """Remove the rules deleted through the API, with their (now resolved) alerts and state."""
+        # A rule deleted after _out_of_scope ran may still have a firing alert: it waits for the next
+        # evaluation, so that alert too is resolved and announced before it goes.
+        cur.execute("""DELETE FROM alert_rules r WHERE r.deleted_at IS NOT NULL AND NOT EXISTS (
+                           SELECT 1 FROM alert_events e WHERE e.rule_id = r.id AND e.state = 'firing')
+                       RETURNING r.id""")
+        for row in cur.fetchall():
+            log.info("removed deleted alert rule %d with its alerts", row["id"])
 
     @staticmethod
     def _fire(cur, rule_id: int, device_id: int, value: float, started_at: datetime) -> dict | None:

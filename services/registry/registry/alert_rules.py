@@ -1,6 +1,8 @@
 """`/api/alert-rules/`: threshold and inactivity rules, scoped to a device, a device type or every device.
 
-The aggregator evaluates them (aggregator.tasks.alerts); this module only keeps them.
+The aggregator evaluates them (aggregator.tasks.alerts); this module only keeps them. A deleted rule is
+marked (`deleted_at`) and hidden here at once; the aggregator resolves its firing alerts, sends their
+webhooks and removes the row.
 """
 from __future__ import annotations
 
@@ -132,7 +134,7 @@ class AlertRules(MethodView):
     @blp.response(200, AlertRulePageSchema)
     def get(self, args):
         """List alert rules, oldest first, a page at a time."""
-        where, params = ["TRUE"], {"limit": args["limit"] + 1}
+        where, params = ["deleted_at IS NULL"], {"limit": args["limit"] + 1}
         for col in ("kind", "metric", "device_id", "device_type", "severity", "enabled"):
             if args[col] is not None:
                 where.append(f"{col} = %({col})s")
@@ -168,7 +170,7 @@ class AlertRuleById(MethodView):
     def get(self, rule_id):
         """Read one alert rule."""
         with services().db.transaction() as cur:
-            cur.execute(f"SELECT {_COLUMNS} FROM alert_rules WHERE id = %s", (rule_id,))
+            cur.execute(f"SELECT {_COLUMNS} FROM alert_rules WHERE id = %s AND deleted_at IS NULL", (rule_id,))
             rule = cur.fetchone()
         if rule is None:
             raise _not_found(rule_id)
@@ -180,7 +182,8 @@ class AlertRuleById(MethodView):
         """Change a rule; its conditions are evaluated afresh (alerts firing stay until they resolve)."""
         try:
             with services().db.transaction() as cur:
-                cur.execute(f"SELECT {_COLUMNS} FROM alert_rules WHERE id = %s FOR UPDATE", (rule_id,))
+                cur.execute(f"SELECT {_COLUMNS} FROM alert_rules WHERE id = %s AND deleted_at IS NULL FOR UPDATE",
+                            (rule_id,))
                 rule = cur.fetchone()
                 if rule is None:
                     raise _not_found(rule_id)
@@ -198,8 +201,13 @@ class AlertRuleById(MethodView):
 
     @blp.response(204)
     def delete(self, rule_id):
-        """Delete a rule and its alerts."""
+        """Delete a rule: its firing alerts resolve (webhooks included), then it goes with its alerts."""
+        # Only marked here: the aggregator resolves the rule's firing alerts at its next evaluation, sends the
+        # "resolved" webhooks after its commit, and removes the row. It stays the one writer of alert events,
+        # and this request never waits on a webhook. `enabled = false` too, so an evaluator that predates
+        # deleted_at still resolves them.
         with services().db.transaction() as cur:
-            cur.execute("DELETE FROM alert_rules WHERE id = %s RETURNING id", (rule_id,))
+            cur.execute("UPDATE alert_rules SET deleted_at = now(), enabled = false "
+                        "WHERE id = %s AND deleted_at IS NULL RETURNING id", (rule_id,))
             if cur.fetchone() is None:
                 raise _not_found(rule_id)
