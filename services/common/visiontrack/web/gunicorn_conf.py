@@ -15,6 +15,9 @@ worker_class = "gthread"
 graceful_timeout = 20
 timeout = 30
 keepalive = 5
+# The heartbeat file is touched on every loop turn: on tmpfs that costs nothing, on a disk it can stall a
+# worker (gunicorn's own advice for containers). /dev/shm is a tmpfs on Linux and in every Kubernetes pod.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 accesslog = None
 errorlog = "-"
 loglevel = _cfg.log_level
