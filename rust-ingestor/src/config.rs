@@ -26,6 +26,8 @@ pub enum LogFormat {
 pub struct Config {
     pub redis_url: String,
     pub listen_addr: SocketAddr,
+    /// Servers, each on its own OS thread with its own listener, runtime and Redis connection.
+    pub worker_threads: usize,
     pub stream_key: String,
     pub stream_shards: u32,
     pub stream_group: String,
@@ -58,6 +60,7 @@ impl Config {
         Ok(Self {
             redis_url,
             listen_addr: env.parsed("VT_LISTEN_ADDR", "0.0.0.0:8080", "a socket address like 0.0.0.0:8080")?,
+            worker_threads: env.int("VT_WORKER_THREADS", usable_cpus(), 1, MAX_WORKER_THREADS)?,
             stream_key: env.string("VT_STREAM_KEY", "vt:telemetry")?,
             stream_shards: env.int("VT_STREAM_SHARDS", 1, 1, 1024)?,
             stream_group: env.string("VT_STREAM_GROUP", "aggregators")?,
@@ -83,6 +86,14 @@ impl Config {
     pub fn shard_keys(&self) -> Vec<String> {
         crate::stream::shard_keys(&self.stream_key, self.stream_shards)
     }
+}
+
+const MAX_WORKER_THREADS: usize = 256;
+
+/// CPUs this process may use: `available_parallelism` honours the affinity mask
+/// and cgroup CPU quotas, so a container limited to 2 CPUs gets 2 servers, not one per host core.
+fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(MAX_WORKER_THREADS)
 }
 
 fn err(var: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
@@ -155,6 +166,7 @@ mod tests {
         let c = with(&[]).unwrap();
         assert_eq!(c.redis_url, "redis://127.0.0.1:6379/0");
         assert_eq!(c.listen_addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.worker_threads, std::thread::available_parallelism().unwrap().get().min(256));
         assert_eq!(c.stream_key, "vt:telemetry");
         assert_eq!(c.stream_shards, 1);
         assert_eq!(c.stream_group, "aggregators");
@@ -181,6 +193,7 @@ mod tests {
             ("VT_LOG_FORMAT", "JSON"),
             ("VT_LOG_LEVEL", "WARNING"),
             ("VT_LISTEN_ADDR", "127.0.0.1:9000"),
+            ("VT_WORKER_THREADS", "3"),
         ])
         .unwrap();
         assert_eq!(c.stream_shards, 4);
@@ -188,6 +201,7 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.log_level, "warn");
         assert_eq!(c.listen_addr.port(), 9000);
+        assert_eq!(c.worker_threads, 3);
         assert_eq!(c.shard_keys(), ["vt:telemetry:{0}", "vt:telemetry:{1}", "vt:telemetry:{2}", "vt:telemetry:{3}"]);
     }
 
@@ -206,6 +220,9 @@ mod tests {
             ("VT_STREAM_KEY", " "),
             ("REDIS_URL", "http://nope"),
             ("VT_REDIS_TIMEOUT_MS", "0"),
+            ("VT_WORKER_THREADS", "0"),
+            ("VT_WORKER_THREADS", "257"),
+            ("VT_WORKER_THREADS", "auto"),
         ];
         for (var, value) in cases {
             let e = with(&[(var, value)]).expect_err(var);

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod routes;
+pub mod server;
 pub mod state;
 pub mod stream;
 pub mod timefmt;

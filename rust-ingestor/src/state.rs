@@ -1,4 +1,4 @@
-//! Shared state of the handlers and the one way they talk to Redis.
+//! State of one server thread, shared by its handlers, and the one way they talk to Redis.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -23,9 +23,11 @@ pub struct Inner {
     pub shards: Vec<Shard>,
     pub metrics: PrometheusHandle,
     redis: ConnectionManager,
-    /// Epoch seconds of the last Redis error logged, to log at most one a second.
-    last_error_log: AtomicI64,
 }
+
+/// Epoch seconds of the last Redis error logged, to log at most one a second for
+/// the whole process, whatever the number of server threads. Touched only on errors.
+static LAST_ERROR_LOG: AtomicI64 = AtomicI64::new(0);
 
 impl std::ops::Deref for AppState {
     type Target = Inner;
@@ -58,14 +60,7 @@ impl AppState {
             .set_pipeline_buffer_size(4096);
         let redis = ConnectionManager::new_lazy_with_config(client, manager_config)?;
         let shards = config.shard_keys().into_iter().map(Shard::new).collect();
-        Ok(Self(Arc::new(Inner {
-            tokens: TokenCache::new(config.token_cache_ttl),
-            config,
-            shards,
-            metrics,
-            redis,
-            last_error_log: AtomicI64::new(0),
-        })))
+        Ok(Self(Arc::new(Inner { tokens: TokenCache::new(config.token_cache_ttl), config, shards, metrics, redis })))
     }
 
     /// Runs one command with the configured deadline (which also bounds the wait
@@ -92,7 +87,7 @@ impl AppState {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        if self.last_error_log.swap(now, Ordering::Relaxed) != now {
+        if LAST_ERROR_LOG.swap(now, Ordering::Relaxed) != now {
             tracing::warn!(op, error = %error, "redis command failed");
         }
     }
