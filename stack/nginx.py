@@ -6,7 +6,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .servers import StackError, wait_for_port
+from .servers import StackError, terminate, wait_for_port
 
 # path prefix -> part; the Ingress of charts/visiontrack routes the same prefixes.
 ROUTES = {
@@ -84,6 +84,4 @@ class Nginx:
         wait_for_port(self.port, what="nginx", proc=self.proc, log=self.log_dir / "nginx-error.log")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        terminate(self.proc, grace=10)

@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .servers import StackError, _tail, wait_for_port
+from .servers import StackError, _tail, terminate, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "charts" / "visiontrack" / "files" / "prometheus" / "rules.yaml"
@@ -66,13 +66,7 @@ class Daemon:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc, grace=15)
 
 
 def redis_exporter(port: int, redis_url: str, stream_key: str, log: Path) -> Daemon:

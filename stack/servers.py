@@ -60,6 +60,18 @@ def _tail(log: Path | None, lines: int = 20) -> str:
     return "\n--- last lines of " + str(log) + " ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
+def terminate(proc: subprocess.Popen | None, grace: float) -> None:
+    """SIGTERM a child still running, wait up to `grace` seconds for it, then SIGKILL it."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def postgres_bindir() -> Path:
     pg_config = shutil.which("pg_config")
     if pg_config:
@@ -190,9 +202,4 @@ class Redis:
         wait_for_port(self.port, what="redis-server", proc=self.proc, log=self.log)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        terminate(self.proc, grace=10)

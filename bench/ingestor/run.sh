@@ -26,17 +26,15 @@ for tool in redis-server redis-cli nginx wrk curl python3 cargo; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is not installed" >&2; exit 1; }
 done
 
+# shellcheck source=bench/ingestor/common.sh
+source "$HERE/common.sh"
 WORK="$(mktemp -d /tmp/vt-ingestor-bench.XXXXXX)"
-PIDS=()
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  stop_started
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }   # utime + stime, in clock ticks
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 to_ms() { # wrk latency like 812.00us / 1.93ms / 1.02s -> ms
@@ -54,12 +52,7 @@ echo "== building (release)"
 (cd "$HERE/loadgen" && cargo build --release --locked --quiet)
 
 REDIS_PORT="$(free_port)"; APP_PORT="$(free_port)"; NGINX_PORT="$(free_port)"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --maxmemory-policy noeviction \
-  --logfile "$WORK/redis.log" &
-REDIS_PID=$!; PIDS+=("$REDIS_PID")
-for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
-HASH="$(printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1)"
-redis-cli -p "$REDIS_PORT" hset vt:device-tokens "$HASH" "1:active" >/dev/null
+start_bench_redis "$REDIS_PORT" "$WORK/redis.log" "$TOKEN"
 
 # The bench has no aggregator: the high-water mark is raised and the stream is
 # deleted between runs instead (never do that outside a bench).

@@ -46,17 +46,12 @@ for v in with without; do
 done
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
-trap cleanup EXIT
+# shellcheck source=bench/ingestor/common.sh
+source "$ROOT/bench/ingestor/common.sh"
+trap stop_started EXIT
 
 REDIS_PORT="$(free_port)"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --logfile "$WORK/redis.log" &
-PIDS+=($!)
-for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
-redis-cli -p "$REDIS_PORT" hset vt:device-tokens "$(printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1)" "1:active" >/dev/null
+start_bench_redis "$REDIS_PORT" "$WORK/redis.log" "$TOKEN"
 
 run() { # build -> "req/s cpu_us_per_request"
   local v=$1 port pid scraper="" t0 t1 rps

@@ -1,11 +1,12 @@
 //! Thread-per-core serving. Each of the `VT_WORKER_THREADS` servers runs on its
 //! own OS thread with a current-thread tokio runtime, a listening socket of its
 //! own on the shared address (SO_REUSEPORT: the kernel hands each new connection
-//! to one of them) and an `AppState` of its own (Redis connection, token cache,
-//! backlog sampler). A request, the Redis connection's driver task and the reply
-//! then never wake another thread: on the multi-thread runtime those wake-ups
-//! (futexes, IPIs) were about a quarter of the CPU spent per request. Only the
-//! metrics recorder (atomics) and the config are shared between the servers.
+//! to one of them) and an `AppState` of its own (Redis connection, token cache).
+//! A request, the Redis connection's driver task and the reply then never wake
+//! another thread: on the multi-thread runtime those wake-ups (futexes, IPIs) were
+//! about a quarter of the CPU spent per request. Shared between the servers: the
+//! config, the metrics recorder, and the stream backlogs (atomics), which the
+//! first server alone samples.
 
 use std::io;
 use std::net::SocketAddr;
@@ -135,18 +136,19 @@ fn prepare(config: &Config, metrics: &PrometheusHandle) -> Result<Vec<Server>, E
             tracing::error!(error = %e, "cannot build a server runtime");
             ExitCode::from(1)
         })?;
-    let states = runtimes
-        .iter()
-        .map(|runtime| {
-            // The Redis client spawns its tasks on the runtime it is created in.
-            let _in = runtime.enter();
-            AppState::new(config.clone(), metrics.clone())
-        })
-        .collect::<Result<Vec<AppState>, _>>()
-        .map_err(|e| {
+    let mut states: Vec<AppState> = Vec::with_capacity(runtimes.len());
+    for runtime in &runtimes {
+        // The Redis client spawns its tasks on the runtime it is created in.
+        let _in = runtime.enter();
+        let state = match states.first() {
+            None => AppState::new(config.clone(), metrics.clone()),
+            Some(first) => first.sharing_backlog(),
+        };
+        states.push(state.map_err(|e| {
             tracing::error!(error = %e, "cannot set up the Redis client");
             ExitCode::from(2)
-        })?;
+        })?);
+    }
     let listeners = bind(config.listen_addr, &runtimes).map_err(|e| {
         tracing::error!(addr = %config.listen_addr, error = %e, "cannot listen");
         ExitCode::from(1)
@@ -199,13 +201,20 @@ fn spawn(
     std::thread::Builder::new().name(format!("ingestor-{index}")).spawn(move || {
         let _report = Stopped { to: stopped, index };
         let Server { runtime, listener, state } = server;
-        runtime.block_on(serve(listener, state, stop))
+        runtime.block_on(serve(listener, state, index == 0, stop))
     })
 }
 
-/// One server: its backlog sampler and the HTTP server, until `stop` turns true.
-async fn serve(listener: TcpListener, state: AppState, mut stop: watch::Receiver<bool>) -> io::Result<()> {
-    tokio::spawn(stream::sample_backlog_forever(state.clone()));
+/// One server (the first also sampling the backlogs for all), until `stop` turns true.
+async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    samples_backlog: bool,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    if samples_backlog {
+        tokio::spawn(stream::sample_backlog_forever(state.clone()));
+    }
     let listener = listener.tap_io(|tcp| {
         // Small JSON answers: send them now, not after Nagle's delay.
         let _ = tcp.set_nodelay(true);

@@ -20,7 +20,8 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub config: Config,
     pub tokens: TokenCache,
-    pub shards: Vec<Shard>,
+    /// Shared by every server thread's state: one sampler keeps the backlogs for all.
+    pub shards: Arc<[Shard]>,
     pub metrics: PrometheusHandle,
     redis: ConnectionManager,
 }
@@ -49,6 +50,17 @@ impl AppState {
     /// Builds the state; Redis is connected lazily, so the service starts (and
     /// answers 503) while Redis is still down.
     pub fn new(config: Config, metrics: PrometheusHandle) -> Result<Self, redis::RedisError> {
+        let shards = config.shard_keys().into_iter().map(Shard::new).collect();
+        Self::build(config, metrics, shards)
+    }
+
+    /// The state of another server thread: its own Redis connection and token
+    /// cache, the same backlog figures (sampled once for the process).
+    pub fn sharing_backlog(&self) -> Result<Self, redis::RedisError> {
+        Self::build(self.config.clone(), self.metrics.clone(), self.shards.clone())
+    }
+
+    fn build(config: Config, metrics: PrometheusHandle, shards: Arc<[Shard]>) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(config.redis_url.as_str())?;
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(config.redis_timeout))
@@ -59,7 +71,6 @@ impl AppState {
             .set_max_delay(Duration::from_millis(200))
             .set_pipeline_buffer_size(4096);
         let redis = ConnectionManager::new_lazy_with_config(client, manager_config)?;
-        let shards = config.shard_keys().into_iter().map(Shard::new).collect();
         Ok(Self(Arc::new(Inner { tokens: TokenCache::new(config.token_cache_ttl), config, shards, metrics, redis })))
     }
 

@@ -191,6 +191,19 @@ async fn backlog_over_the_high_water_mark_is_503() {
 }
 
 #[tokio::test]
+async fn another_server_threads_state_sees_the_same_backlog() {
+    let first = state_with(&[("VT_STREAM_HIGH_WATER", "10")]);
+    let other = first.sharing_backlog().unwrap();
+    let now = Instant::now();
+    other.tokens.insert(token_digest(TOKEN), Some(Device { id: 7, active: true }), now);
+    // The first server's sampler writes; the other server refuses on it.
+    first.shards[0].set_backlog(11);
+    let (status, _, body) = send(router(other), ingest(Some(TOKEN), Some("application/json"), r#"{"a":1}"#)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["message"], "stream backlog is over its high-water mark");
+}
+
+#[tokio::test]
 async fn a_request_past_its_deadline_is_503() {
     let state = state_with(&[("VT_REQUEST_TIMEOUT_MS", "100")]);
     let (_tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(1);

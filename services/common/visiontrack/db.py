@@ -98,18 +98,14 @@ class Database:
         are most of the database time of a small API query. Each statement sees its own snapshot."""
         pool = self._get_pool()
         conn = pool.getconn()
-        broken = False
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
                 yield cur
-        except BaseException:
-            broken = conn.closed != 0
-            raise
         finally:
-            if not conn.closed:
+            if not conn.closed:  # a lost connection is closed by the pool instead
                 conn.autocommit = False
-            pool.putconn(conn, close=broken)
+            pool.putconn(conn)
 
     def ping(self) -> bool:
         try:
