@@ -11,7 +11,6 @@ BENCH_QUERY_SECONDS (20 per query kind), BENCH_ROUNDS (3).
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -183,7 +182,7 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups:
 def bench_copy(db) -> float:
     """Readings/s of a raw binary COPY of the same shape of rows into the same (emptied) table."""
     from aggregator.copy_encoding import COPY_HEADER, COPY_TRAILER, encode_entry
-    from aggregator.storage import COPY_TELEMETRY
+    from aggregator.storage import COPY_TELEMETRY, copy_in
     from visiontrack.stream import Entry
 
     with db.cursor() as cur:
@@ -197,7 +196,7 @@ def bench_copy(db) -> float:
     db.autocommit = False
     started = time.perf_counter()
     with db.cursor() as cur:
-        cur.copy_expert(COPY_TELEMETRY, io.BytesIO(payload))
+        copy_in(cur, COPY_TELEMETRY, payload)
     db.commit()
     elapsed = time.perf_counter() - started
     db.autocommit = True

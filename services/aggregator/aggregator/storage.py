@@ -27,13 +27,13 @@ log = logging.getLogger("aggregator.storage")
 
 COPY_TELEMETRY = "COPY telemetry (device_id, metric, ts, value) FROM STDIN WITH (FORMAT binary)"
 _STAGING = """CREATE TEMP TABLE IF NOT EXISTS telemetry_incoming (
-                  device_id bigint, metric text, ts timestamptz, value double precision
+                  device_id bigint, metric text COLLATE "C", ts timestamptz, value double precision
               ) ON COMMIT DELETE ROWS"""
 _COPY_STAGING = "COPY telemetry_incoming (device_id, metric, ts, value) FROM STDIN WITH (FORMAT binary)"
 _MERGE = "INSERT INTO telemetry SELECT * FROM telemetry_incoming ON CONFLICT DO NOTHING"
 
 _ROLLUP_STAGING = """CREATE TEMP TABLE IF NOT EXISTS rollup_incoming (
-                         device_id bigint, metric text, bucket timestamptz, count bigint,
+                         device_id bigint, metric text COLLATE "C", bucket timestamptz, count bigint,
                          sum double precision, min double precision, max double precision,
                          last_ts timestamptz, last_value double precision
                      ) ON COMMIT DELETE ROWS"""
@@ -126,10 +126,10 @@ class TelemetryStorage:
                     self._staged = True
                 cur.execute("SAVEPOINT fast_path")
                 try:
-                    cur.copy_expert(COPY_TELEMETRY, io.BytesIO(payload))
+                    copy_in(cur, COPY_TELEMETRY, payload)
                     inserted = total
                     if self.rollups:
-                        cur.copy_expert(_COPY_ROLLUP, io.BytesIO(_rollup_payload(batch)))
+                        copy_in(cur, _COPY_ROLLUP, _rollup_payload(batch))
                 except psycopg2.errors.UniqueViolation:
                     cur.execute("ROLLBACK TO SAVEPOINT fast_path")
                     inserted = self._deduplicating_insert(cur, payload)
@@ -149,13 +149,20 @@ class TelemetryStorage:
 
     def _deduplicating_insert(self, cur, payload: bytes) -> int:
         cur.execute(_STAGING)
-        cur.copy_expert(_COPY_STAGING, io.BytesIO(payload))
+        copy_in(cur, _COPY_STAGING, payload)
         if not self.rollups:
             cur.execute(_MERGE)
             return cur.rowcount
         cur.execute(_MERGE_RETURNING)
         cur.execute("SELECT coalesce(sum(count), 0) FROM rollup_incoming")
         return int(cur.fetchone()[0])
+
+
+def copy_in(cur, sql: str, payload: bytes) -> None:
+    """COPY `payload` in one piece. psycopg2 takes the GIL back for every chunk it reads (8 KiB by default);
+    with the next batch being encoded on another thread, each of those waits out a GIL switch interval,
+    which slowed the COPY of a 50,000-reading batch by half."""
+    cur.copy_expert(sql, io.BytesIO(payload), size=max(len(payload), 8192))
 
 
 def _rollup_payload(batch: list[EncodedEntry]) -> bytes:
