@@ -69,7 +69,9 @@ def aggregate(cur, device_id: int, metric: str, p: Plan) -> list[tuple[int, int,
     else:
         params["starts"] = _bigints(p.starts)
         index = f"width_bucket({ms}, %(starts)s::bigint[]) - 1"
-    sql = f"""SELECT {index} AS i, sum(p.n)::bigint AS n, sum(p.s) AS s, min(p.lo) AS lo, max(p.hi) AS hi
+    # sum() of int4 adds in an int8; of int8 it adds in numeric, the slowest part of the grouping. A source row
+    # holds at most one series' readings of an hour (at most 3.6 million, one per millisecond): int4 is safe.
+    sql = f"""SELECT {index} AS i, sum(p.n::int4) AS n, sum(p.s) AS s, min(p.lo) AS lo, max(p.hi) AS hi
               FROM ({' UNION ALL '.join(parts)}) AS p(ts, n, s, lo, hi)
               GROUP BY 1 ORDER BY 1"""
     cur.execute(sql, params)
