@@ -266,6 +266,25 @@ def test_deleting_a_rule_resolves_its_firing_alerts_with_their_webhooks_then_rem
     assert len(receiver.on("/hook-deleted")) == 2
 
 
+def test_deleting_a_device_resolves_its_firing_alerts_with_their_webhooks_then_removes_them(
+        registry_url, query_url, receiver, db, alerting_aggregator):
+    rule, alert, call = _firing_rule(registry_url, query_url, receiver, "/hook-device-gone")
+    assert requests.delete(f"{registry_url}/api/devices/{alert['device_id']}", headers=ADMIN).status_code == 204
+    url = f"{registry_url}/api/alert-rules/{rule['id']}"
+    assert requests.get(url, headers=ADMIN).status_code == 404  # its rule is gone from the API at once
+    _resolved_call(receiver, "/hook-device-gone", alert, call)
+
+    def removed():
+        with db.cursor() as cur:
+            cur.execute("SELECT (SELECT count(*) FROM alert_rules WHERE id = %(r)s) + "
+                        "(SELECT count(*) FROM alert_events WHERE device_id = %(d)s)",
+                        {"r": rule["id"], "d": alert["device_id"]})
+            return cur.fetchone()[0] == 0
+    poll(removed, what="the rule and alerts of the deleted device removed")
+    assert _alerts(query_url, device_id=alert["device_id"]) == []
+    assert len(receiver.on("/hook-device-gone")) == 2
+
+
 def test_alert_list_filters_and_pages(query_url):
     everything = _alerts(query_url, limit=1000)
     assert len(everything) >= 4

@@ -18,27 +18,33 @@ the order they were evaluated; rewriting history already sent to webhooks would 
 Inactivity rules fire when a device in scope has sent nothing (or nothing of `metric`, when given) for
 `after_seconds`, counted from its creation or the rule's last change if it never did; data again resolves.
 
-Alerts whose device left the rule's scope, or whose rule was disabled or deleted, resolve at the next
-evaluation like any other. Deleting a rule through the registry only marks it (`deleted_at`); the
-evaluation resolves its firing alerts and then removes the rule with its alerts and state. So this module
-stays the one writer of alert events, and the registry never waits on a webhook.
+Alerts whose device left the rule's scope (or was deleted), or whose rule was disabled or deleted, resolve
+at the next evaluation like any other. Deleting a rule through the registry only marks it (`deleted_at`);
+the evaluation resolves its firing alerts and then removes the rule with its alerts and state. Deleting a
+device marks the rules scoped to it the same way, and the purge of its data resolves its firing alerts
+here (`resolve_deleted_devices`) before it removes them. So this module stays the one writer of alert
+events, and the registry never waits on a webhook.
 
 A partial unique index keeps one firing alert per rule and device whoever evaluates; evaluations also take
-an advisory lock so two workers never interleave. Every state change is returned as the alert's JSON for
-the webhook, which the caller sends (a Celery task) only after the commit.
+an advisory lock so two workers never interleave. Every state change of a rule with a webhook writes the
+alert's JSON to the webhook outbox in the same transaction; the caller enqueues its Celery task after the
+commit, and the outbox sweep enqueues again whatever was not delivered (a crash between the commit and the
+enqueue, a lost task): at least once.
 """
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import operator
 from datetime import datetime, timedelta
+from typing import Callable, NamedTuple
 
 import psycopg2.extras
 
 from visiontrack.web.timefmt import EPOCH, format_ts, from_ms
 
-from .metrics import ALERT_CHANGES
+from .metrics import ALERT_CHANGES, WEBHOOK_OUTBOX
 
 log = logging.getLogger("aggregator.alerting")
 
@@ -78,45 +84,78 @@ def payload(event: dict, rule: dict) -> dict:
     }
 
 
-class Evaluator:
-    def __init__(self, conn):
-        self.conn = conn
+class Notification(NamedTuple):
+    """A webhook call to make: its outbox row, the rule's URL and the alert's JSON."""
+    outbox_id: int
+    url: str
+    body: dict
 
-    def run(self) -> list[tuple[str, dict]]:
-        """Evaluate every enabled rule in one transaction; return (webhook_url, payload) to send."""
+
+class Evaluator:
+    def __init__(self, conn, sweep_grace_seconds: float = 60.0):
+        self.conn = conn
+        self.sweep_grace_seconds = sweep_grace_seconds  # the outbox sweep leaves a new row alone this long
+
+    def run(self) -> list[Notification]:
+        """Evaluate every enabled rule in one transaction; return the webhook calls to enqueue."""
+        return self._locked(self._evaluate) or []
+
+    def resolve_deleted_devices(self, device_ids: list[int]) -> list[Notification] | None:
+        """Resolve the firing alerts of these deleted devices, with their webhooks; None when an evaluation
+        holds the lock (it resolves them itself: their device is gone)."""
+        return self._locked(lambda cur: self._out_of_scope(cur, device_ids))
+
+    def _evaluate(self, cur) -> list[tuple[dict, dict]]:
         changes: list[tuple[dict, dict]] = []
+        cur.execute("SELECT * FROM alert_rules WHERE enabled AND deleted_at IS NULL ORDER BY id")
+        rules = cur.fetchall()
+        for rule in rules:
+            params = {"rule": rule["id"], "scope_device": rule["device_id"],
+                      "scope_type": rule["device_type"], "metric": rule["metric"]}
+            if rule["kind"] == "threshold":
+                events = self._threshold(cur, rule, params)
+                if rule["for_seconds"]:
+                    events += self._held(cur, rule, params)
+            else:
+                events = self._inactivity(cur, rule, params)
+            changes.extend((rule, e) for e in events)
+        changes.extend(self._out_of_scope(cur))
+        self._purge_deleted(cur)
+        return changes
+
+    def _locked(self, work: Callable[..., list[tuple[dict, dict]]]) -> list[Notification] | None:
+        """Run `work` under the evaluation lock and write its changes' webhooks to the outbox, in one
+        transaction; None when another evaluation holds the lock."""
         try:
             with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
                 cur.execute("SELECT pg_try_advisory_xact_lock(%s) AS got", (LOCK_ID,))
                 if not cur.fetchone()["got"]:
                     self.conn.rollback()
-                    return []
-                cur.execute("SELECT * FROM alert_rules WHERE enabled AND deleted_at IS NULL ORDER BY id")
-                rules = cur.fetchall()
-                for rule in rules:
-                    params = {"rule": rule["id"], "scope_device": rule["device_id"],
-                              "scope_type": rule["device_type"], "metric": rule["metric"]}
-                    if rule["kind"] == "threshold":
-                        events = self._threshold(cur, rule, params)
-                        if rule["for_seconds"]:
-                            events += self._held(cur, rule, params)
-                    else:
-                        events = self._inactivity(cur, rule, params)
-                    changes.extend((rule, e) for e in events)
-                changes.extend(self._out_of_scope(cur))
-                self._purge_deleted(cur)
+                    return None
+                changes = work(cur)
+                notifications = self._outbox(cur, changes)
             self.conn.commit()
         except BaseException:
             self.conn.rollback()
             raise
-        out = []
         for rule, event in changes:
             ALERT_CHANGES.labels(event["state"]).inc()
             log.info("alert %d (%s, rule %d %r, device %d) %s", event["id"], rule["severity"], rule["id"],
                      rule["name"], event["device_id"], event["state"])
-            if rule["webhook_url"]:
-                out.append((rule["webhook_url"], payload(event, rule)))
-        return out
+        if notifications:
+            WEBHOOK_OUTBOX.labels("written").inc(len(notifications))
+        return notifications
+
+    def _outbox(self, cur, changes: list[tuple[dict, dict]]) -> list[Notification]:
+        rows = [(rule["webhook_url"], json.dumps(payload(event, rule)), self.sweep_grace_seconds)
+                for rule, event in changes if rule["webhook_url"]]
+        if not rows:
+            return []
+        written = psycopg2.extras.execute_values(
+            cur, """INSERT INTO webhook_outbox (url, body, next_attempt_at) VALUES %s
+                    RETURNING id, url, body""",
+            rows, template="(%s, %s, now() + %s * interval '1 second')", page_size=1000, fetch=True)
+        return [Notification(r["id"], r["url"], r["body"]) for r in written]
 
     # --- threshold ------------------------------------------------------------------------------------
     def _threshold(self, cur, rule: dict, params: dict) -> list[dict]:
@@ -233,15 +272,18 @@ class Evaluator:
         return events
 
     # --- alerts whose device left the scope, or whose rule was disabled or deleted ------------------------
-    def _out_of_scope(self, cur) -> list[tuple[dict, dict]]:
+    def _out_of_scope(self, cur, device_ids: list[int] | None = None) -> list[tuple[dict, dict]]:
+        """Resolve the firing alerts out of their rule's scope (of `device_ids` only, when given)."""
         cur.execute(f"""UPDATE alert_events e SET state = 'resolved', resolved_at = greatest(now(), e.started_at)
                         FROM alert_rules r
-                        WHERE e.rule_id = r.id AND e.state = 'firing' AND (
+                        WHERE e.rule_id = r.id AND e.state = 'firing'
+                          AND (%(devices)s::bigint[] IS NULL OR e.device_id = ANY(%(devices)s::bigint[])) AND (
                             NOT r.enabled OR r.deleted_at IS NOT NULL OR NOT EXISTS (
                             SELECT 1 FROM devices d WHERE d.id = e.device_id AND d.status = 'active'
                               AND (r.device_id IS NULL OR d.id = r.device_id)
                               AND (r.device_type IS NULL OR d.type = r.device_type)))
-                        RETURNING {', '.join('e.' + c.strip() for c in _EVENT.split(','))}, r.id AS rid""")
+                        RETURNING {', '.join('e.' + c.strip() for c in _EVENT.split(','))}, r.id AS rid""",
+                    {"devices": device_ids})
         events = cur.fetchall()
         if not events:
             return []

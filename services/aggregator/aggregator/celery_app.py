@@ -1,7 +1,8 @@
 """The Celery app: `celery --app aggregator.celery_app worker|beat`.
 
-The stream, not Celery, carries durability: every task is short and idempotent, so a lost or repeated
-task message costs nothing but a little time.
+The stream and Postgres, not Celery, carry durability: every task is short and idempotent, so a lost or
+repeated task message costs nothing but a little time (a lost webhook call is enqueued again from the
+outbox by `sweep_webhooks`; a repeated one reaches the receiver, which can drop it).
 """
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ def _schedule() -> dict:
         "evaluate-alerts": {"task": "aggregator.evaluate_alerts", "schedule": config.alert_eval_seconds,
                             "options": {"expires": max(config.alert_eval_seconds * 2, 2)}},
         "apply-retention": {"task": "aggregator.apply_retention", "schedule": config.retention_interval_seconds},
+        "sweep-webhooks": {"task": "aggregator.sweep_webhooks", "schedule": config.webhook_sweep_seconds,
+                           "options": {"expires": max(config.webhook_sweep_seconds * 2, 2)}},
     })
     return schedule
 

@@ -37,6 +37,13 @@ LAST_BATCH = Gauge("visiontrack_aggregator_last_batch_timestamp_seconds",
 ALERT_CHANGES = Counter("visiontrack_aggregator_alerts_total", "Alerts fired and resolved.", ["state"])
 WEBHOOK_CALLS = Counter("visiontrack_aggregator_webhook_calls_total", "Alert webhook calls, by outcome.",
                         ["outcome"])
+WEBHOOK_OUTBOX = Counter("visiontrack_aggregator_webhook_outbox_total",
+                         "Alert webhook outbox rows: written with an alert's change, swept (enqueued again), "
+                         "skipped (a repeat of one delivered already), gave_up (retries spent or a 4xx).",
+                         ["event"])
+WEBHOOK_OUTBOX_PENDING = Gauge("visiontrack_aggregator_webhook_outbox_pending",
+                               "Alert webhook calls neither delivered nor given up, as of the last sweep.",
+                               multiprocess_mode="livemostrecent")
 
 # Every label value exported from the start (at 0), so a dashboard shows 0 rather than no data.
 for _outcome in ("inserted", "duplicate"):
@@ -45,6 +52,8 @@ for _state in ("firing", "resolved"):
     ALERT_CHANGES.labels(_state)
 for _outcome in ("delivered", "retried", "failed", "refused"):
     WEBHOOK_CALLS.labels(_outcome)
+for _event in ("written", "swept", "skipped", "gave_up"):
+    WEBHOOK_OUTBOX.labels(_event)
 
 
 def record(entries: int, readings: int, inserted: int, dead_letters: int, stream: str) -> None:

@@ -179,6 +179,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Retries of a failed alert webhook call, with exponential backoff."),
     Setting("VT_WEBHOOK_BACKOFF_SECONDS", "2", _int(1, 3600), frozenset({"aggregator"}),
             "First retry delay of a failed webhook call; it doubles per retry, up to 240 s."),
+    Setting("VT_WEBHOOK_SWEEP_SECONDS", "30", _float(0.5), frozenset({"aggregator"}),
+            "How often the alert webhook outbox is swept for calls still pending after the grace period."),
+    Setting("VT_WEBHOOK_SWEEP_GRACE_SECONDS", "60", _float(1), frozenset({"aggregator"}),
+            "How long an alert webhook call, and each of its retries, has to start before the sweep enqueues "
+            "it again (at-least-once delivery: keep it above the Celery queue's usual delay)."),
     Setting("VT_AGGREGATE_MAX_BUCKETS", "50000", _int(1, 10_000_000), frozenset({"query"}),
             "Most buckets one aggregate query may return (400 beyond)."),
 )

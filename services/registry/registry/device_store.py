@@ -116,6 +116,11 @@ class DeviceStore:
             cur.execute("DELETE FROM devices WHERE id = %s RETURNING id", (device_id,))
             if cur.fetchone() is None:
                 raise _not_found(device_id)
+            # Its rules are marked deleted, as DELETE /api/alert-rules/ does: the aggregator resolves their
+            # firing alerts with webhooks, then removes them. After the device's delete, which waits for a
+            # rule being created for it (the rule's device check locks the row), so that rule is marked too.
+            cur.execute("UPDATE alert_rules SET deleted_at = now(), enabled = false "
+                        "WHERE device_id = %s AND deleted_at IS NULL", (device_id,))
             cur.execute("INSERT INTO device_purges (device_id) VALUES (%s) ON CONFLICT DO NOTHING", (device_id,))
             if token:
                 self._index(lambda p: p.hdel(self.index_key, token["token_sha256"]))

@@ -58,7 +58,10 @@ class DeviceById(MethodView):
 
     @blp.response(204)
     def delete(self, device_id):
-        """Delete a device: its token stops working and its telemetry is purged in the background."""
+        """Delete a device: its token stops working and its telemetry is purged in the background.
+
+        Its firing alerts resolve first, with their "resolved" webhooks; then they go, and so do the rules
+        scoped to it (hidden at once)."""
         _store().delete(device_id)
 
 

@@ -8,6 +8,7 @@ from visiontrack.tokens import rebuild_index
 
 from ..celery_app import app, config
 from .. import metrics, state
+from .alerts import resolve_deleted_devices
 
 log = logging.getLogger("aggregator.tasks.maintenance")
 
@@ -39,14 +40,23 @@ def purge_deleted_devices(batch_rows: int = 50_000) -> int:
     """Delete the telemetry (raw, rollups, latest values) and alerts of deleted devices, a bounded chunk
     at a time.
 
-    A purge is kept for a grace period after it empties, so readings of the device still in the stream
-    when it was deleted are removed too.
+    Firing alerts are resolved first (aggregator.alerting, "resolved" webhooks through the outbox) and
+    only resolved ones are deleted: an alert that fired while the device was being deleted waits for the
+    next round, so none goes unannounced. A purge is kept for a grace period after it empties, so readings
+    of the device still in the stream when it was deleted are removed too.
     """
     st = state.get()
+    with st.db.transaction() as cur:
+        cur.execute("SELECT device_id FROM device_purges ORDER BY requested_at LIMIT 10")
+        device_ids = [r["device_id"] for r in cur.fetchall()]
+    if not device_ids:
+        return 0
+    if not resolve_deleted_devices(device_ids):
+        log.info("alert evaluation busy; it resolves the alerts of deleted devices %s itself", device_ids)
     removed = 0
     with st.db.transaction() as cur:
         cur.execute("SELECT device_id, requested_at < now() - interval '10 minutes' AS settled "
-                    "FROM device_purges ORDER BY requested_at LIMIT 10")
+                    "FROM device_purges WHERE device_id = ANY(%s)", (device_ids,))
         for purge in cur.fetchall():
             device_id = purge["device_id"]
             deleted = 0
@@ -55,11 +65,16 @@ def purge_deleted_devices(batch_rows: int = 50_000) -> int:
                                     SELECT metric, {col} FROM {table} WHERE device_id = %(d)s LIMIT %(n)s)""",
                             {"d": device_id, "n": batch_rows})
                 deleted += cur.rowcount
-            for table in ("telemetry_latest", "alert_state", "alert_events"):
+            for table in ("telemetry_latest", "alert_state"):
                 cur.execute(f"DELETE FROM {table} WHERE device_id = %s", (device_id,))
                 deleted += cur.rowcount
+            cur.execute("DELETE FROM alert_events WHERE device_id = %s AND state = 'resolved'", (device_id,))
+            deleted += cur.rowcount
+            # What is left is firing: it waits to be resolved and announced by the next round.
+            cur.execute("SELECT EXISTS (SELECT 1 FROM alert_events WHERE device_id = %s) AS firing", (device_id,))
+            firing = cur.fetchone()["firing"]
             removed += deleted
-            if deleted == 0 and purge["settled"]:
+            if deleted == 0 and not firing and purge["settled"]:
                 cur.execute("DELETE FROM device_purges WHERE device_id = %s", (device_id,))
                 log.info("purged the telemetry of deleted device %d", device_id)
     if removed >= batch_rows:
