@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::IntoConnectionInfo;
 use redis::FromRedisValue;
 
 use crate::auth::TokenCache;
@@ -61,7 +62,15 @@ impl AppState {
     }
 
     fn build(config: Config, metrics: PrometheusHandle, shards: Arc<[Shard]>) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(config.redis_url.as_str())?;
+        // redis-rs leaves Nagle's algorithm on, which holds a command written while
+        // an earlier one is unacknowledged until that ACK comes; request and reply
+        // gain nothing from the wait (Redis sets TCP_NODELAY on its side too).
+        let info = config
+            .redis_url
+            .as_str()
+            .into_connection_info()?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(config.redis_timeout))
             .set_connection_timeout(Some(config.redis_timeout))
