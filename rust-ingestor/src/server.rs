@@ -8,6 +8,7 @@
 //! config, the metrics recorder, and the stream backlogs (atomics), which the
 //! first server alone samples.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -63,49 +64,91 @@ pub fn run(config: &Config, metrics: &PrometheusHandle) -> ExitCode {
         Err(code) => return code,
     };
     let addr = servers[0].listener.local_addr().unwrap_or(config.listen_addr);
+    let count = servers.len();
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (stopped_tx, mut stopped_rx) = mpsc::unbounded_channel();
-    let mut threads = Vec::with_capacity(servers.len());
-    let mut failed = false;
-    for (index, server) in servers.into_iter().enumerate() {
-        match spawn(index, server, stop_rx.clone(), stopped_tx.clone()) {
-            Ok(thread) => threads.push(thread),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start a server thread");
-                failed = true;
-                break;
+    let bodies = servers.into_iter().enumerate().map(|(index, server)| {
+        move |stop: watch::Receiver<bool>| {
+            let Server { runtime, listener, state } = server;
+            runtime.block_on(serve(listener, state, index == 0, stop))
+        }
+    });
+    let threads = match Threads::start(bodies) {
+        Ok(threads) => threads,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a server thread");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(
+        %addr,
+        threads = count,
+        stream = %config.stream_key,
+        shards = config.stream_shards,
+        "visiontrack-ingestor listening"
+    );
+    let shutdown = async {
+        signals.recv().await;
+        tracing::info!("shutdown signal received; draining");
+    };
+    if !threads.supervise(&control, shutdown) {
+        return ExitCode::from(1);
+    }
+    tracing::info!("stopped after finishing in-flight requests");
+    ExitCode::SUCCESS
+}
+
+/// The server threads: told to stop through `stop`, each reporting on `stopped`
+/// when it ends.
+struct Threads {
+    handles: Vec<JoinHandle<io::Result<()>>>,
+    stop: watch::Sender<bool>,
+    stopped: mpsc::UnboundedReceiver<usize>,
+}
+
+impl Threads {
+    /// One thread per body (a server's serve loop, until its receiver turns
+    /// true). If one cannot be started, those already running are stopped.
+    fn start<B>(bodies: impl IntoIterator<Item = B>) -> io::Result<Self>
+    where
+        B: FnOnce(watch::Receiver<bool>) -> io::Result<()> + Send + 'static,
+    {
+        let (stop, stop_rx) = watch::channel(false);
+        let (stopped_tx, stopped) = mpsc::unbounded_channel();
+        let mut handles = Vec::new();
+        for (index, body) in bodies.into_iter().enumerate() {
+            let (stop_rx, stopped_tx) = (stop_rx.clone(), stopped_tx.clone());
+            let spawned = std::thread::Builder::new().name(format!("ingestor-{index}")).spawn(move || {
+                let _report = Stopped { to: stopped_tx, index };
+                body(stop_rx)
+            });
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    let _ = stop.send(true);
+                    join(handles);
+                    return Err(e);
+                }
             }
         }
+        Ok(Self { handles, stop, stopped })
     }
-    if !failed {
-        tracing::info!(
-            %addr,
-            threads = threads.len(),
-            stream = %config.stream_key,
-            shards = config.stream_shards,
-            "visiontrack-ingestor listening"
-        );
-        failed = control.block_on(async {
+
+    /// Runs `control` until `shutdown` completes or a thread ends unasked,
+    /// whichever comes first, then stops every thread and waits for them. True
+    /// only after `shutdown` with every thread ending cleanly.
+    fn supervise(mut self, control: &Runtime, shutdown: impl Future<Output = ()>) -> bool {
+        let unasked = control.block_on(async {
             tokio::select! {
-                () = signals.recv() => {
-                    tracing::info!("shutdown signal received; draining");
-                    false
-                }
-                Some(index) = stopped_rx.recv() => {
+                () = shutdown => false,
+                Some(index) = self.stopped.recv() => {
                     tracing::error!(server = index, "a server stopped unasked; stopping the others");
                     true
                 }
             }
         });
+        let _ = self.stop.send(true);
+        join(self.handles) && !unasked
     }
-
-    let _ = stop_tx.send(true);
-    if !join(threads) || failed {
-        return ExitCode::from(1);
-    }
-    tracing::info!("stopped after finishing in-flight requests");
-    ExitCode::SUCCESS
 }
 
 /// Waits for every server thread; false if any failed.
@@ -192,19 +235,6 @@ fn socket(addr: SocketAddr) -> io::Result<TcpSocket> {
     Ok(socket)
 }
 
-fn spawn(
-    index: usize,
-    server: Server,
-    stop: watch::Receiver<bool>,
-    stopped: mpsc::UnboundedSender<usize>,
-) -> io::Result<JoinHandle<io::Result<()>>> {
-    std::thread::Builder::new().name(format!("ingestor-{index}")).spawn(move || {
-        let _report = Stopped { to: stopped, index };
-        let Server { runtime, listener, state } = server;
-        runtime.block_on(serve(listener, state, index == 0, stop))
-    })
-}
-
 /// One server (the first also sampling the backlogs for all), until `stop` turns true.
 async fn serve(
     listener: TcpListener,
@@ -256,5 +286,103 @@ impl Signals {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+
+    type Body = Box<dyn FnOnce(watch::Receiver<bool>) -> io::Result<()> + Send>;
+
+    /// A server thread that serves until asked to stop, and counts the asking.
+    fn serving(asked: &Arc<AtomicUsize>) -> Body {
+        let asked = asked.clone();
+        Box::new(move |mut stop| {
+            let runtime = Builder::new_current_thread().build()?;
+            if runtime.block_on(stop.wait_for(|stop| *stop)).is_ok() {
+                asked.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(())
+        })
+    }
+
+    /// Starts and supervises the bodies, on a thread of its own so that a
+    /// supervisor that never returns fails the test instead of hanging it; the
+    /// result and the log lines.
+    fn supervised(bodies: Vec<Body>, shutdown: impl Future<Output = ()> + Send + 'static) -> (bool, String) {
+        let log = Log(Arc::default());
+        let writer = log.clone();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+            let ok = tracing::subscriber::with_default(subscriber, || {
+                let control = Builder::new_current_thread().build().unwrap();
+                Threads::start(bodies).unwrap().supervise(&control, shutdown)
+            });
+            let _ = done_tx.send(ok);
+        });
+        let ok = done.recv_timeout(Duration::from_secs(10));
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let ok = ok.unwrap_or_else(|e| panic!("the supervisor has not returned ({e}):\n{text}"));
+        (ok, text)
+    }
+
+    #[derive(Clone)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Log {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Supervises three servers of which the middle one ends unasked, as `ended`
+    /// does; checks that the process would fail and that the others were stopped.
+    fn stopped_unasked(ended: Body) -> String {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let (ok, log) = supervised(vec![serving(&asked), ended, serving(&asked)], std::future::pending());
+        assert!(!ok, "a server stopped unasked, yet a clean exit:\n{log}");
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "the other servers are asked to stop:\n{log}");
+        assert!(log.contains("ERROR"), "{log}");
+        assert!(log.contains("a server stopped unasked; stopping the others server=1"), "{log}");
+        log
+    }
+
+    #[test]
+    fn a_server_loop_that_returns_unasked_stops_every_server_with_a_failure() {
+        // Ok from the thread: only the supervisor can tell that it was not asked to stop.
+        stopped_unasked(Box::new(|_| Ok(())));
+    }
+
+    #[test]
+    fn a_server_loop_that_fails_stops_every_server_with_a_failure() {
+        let log = stopped_unasked(Box::new(|_| Err(io::Error::other("listener gone"))));
+        assert!(log.contains("server failed server=1 error=listener gone"), "{log}");
+    }
+
+    #[test]
+    fn a_server_thread_that_panics_stops_every_server_with_a_failure() {
+        // The release build aborts on a panic; tests unwind, as a debug build would.
+        let log = stopped_unasked(Box::new(|_| panic!("bug in the serve loop")));
+        assert!(log.contains("server thread panicked server=1"), "{log}");
+    }
+
+    #[test]
+    fn the_shutdown_signal_stops_every_server_cleanly() {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let (ok, log) = supervised((0..3).map(|_| serving(&asked)).collect(), std::future::ready(()));
+        assert!(ok, "{log}");
+        assert_eq!(asked.load(Ordering::SeqCst), 3, "{log}");
+        assert!(!log.contains("ERROR"), "{log}");
     }
 }
