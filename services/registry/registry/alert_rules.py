@@ -28,6 +28,8 @@ _WRITABLE = ("name", "kind", "metric", "op", "threshold", "for_seconds", "after_
 _METRIC = validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}\Z", error="is not a metric name")
 _URL = validate.URL(schemes={"http", "https"}, require_tld=False, error="must be an http or https URL")
 _WEEK = 7 * 86_400
+# A deleted rule keeps its row until the aggregator has resolved its alerts; every query here skips it.
+_LIVE = "deleted_at IS NULL"
 
 
 class AlertRuleUpdateSchema(Schema):
@@ -134,7 +136,7 @@ class AlertRules(MethodView):
     @blp.response(200, AlertRulePageSchema)
     def get(self, args):
         """List alert rules, oldest first, a page at a time."""
-        where, params = ["deleted_at IS NULL"], {"limit": args["limit"] + 1}
+        where, params = [_LIVE], {"limit": args["limit"] + 1}
         for col in ("kind", "metric", "device_id", "device_type", "severity", "enabled"):
             if args[col] is not None:
                 where.append(f"{col} = %({col})s")
@@ -170,7 +172,7 @@ class AlertRuleById(MethodView):
     def get(self, rule_id):
         """Read one alert rule."""
         with services().db.transaction() as cur:
-            cur.execute(f"SELECT {_COLUMNS} FROM alert_rules WHERE id = %s AND deleted_at IS NULL", (rule_id,))
+            cur.execute(f"SELECT {_COLUMNS} FROM alert_rules WHERE id = %s AND {_LIVE}", (rule_id,))
             rule = cur.fetchone()
         if rule is None:
             raise _not_found(rule_id)
@@ -182,8 +184,7 @@ class AlertRuleById(MethodView):
         """Change a rule; its conditions are evaluated afresh (alerts firing stay until they resolve)."""
         try:
             with services().db.transaction() as cur:
-                cur.execute(f"SELECT {_COLUMNS} FROM alert_rules WHERE id = %s AND deleted_at IS NULL FOR UPDATE",
-                            (rule_id,))
+                cur.execute(f"SELECT {_COLUMNS} FROM alert_rules WHERE id = %s AND {_LIVE} FOR UPDATE", (rule_id,))
                 rule = cur.fetchone()
                 if rule is None:
                     raise _not_found(rule_id)
@@ -208,6 +209,6 @@ class AlertRuleById(MethodView):
         # deleted_at still resolves them.
         with services().db.transaction() as cur:
             cur.execute("UPDATE alert_rules SET deleted_at = now(), enabled = false "
-                        "WHERE id = %s AND deleted_at IS NULL RETURNING id", (rule_id,))
+                        f"WHERE id = %s AND {_LIVE} RETURNING id", (rule_id,))
             if cur.fetchone() is None:
                 raise _not_found(rule_id)
