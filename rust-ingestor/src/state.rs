@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::IntoConnectionInfo;
 use redis::FromRedisValue;
+use redis::IntoConnectionInfo;
 
 use crate::auth::TokenCache;
 use crate::config::Config;
