@@ -41,22 +41,17 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
     let mut conn = redis.conn();
     let _: () = conn.hset("vt:device-tokens", field("vtd_t"), "2:active").unwrap();
     let port = free_port();
-    let mut child = Command::new(BIN)
-        .env("REDIS_URL", redis.url())
-        .env("VT_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("VT_LOG_FORMAT", "json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut ingestor = Started::new(
+        Command::new(BIN)
+            .env("REDIS_URL", redis.url())
+            .env("VT_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("VT_LOG_FORMAT", "json"),
+    );
 
     // The first log line is JSON and says where it listens.
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-    assert_eq!(log["level"], "INFO", "{line}");
-    assert!(line.contains(&port.to_string()), "{line}");
+    let log = ingestor.first_log_line();
+    assert_eq!(log["level"], "INFO", "{log}");
+    assert!(log.to_string().contains(&port.to_string()), "{log}");
 
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let body = r#"{"temperature":20}"#;
@@ -69,8 +64,7 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
     s.write_all(&body.as_bytes()[..5]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(killed.success());
+    ingestor.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
     s.write_all(&body.as_bytes()[5..]).await.unwrap();
     let reply = common::read_reply(&mut s).await;
@@ -78,14 +72,7 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
     let xlen: usize = conn.xlen("vt:telemetry").unwrap();
     assert_eq!(xlen, 1);
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = ingestor.exit_within(Duration::from_secs(5));
     assert!(status.success(), "{status}");
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
 }
@@ -110,6 +97,11 @@ impl Started {
         let mut line = String::new();
         BufReader::new(self.0.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill").args([&format!("-{name}"), &self.0.id().to_string()]).status().unwrap();
+        assert!(sent.success(), "kill -{name}");
     }
 
     fn exit_within(&mut self, within: Duration) -> ExitStatus {
@@ -202,7 +194,6 @@ async fn each_worker_thread_serves_on_the_one_address() {
     let xlen: usize = conn.xlen("vt:telemetry").unwrap();
     assert_eq!(xlen, 48);
 
-    let killed = Command::new("kill").args(["-INT", &ingestor.0.id().to_string()]).status().unwrap();
-    assert!(killed.success());
+    ingestor.signal("INT");
     assert!(ingestor.exit_within(Duration::from_secs(5)).success());
 }

@@ -16,18 +16,11 @@ import requests
 from celery import Celery
 
 from tests.conftest import ADMIN_TOKEN, poll
-from tests.integration.test_alerts import Receiver, _alerts, _device, _rule, _send
+from tests.integration.test_alerts import _alerts, _device, _rule, _send
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 GRACE = 3.0  # VT_WEBHOOK_SWEEP_GRACE_SECONDS of this module
 SWEEP = 0.5  # VT_WEBHOOK_SWEEP_SECONDS
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    r = Receiver()
-    yield r
-    r.server.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +193,12 @@ def test_a_rule_can_only_name_an_existing_device(registry_url):
     made = requests.post(f"{registry_url}/api/alert-rules/", headers=ADMIN,
                          json={"name": "late", "metric": "t", "op": ">", "threshold": 1, "device_id": device["id"]})
     assert made.status_code == 400 and made.json()["details"][0]["field"] == "device_id"
+
+
+def test_the_sweep_prunes_calls_given_up_more_than_a_week_ago(db, aggregator):
+    with db.cursor() as cur:
+        cur.execute("""INSERT INTO webhook_outbox (url, body, next_attempt_at, gave_up_at, last_error)
+                       VALUES ('http://127.0.0.1:9/ob-old', '{}', now(), now() - interval '8 days', 'HTTP 503'),
+                              ('http://127.0.0.1:9/ob-recent', '{}', now(), now() - interval '6 days', 'HTTP 503')""")
+    poll(lambda: not _outbox(db, "/ob-old"), timeout=GRACE + 10, what="the week-old given-up call pruned")
+    assert [(gave_up, error) for _id, _attempts, gave_up, error in _outbox(db, "/ob-recent")] == [(True, "HTTP 503")]

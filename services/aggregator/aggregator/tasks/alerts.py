@@ -14,7 +14,7 @@ import logging
 import os
 import urllib.error
 import urllib.request
-from typing import Iterable
+from typing import Callable, Iterable
 
 import psycopg2
 
@@ -44,10 +44,6 @@ def _connection():
     return conn
 
 
-def _evaluator() -> Evaluator:
-    return Evaluator(_connection(), config.webhook_sweep_grace_seconds)
-
-
 def enqueue(notifications: Iterable[Notification]) -> int:
     """Enqueue a task per webhook call; what cannot be enqueued is left to the sweep (it is in the outbox)."""
     sent = 0
@@ -61,31 +57,29 @@ def enqueue(notifications: Iterable[Notification]) -> int:
     return sent
 
 
-@app.task(name="aggregator.evaluate_alerts", ignore_result=True, time_limit=60, soft_time_limit=50)
-def evaluate_alerts() -> int:
+def _evaluate(work: Callable[[Evaluator], list[Notification] | None]) -> list[Notification] | None:
+    """Run `work` on this process's evaluator and enqueue the webhook calls it committed to the outbox. A
+    failure closes the connection (it may be the broken part) and propagates."""
     conn = _connection()
     try:
-        notifications = _evaluator().run()
+        notifications = work(Evaluator(conn, config.webhook_sweep_grace_seconds))
     except Exception:
         conn.close()
         raise
-    enqueue(notifications)
-    return len(notifications)
+    if notifications:
+        enqueue(notifications)
+    return notifications
+
+
+@app.task(name="aggregator.evaluate_alerts", ignore_result=True, time_limit=60, soft_time_limit=50)
+def evaluate_alerts() -> int:
+    return len(_evaluate(Evaluator.run))
 
 
 def resolve_deleted_devices(device_ids: list[int]) -> bool:
     """Resolve the firing alerts of deleted devices and enqueue their webhooks; False when an evaluation
     held the lock (it resolves them itself, their device being gone)."""
-    conn = _connection()
-    try:
-        notifications = _evaluator().resolve_deleted_devices(device_ids)
-    except Exception:
-        conn.close()
-        raise
-    if notifications is None:
-        return False
-    enqueue(notifications)
-    return True
+    return _evaluate(lambda evaluator: evaluator.resolve_deleted_devices(device_ids)) is not None
 
 
 # --- the outbox's bookkeeping: best effort, a failure costs at most a repeated call -----------------------
