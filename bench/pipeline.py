@@ -4,7 +4,9 @@ raw, aggregate and latest queries over HTTP.
 Prints a table. Everything runs on this machine in one go, so the yardstick (a raw binary COPY of the
 same rows into the same table) shares the conditions of what it measures, and the aggregator runs without
 and with rollups+alerts alternately (BENCH_ROUNDS times each, medians compared) so both see the same
-machine.
+machine: with one worker process, then with two as deployed. The query latencies come with two floors
+measured in the same run: a bare WSGI app behind the same gunicorn and nginx, and the machine's own
+CPU jitter (bench/machine.py).
 
 Environment: BENCH_ENTRIES (20,000 entries of 100 readings: fewer make the rates swing by 20%), BENCH_QUERY_ROWS (10,000,000),
 BENCH_QUERY_SECONDS (20 per query kind), BENCH_ROUNDS (3).
@@ -18,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2
@@ -26,10 +29,11 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_noise  # noqa: E402
 from bench.report import print_table  # noqa: E402
 from stack.nginx import Nginx  # noqa: E402
-from stack.servers import Postgres, Redis, free_port, scratch_dir  # noqa: E402
-from stack.services import Process  # noqa: E402
+from stack.servers import Postgres, Redis, free_port, scratch_dir, terminate, wait_for_port  # noqa: E402
+from stack.services import Process, bin_dir  # noqa: E402
 
 ADMIN = "bench-admin-token-0123456789"
 ENTRIES = int(os.environ.get("BENCH_ENTRIES", "20000"))
@@ -116,12 +120,13 @@ def _postmaster(pg: Postgres) -> int:
 
 
 def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups: bool = True,
-                     pg: Postgres | None = None) -> tuple[float, float]:
-    """Readings/s of one Celery worker process draining a pre-filled stream, steady state.
+                     pg: Postgres | None = None, processes: int = 1) -> tuple[float, float]:
+    """Readings/s of a Celery worker with `processes` processes draining a pre-filled stream, steady state.
 
     With `rollups`, the worker keeps the rollups, latest values and last_seen_at, and beat evaluates alert
     rules (a threshold rule over every device and an inactivity rule) every VT_ALERT_EVAL_SECONDS, in the
-    same worker process; without, only raw rows are written and no rule exists.
+    same worker: with one process an evaluation waits for the drain task and the drain for it; with two (the
+    deployed default) they run side by side. Without, only raw rows are written and no rule exists.
 
     Returns readings/s and CPU seconds per million readings (worker, beat and Postgres together), the
     second much less sensitive to what else the machine runs.
@@ -143,7 +148,7 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups:
     # Recent readings (the last minutes), which the alert rules (made "an hour ago") evaluate, every one.
     total = fill_stream(client, "vt:telemetry", ENTRIES, int(time.time() * 1000) - ENTRIES * 100 - 60_000)
     log(f"stream pre-filled with {ENTRIES} entries ({total} readings)")
-    agg_env = {**env, "VT_WORKER_CONCURRENCY": "1", "VT_DRAIN_INTERVAL_SECONDS": "0.2",
+    agg_env = {**env, "VT_WORKER_CONCURRENCY": str(processes), "VT_DRAIN_INTERVAL_SECONDS": "0.2",
                "VT_ROLLUPS_ENABLED": "true" if rollups else "false"}
     pg_cpu = _cpu_seconds([_postmaster(pg)]) if pg else 0.0
     worker = Process("bench-worker", "worker", agg_env, run_dir / "logs" / "worker.log").start(run_dir)
@@ -177,6 +182,50 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups:
     if t2 <= t1:
         raise RuntimeError(f"{total} readings were stored between two samples: raise BENCH_ENTRIES to measure")
     return (n2 - n1) / (t2 - t1), cpu / total * 1e6
+
+
+@dataclass
+class RollupCost:
+    """Medians of alternating aggregator rounds without and with rollups+alerts."""
+    raw_rates: list[float]
+    full_rates: list[float]
+    raw_cpus: list[float]
+    full_cpus: list[float]
+
+    @property
+    def raw(self) -> float:
+        return statistics.median(self.raw_rates)
+
+    @property
+    def full(self) -> float:
+        return statistics.median(self.full_rates)
+
+    @property
+    def raw_cpu(self) -> float:
+        return statistics.median(self.raw_cpus)
+
+    @property
+    def full_cpu(self) -> float:
+        return statistics.median(self.full_cpus)
+
+    def summary(self) -> str:
+        full, raw = (", ".join(f"{r:,.0f}" for r in rates) for rates in (self.full_rates, self.raw_rates))
+        return f"rollups+alerts cost {1 - self.full / self.raw:.0%}, medians of {full} vs {raw}"
+
+
+def compare_rollups(env: dict, run_dir: Path, db, client: redis.Redis, pg: Postgres, processes: int) -> RollupCost:
+    """BENCH_ROUNDS rounds of the aggregator without, then with, rollups+alerts, so both see the same machine."""
+    cost = RollupCost([], [], [], [])
+    for round_ in range(ROUNDS):
+        for rollups in (False, True):
+            what = "with rollups+alerts" if rollups else "raw only"
+            log(f"aggregator round {round_ + 1}/{ROUNDS}, {processes} worker process(es), {what}: "
+                "draining a pre-filled stream")
+            rate, cpu = bench_aggregator(env, run_dir, db, client, rollups, pg, processes)
+            (cost.full_rates if rollups else cost.raw_rates).append(rate)
+            (cost.full_cpus if rollups else cost.raw_cpus).append(cpu)
+            log(f"aggregator, {what}: {rate:,.0f} readings/s, {cpu:.2f} CPU s per million readings")
+    return cost
 
 
 def bench_copy(db) -> float:
@@ -253,6 +302,45 @@ def query_latency(url: str, kind: str, start_ms: int, end_ms: int) -> dict:
     return {"requests": stats["requests"], **{k[:-3]: stats[k] / 1000 for k in ("p50_us", "p90_us", "p99_us")}}
 
 
+def measure_queries(env: dict, run_dir: Path, start_ms: int, end_ms: int) -> dict[str, dict]:
+    """Each query kind's latency, from the query service behind nginx."""
+    port = free_port()
+    query = Process("query", "query", {**env, "VT_HTTP_BIND": f"127.0.0.1:{port}"},
+                    run_dir / "logs" / "query.log").start(run_dir)
+    try:
+        query.wait_http(port)
+        nginx = Nginx(free_port(), {"query": port}, run_dir / "nginx", run_dir / "logs")
+        nginx.start()
+        try:
+            return {kind: query_latency(nginx.url, kind, start_ms, end_ms) for kind, _, _ in QUERY_KINDS}
+        finally:
+            nginx.stop()
+    finally:
+        query.stop()
+
+
+def measure_floor(env: dict, run_dir: Path, start_ms: int, end_ms: int) -> dict:
+    """The latency of bench/query/floor_app.py served like the query service and asked the same way."""
+    port = free_port()
+    log_path = run_dir / "logs" / "floor.log"
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [str(bin_dir() / "gunicorn"), "--config", "python:visiontrack.web.gunicorn_conf", "--chdir", str(ROOT),
+             "bench.query.floor_app:app"],
+            env={**os.environ, **env, "VT_HTTP_BIND": f"127.0.0.1:{port}"}, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        wait_for_port(port, 30, "floor app", proc, log_path)
+        nginx = Nginx(free_port(), {"query": port}, run_dir / "nginx-floor", run_dir / "logs")
+        nginx.start()
+        try:
+            return query_latency(nginx.url, "latest", start_ms, end_ms)
+        finally:
+            nginx.stop()
+    finally:
+        terminate(proc, 20)
+
+
 def main() -> int:
     run_dir = scratch_dir("vt-bench-")
     pg = Postgres(run_dir / "pg", free_port(), run_dir / "logs" / "postgres.log")
@@ -271,49 +359,43 @@ def main() -> int:
         log("raw COPY yardstick")
         copy_rate = bench_copy(db)
         log(f"raw COPY: {copy_rate:,.0f} readings/s")
-        rates: dict[bool, list[float]] = {False: [], True: []}
-        cpus: dict[bool, list[float]] = {False: [], True: []}
-        for round_ in range(ROUNDS):
-            for rollups in (False, True):
-                what = "with rollups+alerts" if rollups else "raw only"
-                log(f"aggregator round {round_ + 1}/{ROUNDS}, {what}: one worker process draining a pre-filled stream")
-                rate, cpu = bench_aggregator(env, run_dir, db, client, rollups, pg)
-                rates[rollups].append(rate)
-                cpus[rollups].append(cpu)
-                log(f"aggregator, {what}: {rate:,.0f} readings/s, {cpu:.2f} CPU s per million readings")
-        raw_rate, agg_rate = statistics.median(rates[False]), statistics.median(rates[True])
-        raw_cpu, agg_cpu = statistics.median(cpus[False]), statistics.median(cpus[True])
+        single = compare_rollups(env, run_dir, db, client, pg, processes=1)
+        deployed = compare_rollups(env, run_dir, db, client, pg, processes=2)
         results += [
             ("raw binary COPY into telemetry (yardstick)", f"{copy_rate:,.0f} readings/s", ""),
-            ("aggregator, 1 worker process, entries of 100", f"{agg_rate:,.0f} readings/s",
-             f"rollups+alerts on; {agg_rate / copy_rate:.0%} of COPY"),
-            ("aggregator, same, raw rows only", f"{raw_rate:,.0f} readings/s",
-             f"{raw_rate / copy_rate:.0%} of COPY (target >= 80,000/s and >= 65%); "
-             f"rollups+alerts cost {1 - agg_rate / raw_rate:.0%} (target <= 20%); medians of "
-             f"{', '.join(f'{r:,.0f}' for r in rates[True])} vs {', '.join(f'{r:,.0f}' for r in rates[False])}"),
-            ("aggregator CPU (worker+beat+Postgres) per 1M readings", f"{agg_cpu:.1f} s vs {raw_cpu:.1f} s raw only",
-             f"rollups+alerts cost {agg_cpu / raw_cpu - 1:.0%} more CPU (medians of {ROUNDS})"),
+            ("aggregator, 1 worker process, raw rows only", f"{single.raw:,.0f} readings/s",
+             f"{single.raw / copy_rate:.0%} of COPY (target >= 80,000/s and >= 65%)"),
+            ("aggregator, 1 worker process, rollups+alerts", f"{single.full:,.0f} readings/s",
+             f"{single.full / copy_rate:.0%} of COPY; {single.summary()}; alert evaluations and the drain "
+             "take turns in the one process"),
+            ("aggregator as deployed (2 worker processes), raw only", f"{deployed.raw:,.0f} readings/s", ""),
+            ("aggregator as deployed (2 worker processes), rollups+alerts", f"{deployed.full:,.0f} readings/s",
+             f"{deployed.summary()} (target <= 20%)"),
+            ("aggregator CPU (worker+beat+Postgres) per 1M readings",
+             f"{single.full_cpu:.1f} s vs {single.raw_cpu:.1f} s raw only",
+             f"1 process; rollups+alerts cost {single.full_cpu / single.raw_cpu - 1:.0%} more CPU; "
+             f"2 processes: {deployed.full_cpu:.1f} s vs {deployed.raw_cpu:.1f} s"),
         ]
         log(f"loading {QUERY_ROWS:,} rows for the range queries")
         t = time.perf_counter()
         start_ms, end_ms = load_query_table(db, QUERY_ROWS)
         log(f"loaded in {time.perf_counter() - t:.0f}s")
-        port = free_port()
-        query = Process("query", "query", {**env, "VT_HTTP_BIND": f"127.0.0.1:{port}"},
-                        run_dir / "logs" / "query.log").start(run_dir)
-        query.wait_http(port)
-        nginx = Nginx(free_port(), {"query": port}, run_dir / "nginx", run_dir / "logs")
-        nginx.start()
-        try:
-            latencies = {kind: query_latency(nginx.url, kind, start_ms, end_ms) for kind, _, _ in QUERY_KINDS}
-        finally:
-            nginx.stop()
-            query.stop()
+        latencies = measure_queries(env, run_dir, start_ms, end_ms)
+        floor = measure_floor(env, run_dir, start_ms, end_ms)
+        noise = cpu_noise()
         for kind, what, target in QUERY_KINDS:
             got = latencies[kind]
             results.append((f"{what}, {QUERY_ROWS / 1e6:.0f}M rows, via nginx",
                             f"p50 {got['p50']:.2f} ms, p99 {got['p99']:.2f} ms",
                             f"{got['requests']:,} sequential requests from wrk (target p99 < {target} ms)"))
+        results += [
+            ("floor: fixed JSON from a bare WSGI app, same gunicorn settings, via nginx",
+             f"p50 {floor['p50']:.2f} ms, p99 {floor['p99']:.2f} ms",
+             f"{floor['requests']:,} sequential requests, the same wrk script (yardstick)"),
+            ("machine: the same 0.5 ms of CPU work, timed by the thread's CPU clock",
+             f"p50 {noise['p50']:.2f} ms, p99 {noise['p99']:.2f} ms",
+             f"{noise['slow_share']:.1%} of {noise['units']:,} units took 3x the median or more (yardstick)"),
+        ]
     finally:
         db.close()
         rs.stop()
