@@ -207,3 +207,13 @@ def test_latest_gives_the_newest_reading_per_metric(storage, query_url, db):
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
     assert requests.get(url, headers=READER).json()["details"][0]["field"] == "device_id"
     assert requests.get(url, params={"device_id": device_id}).status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/api/telemetry/", "/api/telemetry/aggregate", "/api/telemetry/latest",
+                                  "/api/alerts/"])
+def test_reads_check_the_token_before_the_parameters(query_url, path):
+    """An unauthenticated caller learns nothing about the parameters, and a reader token is let through."""
+    bad = {"device_id": "x", "limit": "-1", "interval": "7q"}
+    anonymous = requests.get(f"{query_url}{path}", params=bad)
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "unauthorized"
+    assert requests.get(f"{query_url}{path}", params=bad, headers=READER).status_code == 400

@@ -19,6 +19,11 @@ from .aggregate_store import aggregate
 blp = Blueprint("telemetry_aggregates", __name__, url_prefix="/api/telemetry",
                 description="Aggregated and latest telemetry")
 
+
+@blp.before_request
+def _operators_only():
+    services().auth.require()
+
 AGGS = ("avg", "min", "max", "sum", "count")
 _METRIC = validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}\Z", error="is not a metric name")
 
@@ -111,7 +116,6 @@ def _iso(ms: int) -> str:
 def get_aggregate(args):
     """Count, sum, min, max and average per bucket, bucket boundaries in the zone `tz`."""
     svc = services()
-    svc.auth.require()
     end_ms = to_ms(args["to"]) if args["to"] else int(time.time() * 1000)
     start_ms = to_ms(args["from_"]) if args["from_"] else end_ms - buckets.DAY
     if start_ms >= end_ms:
@@ -146,7 +150,6 @@ def get_aggregate(args):
 def get_latest(args):
     """The newest reading of each metric of a device (or of one metric)."""
     svc = services()
-    svc.auth.require()
     with svc.db.read() as cur:
         if args["metric"] is None:
             cur.execute("SELECT metric, ts, value FROM telemetry_latest WHERE device_id = %s ORDER BY metric",

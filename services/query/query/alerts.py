@@ -12,6 +12,11 @@ from visiontrack.web.pagination import decode_cursor, encode_cursor
 blp = Blueprint("alerts", __name__, url_prefix="/api/alerts", description="Alerts raised by the alert rules")
 
 
+@blp.before_request
+def _operators_only():
+    services().auth.require()
+
+
 class AlertListArgsSchema(TimeRangeArgs):
     device_id = fields.Integer(load_default=None, validate=validate.Range(min=1))
     rule_id = fields.Integer(load_default=None, validate=validate.Range(min=1))
@@ -45,7 +50,6 @@ class Alerts(MethodView):
     def get(self, args):
         """Alert events, newest first."""
         svc = services()
-        svc.auth.require()
         where, params = ["TRUE"], {"limit": args["limit"] + 1}
         for col in ("device_id", "rule_id", "state"):
             if args[col] is not None:

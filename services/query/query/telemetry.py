@@ -21,6 +21,13 @@ from .telemetry_store import COLUMNS, RawQuery, fetch_raw
 blp = Blueprint("telemetry", __name__, url_prefix="/api/telemetry", description="Telemetry")
 
 
+@blp.before_request
+def _operators_read():
+    """Reads take operator tokens. POST, the seed's writer, also takes device tokens and checks them itself."""
+    if request.method != "POST":
+        services().auth.require()
+
+
 def _writer() -> StreamWriter:
     return current_app.extensions["stream_writer"]
 
@@ -49,7 +56,6 @@ class Telemetry(MethodView):
     def get(self, args):
         """Raw readings, newest first unless `order=asc`; `Accept: text/csv` for CSV."""
         svc = services()
-        svc.auth.require()
         q = RawQuery(args["device_id"], args["metric"], args["from_"], args["to"], args["order"], args["limit"])
         after = decode_cursor(args["cursor"], q.cursor_shape) if args["cursor"] else None
         with svc.db.read() as cur:
