@@ -21,9 +21,8 @@ from aggregator.storage import TelemetryStorage
 from query import buckets
 from visiontrack.stream import Entry
 
-from tests.conftest import READER_TOKEN
+from tests.integration.api import READER
 
-READER = {"Authorization": f"Bearer {READER_TOKEN}"}
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe",
          "America/Santiago", "Pacific/Chatham", "America/St_Johns"]

@@ -6,10 +6,7 @@ import uuid
 import pytest
 import requests
 
-from tests.conftest import ADMIN_TOKEN, READER_TOKEN
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-READER = {"Authorization": f"Bearer {READER_TOKEN}"}
+from tests.integration.api import ADMIN, READER
 
 
 def _rule(registry_url, **fields) -> requests.Response:

@@ -9,10 +9,8 @@ import uuid
 import pytest
 import requests
 
-from tests.conftest import ADMIN_TOKEN, READER_TOKEN, poll
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-READER = {"Authorization": f"Bearer {READER_TOKEN}"}
+from tests.conftest import poll
+from tests.integration.api import ADMIN, READER, create_device, create_rule, list_alerts, send_readings
 
 
 @pytest.fixture(scope="module")
@@ -25,44 +23,18 @@ def alerting_aggregator(base_env, run_dir):
     agg.stop()
 
 
-def _device(registry_url, **fields) -> dict:
-    resp = requests.post(f"{registry_url}/api/devices/", json={"name": f"al-{uuid.uuid4().hex[:10]}", **fields},
-                         headers=ADMIN)
-    assert resp.status_code == 201
-    return resp.json()
-
-
-def _rule(registry_url, **fields) -> dict:
-    resp = requests.post(f"{registry_url}/api/alert-rules/", json={"name": f"rule-{uuid.uuid4().hex[:6]}", **fields},
-                         headers=ADMIN)
-    assert resp.status_code == 201, resp.text
-    return resp.json()
-
-
-def _send(query_url, device_id: int, *readings: tuple[int, float], metric: str = "temperature") -> None:
-    body = [{"device_id": device_id, "ts": ts, "values": {metric: v}} for ts, v in readings]
-    resp = requests.post(f"{query_url}/api/telemetry/", json=body, headers=ADMIN)
-    assert resp.status_code == 202, resp.text
-
-
-def _alerts(query_url, **params) -> list[dict]:
-    resp = requests.get(f"{query_url}/api/alerts/", params=params, headers=READER)
-    assert resp.status_code == 200, resp.text
-    return resp.json()["items"]
-
-
 def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
 
 def test_a_threshold_rule_fires_once_calls_its_webhook_and_resolves(registry_url, query_url, receiver,
                                                                     alerting_aggregator):
-    device = _device(registry_url)
-    rule = _rule(registry_url, metric="temperature", op=">", threshold=30, device_id=device["id"],
+    device = create_device(registry_url)
+    rule = create_rule(registry_url, metric="temperature", op=">", threshold=30, device_id=device["id"],
                  severity="critical", webhook_url=receiver.url("/hook-a"))
     now = int(time.time() * 1000)
-    _send(query_url, device["id"], (now - 9000, 20.0), (now - 8000, 31.0), (now - 7000, 35.0))
-    firing = poll(lambda: _alerts(query_url, rule_id=rule["id"]), what="the alert firing")
+    send_readings(query_url, device["id"], (now - 9000, 20.0), (now - 8000, 31.0), (now - 7000, 35.0))
+    firing = poll(lambda: list_alerts(query_url, rule_id=rule["id"]), what="the alert firing")
     assert len(firing) == 1
     assert {k: firing[0][k] for k in ("rule_id", "device_id", "state", "value", "started_at", "resolved_at")} == {
         "rule_id": rule["id"], "device_id": device["id"], "state": "firing", "value": 31.0,
@@ -71,42 +43,42 @@ def test_a_threshold_rule_fires_once_calls_its_webhook_and_resolves(registry_url
     assert call["body"]["state"] == "firing" and call["body"]["id"] == firing[0]["id"]
     assert call["body"]["rule"]["severity"] == "critical" and call["header"] == f"{firing[0]['id']}:firing"
 
-    _send(query_url, device["id"], (now - 6000, 40.0))  # still over: no second alert
-    _send(query_url, device["id"], (now - 5000, 29.0))  # clears
-    resolved = poll(lambda: [a for a in _alerts(query_url, rule_id=rule["id"]) if a["state"] == "resolved"],
+    send_readings(query_url, device["id"], (now - 6000, 40.0))  # still over: no second alert
+    send_readings(query_url, device["id"], (now - 5000, 29.0))  # clears
+    resolved = poll(lambda: [a for a in list_alerts(query_url, rule_id=rule["id"]) if a["state"] == "resolved"],
                     what="the alert resolved")
-    assert len(_alerts(query_url, rule_id=rule["id"])) == 1
+    assert len(list_alerts(query_url, rule_id=rule["id"])) == 1
     assert resolved[0]["resolved_at"] == _iso(now - 5000)
     calls = poll(lambda: receiver.on("/hook-a") if len(receiver.on("/hook-a")) >= 2 else None,
                  what="the resolving webhook")
     assert [c["body"]["state"] for c in calls] == ["firing", "resolved"]
 
-    _send(query_url, device["id"], (now - 4000, 50.0))  # a new episode: a new alert
-    poll(lambda: len(_alerts(query_url, rule_id=rule["id"])) == 2, what="a second episode")
-    assert [a["state"] for a in _alerts(query_url, rule_id=rule["id"])] == ["firing", "resolved"]
-    assert [a["state"] for a in _alerts(query_url, rule_id=rule["id"], state="firing")] == ["firing"]
+    send_readings(query_url, device["id"], (now - 4000, 50.0))  # a new episode: a new alert
+    poll(lambda: len(list_alerts(query_url, rule_id=rule["id"])) == 2, what="a second episode")
+    assert [a["state"] for a in list_alerts(query_url, rule_id=rule["id"])] == ["firing", "resolved"]
+    assert [a["state"] for a in list_alerts(query_url, rule_id=rule["id"], state="firing")] == ["firing"]
 
 
 def test_for_seconds_needs_the_condition_to_hold_that_long(registry_url, query_url, alerting_aggregator):
-    device = _device(registry_url)
-    rule = _rule(registry_url, metric="pressure", op=">=", threshold=5, for_seconds=10, device_id=device["id"])
+    device = create_device(registry_url)
+    rule = create_rule(registry_url, metric="pressure", op=">=", threshold=5, for_seconds=10, device_id=device["id"])
     t0 = int(time.time() * 1000) - 60_000
     # Over for 9 s, a dip, then over for 12 s: only the second stretch lasts 10 s.
-    _send(query_url, device["id"], *[(t0 + i * 1000, 6.0) for i in range(10)], (t0 + 10_000, 1.0),
+    send_readings(query_url, device["id"], *[(t0 + i * 1000, 6.0) for i in range(10)], (t0 + 10_000, 1.0),
           *[(t0 + 11_000 + i * 1000, 5.0 + i) for i in range(13)], metric="pressure")
-    firing = poll(lambda: _alerts(query_url, rule_id=rule["id"]), what="the alert firing")
+    firing = poll(lambda: list_alerts(query_url, rule_id=rule["id"]), what="the alert firing")
     assert firing[0]["started_at"] == _iso(t0 + 11_000) and firing[0]["value"] == 15.0  # held 10 s at t0+21 s
     time.sleep(1.5)
-    assert len(_alerts(query_url, rule_id=rule["id"])) == 1
+    assert len(list_alerts(query_url, rule_id=rule["id"])) == 1
 
 
 def test_a_failing_webhook_is_retried_with_backoff_until_it_succeeds(registry_url, query_url, receiver,
                                                                      alerting_aggregator):
     receiver.fail_first["/hook-flaky"] = 2
-    device = _device(registry_url)
-    _rule(registry_url, metric="temperature", op="<", threshold=0, device_id=device["id"],
+    device = create_device(registry_url)
+    create_rule(registry_url, metric="temperature", op="<", threshold=0, device_id=device["id"],
           webhook_url=receiver.url("/hook-flaky"))
-    _send(query_url, device["id"], (int(time.time() * 1000) - 1000, -5.0))
+    send_readings(query_url, device["id"], (int(time.time() * 1000) - 1000, -5.0))
     calls = poll(lambda: receiver.on("/hook-flaky") if len(receiver.on("/hook-flaky")) >= 3 else None,
                  timeout=30, what="three webhook attempts")
     assert [c["status"] for c in calls] == [503, 503, 200]
@@ -120,14 +92,14 @@ def test_a_failing_webhook_is_retried_with_backoff_until_it_succeeds(registry_ur
 def test_inactivity_fires_for_a_silent_device_of_the_type_and_resolves_on_data(registry_url, query_url, receiver,
                                                                                alerting_aggregator):
     kind = f"pump-{uuid.uuid4().hex[:6]}"
-    quiet, other = _device(registry_url, type=kind), _device(registry_url)
-    rule = _rule(registry_url, kind="inactivity", after_seconds=2, device_type=kind,
+    quiet, other = create_device(registry_url, type=kind), create_device(registry_url)
+    rule = create_rule(registry_url, kind="inactivity", after_seconds=2, device_type=kind,
                  webhook_url=receiver.url("/hook-quiet"))
-    firing = poll(lambda: _alerts(query_url, rule_id=rule["id"]), what="the inactivity alert")
+    firing = poll(lambda: list_alerts(query_url, rule_id=rule["id"]), what="the inactivity alert")
     assert [(a["device_id"], a["state"]) for a in firing] == [(quiet["id"], "firing")]
-    _send(query_url, quiet["id"], (int(time.time() * 1000), 1.0))
-    poll(lambda: _alerts(query_url, rule_id=rule["id"], state="resolved"), what="the inactivity alert resolved")
-    assert not _alerts(query_url, device_id=other["id"])
+    send_readings(query_url, quiet["id"], (int(time.time() * 1000), 1.0))
+    poll(lambda: list_alerts(query_url, rule_id=rule["id"], state="resolved"), what="the inactivity alert resolved")
+    assert not list_alerts(query_url, device_id=other["id"])
     calls = poll(lambda: receiver.on("/hook-quiet") if len(receiver.on("/hook-quiet")) >= 2 else None,
                  what="both webhooks")
     assert [c["body"]["state"] for c in calls] == ["firing", "resolved"]
@@ -143,39 +115,39 @@ def _state(db, rule_id: int, device_id: int):
 def test_for_seconds_fires_by_the_clock_when_no_later_reading_comes(registry_url, query_url, receiver, db,
                                                                      alerting_aggregator):
     kind = f"fan-{uuid.uuid4().hex[:6]}"
-    quiet, cleared, stale = (_device(registry_url, type=kind) for _ in range(3))
-    rule = _rule(registry_url, metric="load", op=">", threshold=0.9, for_seconds=2, device_type=kind,
+    quiet, cleared, stale = (create_device(registry_url, type=kind) for _ in range(3))
+    rule = create_rule(registry_url, metric="load", op=">", threshold=0.9, for_seconds=2, device_type=kind,
                  webhook_url=receiver.url("/hook-held"))
     with db.cursor() as cur:  # an old rule, so it sees readings from before the stale limit
         cur.execute("UPDATE alert_rules SET updated_at = now() - interval '1 hour' WHERE id = %s", (rule["id"],))
     now = int(time.time() * 1000)
     # Over, then silent for longer than for_seconds + 5 min: the old reading no longer stands for the condition.
-    _send(query_url, stale["id"], (now - 400_000, 1.0), metric="load")
+    send_readings(query_url, stale["id"], (now - 400_000, 1.0), metric="load")
     # Over, then back under before for_seconds passed.
-    _send(query_url, cleared["id"], (now - 1500, 1.0), (now - 1000, 0.5), metric="load")
+    send_readings(query_url, cleared["id"], (now - 1500, 1.0), (now - 1000, 0.5), metric="load")
     poll(lambda: _state(db, rule["id"], stale["id"]) and _state(db, rule["id"], cleared["id"]),
          what="both readings evaluated")
     assert _state(db, rule["id"], cleared["id"])[1] is None
 
     sent = int(time.time() * 1000)
-    _send(query_url, quiet["id"], (sent, 1.0), metric="load")  # over, and then nothing more
-    firing = poll(lambda: _alerts(query_url, rule_id=rule["id"]), what="the alert firing by the clock")
+    send_readings(query_url, quiet["id"], (sent, 1.0), metric="load")  # over, and then nothing more
+    firing = poll(lambda: list_alerts(query_url, rule_id=rule["id"]), what="the alert firing by the clock")
     assert [(a["device_id"], a["state"], a["value"], a["started_at"]) for a in firing] == [
         (quiet["id"], "firing", 1.0, _iso(sent))]
     assert time.time() * 1000 >= sent + 2000, "fired before the condition held for for_seconds"
     call = poll(lambda: receiver.on("/hook-held"), what="the firing webhook")[0]
     assert (call["body"]["id"], call["body"]["state"]) == (firing[0]["id"], "firing")
     # That evaluation also passed over the stale and the cleared devices, whose holds began earlier.
-    assert len(_alerts(query_url, rule_id=rule["id"])) == 1
+    assert len(list_alerts(query_url, rule_id=rule["id"])) == 1
 
 
 def _firing_rule(registry_url, query_url, receiver, hook: str) -> tuple[dict, dict, dict]:
     """A rule with a webhook and one firing alert: (rule, alert, its firing webhook call)."""
-    device = _device(registry_url)
-    rule = _rule(registry_url, metric="temperature", op=">", threshold=30, device_id=device["id"],
+    device = create_device(registry_url)
+    rule = create_rule(registry_url, metric="temperature", op=">", threshold=30, device_id=device["id"],
                  webhook_url=receiver.url(hook))
-    _send(query_url, device["id"], (int(time.time() * 1000) - 1000, 40.0))
-    alert = poll(lambda: _alerts(query_url, rule_id=rule["id"]), what="the alert firing")[0]
+    send_readings(query_url, device["id"], (int(time.time() * 1000) - 1000, 40.0))
+    alert = poll(lambda: list_alerts(query_url, rule_id=rule["id"]), what="the alert firing")[0]
     call = poll(lambda: receiver.on(hook), what="the firing webhook")[0]
     return rule, alert, call
 
@@ -196,7 +168,7 @@ def test_disabling_a_rule_resolves_its_firing_alerts_with_their_webhooks(registr
     resp = requests.patch(f"{registry_url}/api/alert-rules/{rule['id']}", json={"enabled": False}, headers=ADMIN)
     assert resp.status_code == 200
     body = _resolved_call(receiver, "/hook-disabled", alert, call)
-    assert [(a["id"], a["state"], a["resolved_at"]) for a in _alerts(query_url, rule_id=rule["id"])] == [
+    assert [(a["id"], a["state"], a["resolved_at"]) for a in list_alerts(query_url, rule_id=rule["id"])] == [
         (alert["id"], "resolved", body["resolved_at"])]
 
 
@@ -213,7 +185,7 @@ def test_deleting_a_rule_resolves_its_firing_alerts_with_their_webhooks_then_rem
             cur.execute("SELECT count(*) FROM alert_rules WHERE id = %s", (rule["id"],))
             return cur.fetchone()[0] == 0
     poll(removed, what="the deleted rule removed")
-    assert _alerts(query_url, rule_id=rule["id"]) == []
+    assert list_alerts(query_url, rule_id=rule["id"]) == []
     assert len(receiver.on("/hook-deleted")) == 2
 
 
@@ -232,12 +204,12 @@ def test_deleting_a_device_resolves_its_firing_alerts_with_their_webhooks_then_r
                         {"r": rule["id"], "d": alert["device_id"]})
             return cur.fetchone()[0] == 0
     poll(removed, what="the rule and alerts of the deleted device removed")
-    assert _alerts(query_url, device_id=alert["device_id"]) == []
+    assert list_alerts(query_url, device_id=alert["device_id"]) == []
     assert len(receiver.on("/hook-device-gone")) == 2
 
 
 def test_alert_list_filters_and_pages(query_url):
-    everything = _alerts(query_url, limit=1000)
+    everything = list_alerts(query_url, limit=1000)
     assert len(everything) >= 4
     seen, cursor = [], None
     while True:
@@ -249,7 +221,7 @@ def test_alert_list_filters_and_pages(query_url):
             break
     assert seen == [a["id"] for a in everything] == sorted(seen, reverse=True)
     first = everything[-1]
-    assert all(a["started_at"] >= first["started_at"] for a in _alerts(query_url, **{"from": first["started_at"]}))
-    assert _alerts(query_url, to=first["started_at"], rule_id=first["rule_id"]) == []
+    assert all(a["started_at"] >= first["started_at"] for a in list_alerts(query_url, **{"from": first["started_at"]}))
+    assert list_alerts(query_url, to=first["started_at"], rule_id=first["rule_id"]) == []
     bad = requests.get(f"{query_url}/api/alerts/", params={"state": "open"}, headers=READER)
     assert bad.status_code == 400 and bad.json()["details"][0]["field"] == "state"

@@ -2,22 +2,12 @@
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 import requests
 
-from tests.conftest import ADMIN_TOKEN, READER_TOKEN, poll
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-READER = {"Authorization": f"Bearer {READER_TOKEN}"}
-
-
-def _device(registry_url) -> dict:
-    resp = requests.post(f"{registry_url}/api/devices/", json={"name": f"pipe-{uuid.uuid4().hex[:10]}"},
-                         headers=ADMIN)
-    assert resp.status_code == 201
-    return resp.json()
+from tests.conftest import poll
+from tests.integration.api import ADMIN, READER, create_device
 
 
 def _rows(db, device_id: int) -> list[tuple]:
@@ -37,7 +27,7 @@ def running_aggregator(base_env, run_dir):
 
 
 def test_posted_telemetry_comes_back_exactly(registry_url, query_url, running_aggregator):
-    device = _device(registry_url)
+    device = create_device(registry_url, "pipe")
     token = {"Authorization": f"Bearer {device['token']}"}
     now_ms = int(time.time() * 1000) // 1000 * 1000
     body = [{"ts": now_ms - 2000, "values": {"temperature": 21.5, "humidity": 40}},
@@ -65,7 +55,7 @@ def test_posted_telemetry_comes_back_exactly(registry_url, query_url, running_ag
 
 def test_admin_posts_for_a_device_and_resending_stores_nothing_twice(registry_url, query_url, db,
                                                                         running_aggregator):
-    device = _device(registry_url)
+    device = create_device(registry_url, "pipe")
     now = int(time.time() * 1000)
     body = {"device_id": device["id"], "ts": now - 5000, "values": {"t": 1}}
     for _ in range(3):
@@ -77,7 +67,7 @@ def test_admin_posts_for_a_device_and_resending_stores_nothing_twice(registry_ur
 
 
 def test_bad_telemetry_is_refused_and_nothing_is_stored(registry_url, query_url, redis_client, db):
-    device = _device(registry_url)
+    device = create_device(registry_url, "pipe")
     token = {"Authorization": f"Bearer {device['token']}"}
     before = redis_client.xlen("vt:telemetry")
     cases = [
@@ -104,8 +94,8 @@ def test_bad_telemetry_is_refused_and_nothing_is_stored(registry_url, query_url,
 
 
 def test_device_auth_on_post(registry_url, query_url):
-    device = _device(registry_url)
-    other = _device(registry_url)
+    device = create_device(registry_url, "pipe")
+    other = create_device(registry_url, "pipe")
     body = {"values": {"t": 1}}
     assert requests.post(f"{query_url}/api/telemetry/", json=body).status_code == 401
     assert requests.post(f"{query_url}/api/telemetry/", json=body,

@@ -5,10 +5,7 @@ import uuid
 
 import requests
 
-from tests.conftest import ADMIN_TOKEN, READER_TOKEN
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-READER = {"Authorization": f"Bearer {READER_TOKEN}"}
+from tests.integration.api import ADMIN, READER
 
 
 def _name(prefix: str = "dev") -> str:

@@ -17,9 +17,8 @@ from aggregator.tasks.retention import drop_expired, expired
 from visiontrack.db import Database
 from visiontrack.stream import Entry
 
-from tests.conftest import ADMIN_TOKEN, poll
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+from tests.conftest import poll
+from tests.integration.api import ADMIN
 
 
 def test_expired_partitions_by_name_and_table():

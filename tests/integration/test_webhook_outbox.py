@@ -15,10 +15,9 @@ import pytest
 import requests
 from celery import Celery
 
-from tests.conftest import ADMIN_TOKEN, poll
-from tests.integration.test_alerts import _alerts, _device, _rule, _send
+from tests.conftest import poll
+from tests.integration.api import ADMIN, create_device, create_rule, list_alerts, send_readings
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 GRACE = 3.0  # VT_WEBHOOK_SWEEP_GRACE_SECONDS of this module
 SWEEP = 0.5  # VT_WEBHOOK_SWEEP_SECONDS
 
@@ -77,11 +76,11 @@ def _latest_stored(db, device_id: int, metric: str, ms: int):
 
 def _hot_device(registry_url, query_url, db, receiver, hook: str) -> tuple[dict, dict]:
     """A device whose stored reading breaches a new rule with a webhook on `hook` (not yet evaluated)."""
-    device = _device(registry_url, type=f"ob-{uuid.uuid4().hex[:6]}")
-    rule = _rule(registry_url, metric="temperature", op=">", threshold=30, device_id=device["id"],
+    device = create_device(registry_url, type=f"ob-{uuid.uuid4().hex[:6]}")
+    rule = create_rule(registry_url, metric="temperature", op=">", threshold=30, device_id=device["id"],
                  webhook_url=receiver.url(hook))
     ms = int(time.time() * 1000) - 1000
-    _send(query_url, device["id"], (ms, 40.0))
+    send_readings(query_url, device["id"], (ms, 40.0))
     _latest_stored(db, device["id"], "temperature", ms)
     return device, rule
 
@@ -91,7 +90,7 @@ def test_a_change_whose_enqueue_was_lost_is_delivered_by_the_sweep_once(registry
     device, rule = _hot_device(registry_url, query_url, db, receiver, "/ob-lost")
     assert crashing_enqueue() >= 1  # the evaluation committed; its enqueue failed
     committed = time.monotonic()
-    alert = _alerts(query_url, rule_id=rule["id"])[0]
+    alert = list_alerts(query_url, rule_id=rule["id"])[0]
     assert alert["state"] == "firing" and len(_outbox(db, "/ob-lost")) == 1
 
     call = poll(lambda: receiver.on("/ob-lost"), timeout=GRACE + 15, what="the swept webhook")[0]
@@ -148,10 +147,10 @@ def test_a_call_given_up_after_its_retries_is_kept_marked_and_not_swept_again(
 def test_deleting_a_device_resolves_its_firing_alerts_with_webhooks_before_its_purge_removes_them(
         registry_url, query_url, db, receiver, aggregator, crashing_enqueue, celery_client):
     device, own = _hot_device(registry_url, query_url, db, receiver, "/ob-gone-own")
-    typed = _rule(registry_url, metric="temperature", op=">", threshold=30, device_type=device["type"],
+    typed = create_rule(registry_url, metric="temperature", op=">", threshold=30, device_type=device["type"],
                   webhook_url=receiver.url("/ob-gone-typed"))
     assert crashing_enqueue() >= 2  # both fire; the sweep sends their webhooks
-    fired = {r["id"]: _alerts(query_url, rule_id=r["id"]) for r in (own, typed)}
+    fired = {r["id"]: list_alerts(query_url, rule_id=r["id"]) for r in (own, typed)}
     assert all(len(a) == 1 and a[0]["state"] == "firing" for a in fired.values())
     for hook in ("/ob-gone-own", "/ob-gone-typed"):
         poll(lambda hook=hook: receiver.on(hook), timeout=GRACE + 15, what="the firing webhook")
@@ -177,14 +176,14 @@ def test_deleting_a_device_resolves_its_firing_alerts_with_webhooks_before_its_p
             cur.execute("SELECT count(*) FROM alert_events WHERE device_id = %s", (device["id"],))
             return cur.fetchone()[0]
     poll(lambda: device_alerts() == 0, what="the device's alerts removed")
-    assert _alerts(query_url, device_id=device["id"]) == []
+    assert list_alerts(query_url, device_id=device["id"]) == []
     time.sleep(GRACE + 4 * SWEEP)
     assert len(receiver.on("/ob-gone-own")) == len(receiver.on("/ob-gone-typed")) == 2
 
 
 def test_a_rule_can_only_name_an_existing_device(registry_url):
-    device = _device(registry_url)
-    rule = _rule(registry_url, metric="t", op=">", threshold=1, device_id=device["id"])
+    device = create_device(registry_url)
+    rule = create_rule(registry_url, metric="t", op=">", threshold=1, device_id=device["id"])
     url = f"{registry_url}/api/alert-rules/{rule['id']}"
     assert requests.patch(url, json={"device_id": device["id"], "name": "same"}, headers=ADMIN).status_code == 200
     bad = requests.patch(url, json={"device_id": 987654321}, headers=ADMIN)
