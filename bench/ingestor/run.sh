@@ -5,6 +5,8 @@
 #  (c) p99 at half of (a)'s rate, fixed-rate load from loadgen/ (wrk has no -R here)
 #  (d) readings/s with 100 readings per request
 #  (e) RSS idle and peak under load, from /proc
+# and how often the same 0.5 ms of CPU work takes 3x its median here (bench/machine.py): a stall of the
+# machine holds every request in flight, so it sets a floor under any p99.
 # Everything runs on free loopback ports and is stopped at the end.
 # Knobs: BENCH_DURATION (s, 15), BENCH_CONNECTIONS (64), BENCH_THREADS (wrk threads, 2),
 #        BENCH_QUIET_WAIT (s, 120: wait at most this long for a mostly idle CPU before measuring),
@@ -185,6 +187,10 @@ rm -f "$WORK/sampling"; wait "$SAMPLER"
 LOAD_RSS=$(cat "$WORK/rss.max")
 HWM=$(hwm_kib "$APP_PID")
 
+echo "== machine: the same 0.5 ms of CPU work timed again and again (bench/machine.py)"
+MACHINE=$(cd "$ROOT" && python3 -m bench.machine); echo "   $MACHINE"
+SLOW_SHARE=$(sed -n 's/.* \([0-9.]*%\) took 3x.*/\1/p' <<<"$MACHINE")
+
 D_READINGS=$(awk -v r="$D_RPS" 'BEGIN { printf "%d", r * 100 }')
 RATIO=$(awk -v a="$A_RPS" -v b="$B_RPS" 'BEGIN { printf "%.0f", 100 * a / b }')
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
@@ -206,6 +212,7 @@ printf '| %-44s | %15s%% | %12s | %-4s |\n' "(b) ingestor / nginx" "$RATIO" ">= 
 printf '| %-44s | %16s | %12s | %-4s |\n' "(c) p99 at $C_RATE req/s, median run (ms)" "$C_P99" "< 5" "$(verdict "$C_P99" 5 '<')"
 printf '| %-44s | %16s | %12s | %-4s |\n' "(c) same, server side (histogram bucket, ms)" "<= $S_P99" "-" "-"
 printf '| %-44s | %16s | %12s | %-4s |\n' "(c) nginx static at the same rate, p99 (ms)" "$N_P99" "-" "-"
+printf '| %-44s | %16s | %12s | %-4s |\n' "(c) machine: 0.5 ms CPU units taking >= 3x" "$SLOW_SHARE" "-" "-"
 printf '| %-44s | %16s | %12s | %-4s |\n' "(d) 100 readings/request, readings/s" "$D_READINGS" ">= 300000" "$(verdict "$D_READINGS" 300000 '>=')"
 printf '| %-44s | %16s | %12s | %-4s |\n' "(d) requests/s (p99 ms)" "$D_RPS ($D_P99)" "-" "-"
 printf '| %-44s | %16s | %12s | %-4s |\n' "(e) RSS idle (MiB)" "$(mib "$IDLE_RSS")" "< 20" "$(verdict "$(mib "$IDLE_RSS")" 20 '<')"
