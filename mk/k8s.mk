@@ -25,7 +25,8 @@ K8S_RELEASE ?= visiontrack
 MONITORING_NAMESPACE ?= monitoring
 IMAGE_TAG ?= dev
 K8S_PARTS := ingestor registry query aggregator
-# The ingestor builds from its own folder; the Python images from the repository root.
+# The ingestor builds from its own folder; the Python images from the repository root, all three from
+# services/Dockerfile (SERVICE and --target name the part).
 INGESTOR_CONTEXT ?= rust-ingestor
 CHART := charts/visiontrack
 CHART_PYTEST ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3) -m pytest
@@ -68,7 +69,8 @@ images: ## Build the four images, visiontrack/<part>:IMAGE_TAG (default dev), wi
 	$(DOCKER) build -t visiontrack/ingestor:$(IMAGE_TAG) -f $(INGESTOR_CONTEXT)/Dockerfile $(INGESTOR_CONTEXT)
 	@for part in registry query aggregator; do \
 	  echo "==> visiontrack/$$part:$(IMAGE_TAG)"; \
-	  $(DOCKER) build -t visiontrack/$$part:$(IMAGE_TAG) -f services/$$part/Dockerfile . || exit 1; \
+	  $(DOCKER) build -t visiontrack/$$part:$(IMAGE_TAG) -f services/Dockerfile \
+	    --build-arg SERVICE=$$part --target $$part . || exit 1; \
 	done
 	@$(DOCKER) image ls --filter reference='visiontrack/*:$(IMAGE_TAG)'
 

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from .helpers import CHART, ROOT, SHARED_SCHEMAS, load_yaml, run, tool
+from .test_images import PYTHON_DOCKERFILE, PYTHON_IMAGES, stage
 
 SKAFFOLD = ROOT / "skaffold.yaml"
 MK = ROOT / "mk" / "k8s.mk"
@@ -50,6 +51,18 @@ def test_skaffold_should_build_every_chart_image_from_an_existing_dockerfile(ska
         if image == "visiontrack/ingestor" and not dockerfile.exists():
             continue  # written with the Rust ingestor (rust-ingestor/Dockerfile)
         assert dockerfile.exists(), f"{image}: {dockerfile} does not exist"
+        if "target" in a["docker"]:
+            stage(dockerfile.read_text(), a["docker"]["target"])
+
+
+@pytest.mark.parametrize("part", PYTHON_IMAGES)
+def test_skaffold_should_build_each_python_image_as_its_own_part(skaffold, part):
+    """services/Dockerfile builds any Python part: SERVICE (what is wheeled) and the target (port, command)
+    must both name the part the image is called after, or the image holds another part's code."""
+    docker = {a["image"]: a for a in skaffold["build"]["artifacts"]}[f"visiontrack/{part}"]["docker"]
+    assert ROOT / docker["dockerfile"] == PYTHON_DOCKERFILE
+    assert docker.get("target") == part
+    assert docker.get("buildArgs") == {"SERVICE": part}
 
 
 def test_skaffold_should_set_values_the_chart_has_to_the_images_it_built(skaffold, values):
@@ -131,6 +144,26 @@ def test_tool_versions_should_be_pinned_in_one_place():
         assert re.fullmatch(r"v?\d+\.\d+\.\d+", _mk_var(name)), name
     script = (ROOT / "scripts" / "install-chart-tools.sh").read_text()
     assert f'HELM_VERSION="${{HELM_VERSION:-{_mk_var("HELM_VERSION")}}}"' in script
+
+
+def test_make_images_should_build_each_python_part_from_the_one_dockerfile(tmp_path):
+    """With a stand-in docker that records its arguments: every Python image is built from
+    services/Dockerfile with SERVICE and the target naming its part, from the repository root."""
+    log = tmp_path / "docker.log"
+    docker = tmp_path / "docker"
+    docker.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" "(end of call)" >> "{log}"\n')
+    docker.chmod(0o755)
+    run([tool("make"), "--no-print-directory", "-f", str(MK), "images", f"DOCKER={docker}", "IMAGE_TAG=t"],
+        cwd=str(ROOT))
+    calls = [c.strip("\n").split("\n") for c in log.read_text().split("(end of call)\n") if c.strip()]
+    builds = {c[c.index("-t") + 1]: c for c in calls if c[0] == "build"}
+    for part in PYTHON_IMAGES:
+        argv = builds[f"visiontrack/{part}:t"]
+        assert argv[argv.index("-f") + 1] == "services/Dockerfile", argv
+        assert argv[argv.index("--build-arg") + 1] == f"SERVICE={part}", argv
+        assert argv[argv.index("--target") + 1] == part, argv
+        assert argv[-1] == ".", argv
+        stage(PYTHON_DOCKERFILE.read_text(), part)
 
 
 def test_make_images_should_say_clearly_when_docker_is_missing(tmp_path):

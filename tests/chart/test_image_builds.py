@@ -1,6 +1,8 @@
 """The Python images' builder stage, executed here without Docker: the Dockerfile's own COPY sources are
 copied into a scratch build context and its RUN steps run as written (only /wheels and /opt/venv are
-moved under the scratch folder), then the chart's commands are checked inside the resulting virtualenv.
+moved under the scratch folder), once per part given as the SERVICE build argument (expanded in COPY,
+in the environment of RUN, from where the stage declares it, as Docker does), then the chart's commands
+are checked inside the resulting virtualenv.
 This catches what hadolint cannot: requirements that do not resolve, a package that does not build, a
 console script missing from the image.
 
@@ -17,30 +19,29 @@ from pathlib import Path
 import pytest
 
 from .helpers import ROOT, find, pod_spec
-from .test_images import instructions
+from .test_images import PYTHON_DOCKERFILE, expand, stage
 
 pytestmark = pytest.mark.integration
-
-
-def builder_stage(text: str) -> list[tuple[str, str]]:
-    ins = instructions(text)
-    froms = [i for i, (k, _) in enumerate(ins) if k == "FROM"]
-    return ins[froms[0] + 1:froms[1]]
 
 
 @pytest.mark.parametrize("part", ["registry", "query", "aggregator"])
 def test_the_builder_stage_should_produce_a_virtualenv_that_runs_the_chart_commands(part, render, tmp_path):
     if sys.version_info[:2] != (3, 11):
         pytest.skip("the images are Python 3.11")
-    dockerfile = (ROOT / "services" / part / "Dockerfile").read_text()
+    dockerfile = PYTHON_DOCKERFILE.read_text()
+    build_args, declared = {"SERVICE": part}, {}
     context, wheels, venv = tmp_path / "src", tmp_path / "wheels", tmp_path / "venv"
     context.mkdir()
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("PIP_NO_CACHE_DIR", None)
-    for kind, args in builder_stage(dockerfile):
-        if kind == "COPY":
-            source, dest = args.split()[-2:]
+    for name in ("PIP_NO_CACHE_DIR", *build_args):
+        env.pop(name, None)
+    for kind, args in stage(dockerfile, "builder")["ins"]:
+        if kind == "ARG":
+            name, _, default = args.partition("=")
+            declared[name] = build_args.get(name, default)
+        elif kind == "COPY":
+            source, dest = expand(args, declared).split()[-2:]
             target = context / dest
             if (ROOT / source).is_dir():
                 shutil.copytree(ROOT / source, target, dirs_exist_ok=True,
@@ -52,8 +53,8 @@ def test_the_builder_stage_should_produce_a_virtualenv_that_runs_the_chart_comma
             command = args.replace("/wheels", str(wheels)).replace("/opt/venv", str(venv))
             command = re.sub(r"(^|&& )pip ", rf"\1{sys.executable} -m pip ", command)
             command = re.sub(r"(^|&& )python ", rf"\1{sys.executable} ", command)
-            proc = subprocess.run(["bash", "-c", command], cwd=context, env=env, capture_output=True, text=True,
-                                  timeout=900)
+            proc = subprocess.run(["bash", "-c", command], cwd=context, env={**env, **declared}, capture_output=True,
+                                  text=True, timeout=900)
             assert proc.returncode == 0, f"RUN {args}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     assert (venv / "bin" / "vt-entrypoint").exists()
     assert not (venv / "bin" / "pip").exists(), "pip stays out of the image's virtualenv"
