@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from visiontrack import prepared
 from visiontrack.web.timefmt import EPOCH
 
 from .buckets import Plan
@@ -74,7 +75,7 @@ def aggregate(cur, device_id: int, metric: str, p: Plan) -> list[tuple[int, int,
     sql = f"""SELECT {index} AS i, sum(p.n::int4) AS n, sum(p.s) AS s, min(p.lo) AS lo, max(p.hi) AS hi
               FROM ({' UNION ALL '.join(parts)}) AS p(ts, n, s, lo, hi)
               GROUP BY 1 ORDER BY 1"""
-    cur.execute(sql, params)
+    prepared.execute(cur, sql, params)
     return cur.fetchall()
 
 

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 from flask_smorest import Blueprint
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
+from visiontrack import prepared
 from visiontrack.errors import ApiError
 from visiontrack.web.app import services
 from visiontrack.web.fields import Timestamp
@@ -152,11 +153,11 @@ def get_latest(args):
     svc = services()
     with svc.db.read() as cur:
         if args["metric"] is None:
-            cur.execute("SELECT metric, ts, value FROM telemetry_latest WHERE device_id = %s ORDER BY metric",
-                        (args["device_id"],))
+            prepared.execute(cur, "SELECT metric, ts, value FROM telemetry_latest WHERE device_id = %(d)s "
+                                  "ORDER BY metric", {"d": args["device_id"]})
         else:
-            cur.execute("SELECT metric, ts, value FROM telemetry_latest WHERE device_id = %s AND metric = %s",
-                        (args["device_id"], args["metric"]))
+            prepared.execute(cur, "SELECT metric, ts, value FROM telemetry_latest WHERE device_id = %(d)s "
+                                  "AND metric = %(m)s", {"d": args["device_id"], "m": args["metric"]})
         rows = cur.fetchall()
         if not rows:
             cur.execute("SELECT 1 FROM devices WHERE id = %s", (args["device_id"],))

@@ -1,0 +1,73 @@
+"""Server-side prepared statements with generic plans, for the read queries asked thousands of times.
+
+Postgres plans every statement it is sent. For the aggregate query (a UNION ALL over partitioned rollups
+and raw rows) planning took about as long as running it: 0.43 and 0.51 ms for 30 days at 1h. Prepared once
+per connection with plan_cache_mode=force_generic_plan, a statement is planned once and pruned to the
+partitions it needs at run time; that query went from 1.5 to 1.0 ms as psycopg2 sees it. (In the default
+mode Postgres keeps choosing custom plans for it, each planned afresh, so the mode is set for the session.)
+
+`execute` takes the statement as psycopg2 does (%(name)s placeholders, a dict of values) and prepares each
+distinct text on first use. A statement Postgres cannot prepare (a parameter whose type it cannot infer)
+runs unprepared from then on, and so does everything past MAX_PER_CONNECTION distinct texts, and anything
+inside a transaction. Each placeholder must stand where its type is plain: compared with a column, or cast.
+A bare `SELECT %(v)s` would prepare with v as text, and an integer would come back as a string.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+import weakref
+from typing import NamedTuple
+
+import psycopg2
+
+MAX_PER_CONNECTION = 64
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
+_names = itertools.count(1)
+
+
+class _Prepared(NamedTuple):
+    params: tuple[str, ...]  # the placeholder names, in $1, $2... order
+    execute: str  # EXECUTE vt_N(%s, ...): the values go in as literals of the parameters' types
+
+
+_UNPREPARABLE = _Prepared((), "")
+# connection -> {statement text -> how to run it}; a connection's entries go with it.
+_statements: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def execute(cur, sql: str, params: dict) -> None:
+    """cur.execute(sql, params), through a statement prepared on cur's connection."""
+    prepared = _statements.setdefault(cur.connection, {})
+    statement = prepared.get(sql)
+    if statement is None:
+        statement = _prepare(cur, sql) if len(prepared) < MAX_PER_CONNECTION else _UNPREPARABLE
+        prepared[sql] = statement
+    if statement is _UNPREPARABLE:
+        cur.execute(sql, params)
+    else:
+        cur.execute(statement.execute, [params[name] for name in statement.params])
+
+
+def _prepare(cur, sql: str) -> _Prepared:
+    order: list[str] = []
+
+    def number(match: re.Match) -> str:
+        name = match.group(1)
+        if name is None:
+            return "%"
+        if name not in order:
+            order.append(name)
+        return f"${order.index(name) + 1}"
+
+    name = f"vt_{next(_names)}"
+    if not cur.connection.autocommit:
+        return _UNPREPARABLE  # a failed PREPARE would abort the caller's transaction
+    try:
+        if not _statements[cur.connection]:
+            cur.execute("SET plan_cache_mode = force_generic_plan")
+        cur.execute(f"PREPARE {name} AS {_PLACEHOLDER.sub(number, sql)}")
+    except psycopg2.ProgrammingError:  # e.g. "could not determine data type of parameter"
+        return _UNPREPARABLE
+    arguments = ", ".join(["%s"] * len(order))
+    return _Prepared(tuple(order), f"EXECUTE {name}({arguments})" if order else f"EXECUTE {name}")
