@@ -216,3 +216,27 @@ def test_reads_check_the_token_before_the_parameters(query_url, path):
     anonymous = requests.get(f"{query_url}{path}", params=bad)
     assert anonymous.status_code == 401 and anonymous.json()["error"] == "unauthorized"
     assert requests.get(f"{query_url}{path}", params=bad, headers=READER).status_code == 400
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_raw_pages_of_one_series_cover_the_range_exactly(storage, query_url, order):
+    """The one-series raw read (a prepared statement with a generic plan): pages of any range and order,
+    across a day boundary, give exactly the rows in the range, each once."""
+    device_id = next(_device_ids)
+    rows = [(NOW - 2 * DAY + k * 997_003, float(k)) for k in range(180)]
+    _write(storage, device_id, rows, metric="p")
+    _write(storage, device_id, [(ts, -v) for ts, v in rows[::3]], metric="q")  # another series of the device
+    rnd = random.Random(device_id)
+    for _ in range(4):
+        frm, to = sorted(rnd.sample([ts for ts, _ in rows], 2))
+        got, cursor = [], None
+        while True:
+            params = {"device_id": device_id, "metric": "p", "from": frm, "to": to, "order": order,
+                      "limit": rnd.randrange(1, 40), **({"cursor": cursor} if cursor else {})}
+            page = requests.get(f"{query_url}/api/telemetry/", params=params, headers=READER).json()
+            got += [(_ms(item["ts"]), item["value"]) for item in page["items"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        want = sorted(((ts, v) for ts, v in rows if frm <= ts < to), reverse=order == "desc")
+        assert got == want

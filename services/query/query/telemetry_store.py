@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from visiontrack import prepared
 from visiontrack.web.timefmt import from_micros, to_micros
 
 
@@ -68,5 +69,10 @@ def fetch_raw(cur, q: RawQuery, after: list | None) -> list[tuple]:
     sql = (f"SELECT {', '.join(COLUMNS)} FROM telemetry"
            f"{' WHERE ' + ' AND '.join(where) if where else ''}"
            f" ORDER BY {', '.join(f'{c} {direction}' for c in cols)} LIMIT %(limit)s")
-    cur.execute(sql, params)
+    if q.device_id is not None and q.metric is not None:
+        # One series: a range scan of the key whatever the values, so one generic plan serves every call.
+        # Other shapes keep a plan made for their values (a time range alone may want another plan).
+        prepared.execute(cur, sql, params)
+    else:
+        cur.execute(sql, params)
     return cur.fetchall()
