@@ -78,3 +78,17 @@ def test_past_the_cap_statements_run_plain(conn, monkeypatch):
             prepared.execute(cur, f"SELECT {i} + %(v)s::int", {"v": 1})
             assert cur.fetchall() == [(i + 1,)]
     assert len(_prepared_statements(conn)) == 2
+
+
+def test_a_connection_whose_server_forgot_its_statements_runs_plain(conn):
+    """DISCARD ALL (or a pooler handing over another backend) drops what was prepared: the call still
+    answers, and the connection prepares nothing more."""
+    params = {"k": 3, "label": "d", "n": 3, "odd": 1}
+    with conn.cursor() as cur:
+        prepared.execute(cur, SQL, params)
+        cur.execute("DISCARD ALL")
+        prepared.execute(cur, SQL, params)
+        assert cur.fetchall() == [(3, "d"), (9, "d")]
+        prepared.execute(cur, SQL + " LIMIT 1", params)
+        assert cur.fetchall() == [(3, "d")]
+    assert _prepared_statements(conn) == []

@@ -8,8 +8,8 @@ mode Postgres keeps choosing custom plans for it, each planned afresh, so the mo
 
 `execute` takes the statement as psycopg2 does (%(name)s placeholders, a dict of values) and prepares each
 distinct text on first use. A statement Postgres cannot prepare (a parameter whose type it cannot infer)
-runs unprepared from then on, and so does everything past MAX_PER_CONNECTION distinct texts, and anything
-inside a transaction. Each placeholder must stand where its type is plain: compared with a column, or cast.
+runs unprepared from then on, and so does everything past MAX_PER_CONNECTION distinct texts, anything
+inside a transaction, and everything on a connection whose server forgot a statement it had prepared. Each placeholder must stand where its type is plain: compared with a column, or cast.
 A bare `SELECT %(v)s` would prepare with v as text, and an integer would come back as a string.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import weakref
 from typing import NamedTuple
 
 import psycopg2
+import psycopg2.errors
 
 MAX_PER_CONNECTION = 64
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
@@ -32,21 +33,27 @@ class _Prepared(NamedTuple):
 
 
 _UNPREPARABLE = _Prepared((), "")
-# connection -> {statement text -> how to run it}; a connection's entries go with it.
+# connection -> {statement text -> how to run it}, or None once it has lost one; entries go with the connection.
 _statements: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def execute(cur, sql: str, params: dict) -> None:
     """cur.execute(sql, params), through a statement prepared on cur's connection."""
     prepared = _statements.setdefault(cur.connection, {})
-    statement = prepared.get(sql)
+    statement = prepared.get(sql) if prepared is not None else _UNPREPARABLE
     if statement is None:
         statement = _prepare(cur, sql) if len(prepared) < MAX_PER_CONNECTION else _UNPREPARABLE
         prepared[sql] = statement
     if statement is _UNPREPARABLE:
         cur.execute(sql, params)
-    else:
+        return
+    try:
         cur.execute(statement.execute, [params[name] for name in statement.params])
+    except psycopg2.errors.InvalidSqlStatementName:
+        # The server no longer has it: a DISCARD ALL, or a pooler in front that hands out other backends.
+        # This connection stops preparing (None) and runs its statements plain from now on.
+        _statements[cur.connection] = None
+        cur.execute(sql, params)
 
 
 def _prepare(cur, sql: str) -> _Prepared:
