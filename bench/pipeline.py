@@ -8,8 +8,8 @@ machine: with one worker process, then with two as deployed. The query latencies
 measured in the same run: a bare WSGI app behind the same gunicorn and nginx, and the machine's own
 CPU jitter (bench/machine.py).
 
-Environment: BENCH_ENTRIES (20,000 entries of 100 readings: fewer make the rates swing by 20%), BENCH_QUERY_ROWS (10,000,000),
-BENCH_QUERY_SECONDS (20 per query kind), BENCH_ROUNDS (3).
+Environment: BENCH_ENTRIES (20,000 entries of 100 readings: fewer make the rates swing by 20%),
+BENCH_QUERY_ROWS (10,000,000), BENCH_QUERY_SECONDS (20 per query kind), BENCH_ROUNDS (3).
 """
 from __future__ import annotations
 

@@ -7,10 +7,12 @@ partitions it needs at run time; that query went from 1.5 to 1.0 ms as psycopg2 
 mode Postgres keeps choosing custom plans for it, each planned afresh, so the mode is set for the session.)
 
 `execute` takes the statement as psycopg2 does (%(name)s placeholders, a dict of values) and prepares each
-distinct text on first use. A statement Postgres cannot prepare (a parameter whose type it cannot infer)
-runs unprepared from then on, and so does everything past MAX_PER_CONNECTION distinct texts, anything
-inside a transaction, and everything on a connection whose server forgot a statement it had prepared. Each placeholder must stand where its type is plain: compared with a column, or cast.
-A bare `SELECT %(v)s` would prepare with v as text, and an integer would come back as a string.
+distinct text on first use. Plain statements run instead for: a statement Postgres cannot prepare (a
+parameter whose type it cannot infer), every text past MAX_PER_CONNECTION, anything inside a transaction,
+and everything on a connection whose server forgot a statement it had prepared.
+
+Each placeholder must stand where its type is plain: compared with a column, or cast. A bare
+`SELECT %(v)s` would prepare with v as text, and an integer would come back as a string.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ class _Prepared(NamedTuple):
 
 
 _UNPREPARABLE = _Prepared((), "")
-# connection -> {statement text -> how to run it}, or None once it has lost one; entries go with the connection.
+# connection -> {statement text -> how to run it}, or None once its server lost one; gone with the connection.
 _statements: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -67,11 +69,11 @@ def _prepare(cur, sql: str) -> _Prepared:
             order.append(name)
         return f"${order.index(name) + 1}"
 
-    name = f"vt_{next(_names)}"
     if not cur.connection.autocommit:
         return _UNPREPARABLE  # a failed PREPARE would abort the caller's transaction
+    name = f"vt_{next(_names)}"
     try:
-        if not _statements[cur.connection]:
+        if not _statements[cur.connection]:  # the connection's first statement: set the session's mode
             cur.execute("SET plan_cache_mode = force_generic_plan")
         cur.execute(f"PREPARE {name} AS {_PLACEHOLDER.sub(number, sql)}")
     except psycopg2.ProgrammingError:  # e.g. "could not determine data type of parameter"

@@ -25,6 +25,7 @@ blp = Blueprint("telemetry_aggregates", __name__, url_prefix="/api/telemetry",
 def _operators_only():
     services().auth.require()
 
+
 AGGS = ("avg", "min", "max", "sum", "count")
 _METRIC = validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}\Z", error="is not a metric name")
 
