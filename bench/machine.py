@@ -8,7 +8,6 @@ latency figures so they can be read against it.
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 UNIT_SECONDS = 0.0005  # about the CPU time of a small API request's own work
@@ -23,10 +22,11 @@ def _work(n: int) -> int:
 
 
 def _calibrate() -> int:
-    """Loop iterations taking about UNIT_SECONDS of CPU."""
+    """Loop iterations taking about UNIT_SECONDS of CPU. The fastest of a few tries, not their median: a
+    stall during the calibration would otherwise shrink every unit measured after it."""
     n = 1000
     while True:
-        took = statistics.median(_timed(n) for _ in range(9))
+        took = min(_timed(n) for _ in range(9))
         if took >= UNIT_SECONDS / 4:
             return max(1, int(n * UNIT_SECONDS / took))
         n *= 4
