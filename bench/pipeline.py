@@ -13,6 +13,7 @@ BENCH_QUERY_ROWS (10,000,000), BENCH_QUERY_SECONDS (20 per query kind), BENCH_RO
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -20,8 +21,9 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import psycopg2
 import redis
@@ -185,45 +187,47 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups:
 
 
 @dataclass
+class Rounds:
+    """The aggregator's rounds of one kind: readings/s and CPU seconds per million readings."""
+    rates: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.cpus)
+
+
+@dataclass
 class RollupCost:
-    """Medians of alternating aggregator rounds without and with rollups+alerts."""
-    raw_rates: list[float]
-    full_rates: list[float]
-    raw_cpus: list[float]
-    full_cpus: list[float]
-
-    @property
-    def raw(self) -> float:
-        return statistics.median(self.raw_rates)
-
-    @property
-    def full(self) -> float:
-        return statistics.median(self.full_rates)
-
-    @property
-    def raw_cpu(self) -> float:
-        return statistics.median(self.raw_cpus)
-
-    @property
-    def full_cpu(self) -> float:
-        return statistics.median(self.full_cpus)
+    """Alternating aggregator rounds without (raw) and with (full) rollups+alerts."""
+    raw: Rounds = field(default_factory=Rounds)
+    full: Rounds = field(default_factory=Rounds)
 
     def summary(self) -> str:
-        full, raw = (", ".join(f"{r:,.0f}" for r in rates) for rates in (self.full_rates, self.raw_rates))
-        return f"rollups+alerts cost {1 - self.full / self.raw:.0%}, medians of {full} vs {raw}"
+        """The cost from the medians, and taken pair by pair (each round against the raw one just before it,
+        which saw the same machine)."""
+        pairs = statistics.median(1 - f / r for f, r in zip(self.full.rates, self.raw.rates))
+        full, raw = (", ".join(f"{r:,.0f}" for r in rounds.rates) for rounds in (self.full, self.raw))
+        return (f"rollups+alerts cost {1 - self.full.rate / self.raw.rate:.0%} (pair by pair {pairs:.0%}), "
+                f"medians of {full} vs {raw}")
 
 
 def compare_rollups(env: dict, run_dir: Path, db, client: redis.Redis, pg: Postgres, processes: int) -> RollupCost:
     """BENCH_ROUNDS rounds of the aggregator without, then with, rollups+alerts, so both see the same machine."""
-    cost = RollupCost([], [], [], [])
+    cost = RollupCost()
     for round_ in range(ROUNDS):
         for rollups in (False, True):
             what = "with rollups+alerts" if rollups else "raw only"
             log(f"aggregator round {round_ + 1}/{ROUNDS}, {processes} worker process(es), {what}: "
                 "draining a pre-filled stream")
             rate, cpu = bench_aggregator(env, run_dir, db, client, rollups, pg, processes)
-            (cost.full_rates if rollups else cost.raw_rates).append(rate)
-            (cost.full_cpus if rollups else cost.raw_cpus).append(cpu)
+            rounds = cost.full if rollups else cost.raw
+            rounds.rates.append(rate)
+            rounds.cpus.append(cpu)
             log(f"aggregator, {what}: {rate:,.0f} readings/s, {cpu:.2f} CPU s per million readings")
     return cost
 
@@ -302,6 +306,17 @@ def query_latency(url: str, kind: str, start_ms: int, end_ms: int) -> dict:
     return {"requests": stats["requests"], **{k[:-3]: stats[k] / 1000 for k in ("p50_us", "p90_us", "p99_us")}}
 
 
+@contextlib.contextmanager
+def behind_nginx(port: int, run_dir: Path, name: str) -> Iterator[str]:
+    """nginx routing the query paths to `port`, as the stack does; yields its URL."""
+    nginx = Nginx(free_port(), {"query": port}, run_dir / name, run_dir / "logs")
+    nginx.start()
+    try:
+        yield nginx.url
+    finally:
+        nginx.stop()
+
+
 def measure_queries(env: dict, run_dir: Path, start_ms: int, end_ms: int) -> dict[str, dict]:
     """Each query kind's latency, from the query service behind nginx."""
     port = free_port()
@@ -309,12 +324,8 @@ def measure_queries(env: dict, run_dir: Path, start_ms: int, end_ms: int) -> dic
                     run_dir / "logs" / "query.log").start(run_dir)
     try:
         query.wait_http(port)
-        nginx = Nginx(free_port(), {"query": port}, run_dir / "nginx", run_dir / "logs")
-        nginx.start()
-        try:
-            return {kind: query_latency(nginx.url, kind, start_ms, end_ms) for kind, _, _ in QUERY_KINDS}
-        finally:
-            nginx.stop()
+        with behind_nginx(port, run_dir, "nginx") as url:
+            return {kind: query_latency(url, kind, start_ms, end_ms) for kind, _, _ in QUERY_KINDS}
     finally:
         query.stop()
 
@@ -331,12 +342,8 @@ def measure_floor(env: dict, run_dir: Path, start_ms: int, end_ms: int) -> dict:
             start_new_session=True)
     try:
         wait_for_port(port, 30, "floor app", proc, log_path)
-        nginx = Nginx(free_port(), {"query": port}, run_dir / "nginx-floor", run_dir / "logs")
-        nginx.start()
-        try:
-            return query_latency(nginx.url, "latest", start_ms, end_ms)
-        finally:
-            nginx.stop()
+        with behind_nginx(port, run_dir, "nginx-floor") as url:
+            return query_latency(url, "latest", start_ms, end_ms)
     finally:
         terminate(proc, 20)
 
@@ -363,18 +370,18 @@ def main() -> int:
         deployed = compare_rollups(env, run_dir, db, client, pg, processes=2)
         results += [
             ("raw binary COPY into telemetry (yardstick)", f"{copy_rate:,.0f} readings/s", ""),
-            ("aggregator, 1 worker process, raw rows only", f"{single.raw:,.0f} readings/s",
-             f"{single.raw / copy_rate:.0%} of COPY (target >= 80,000/s and >= 65%)"),
-            ("aggregator, 1 worker process, rollups+alerts", f"{single.full:,.0f} readings/s",
-             f"{single.full / copy_rate:.0%} of COPY; {single.summary()}; alert evaluations and the drain "
+            ("aggregator, 1 worker process, raw rows only", f"{single.raw.rate:,.0f} readings/s",
+             f"{single.raw.rate / copy_rate:.0%} of COPY (target >= 80,000/s and >= 65%)"),
+            ("aggregator, 1 worker process, rollups+alerts", f"{single.full.rate:,.0f} readings/s",
+             f"{single.full.rate / copy_rate:.0%} of COPY; {single.summary()}; alert evaluations and the drain "
              "take turns in the one process"),
-            ("aggregator as deployed (2 worker processes), raw only", f"{deployed.raw:,.0f} readings/s", ""),
-            ("aggregator as deployed (2 worker processes), rollups+alerts", f"{deployed.full:,.0f} readings/s",
+            ("aggregator as deployed (2 worker processes), raw only", f"{deployed.raw.rate:,.0f} readings/s", ""),
+            ("aggregator as deployed (2 worker processes), rollups+alerts", f"{deployed.full.rate:,.0f} readings/s",
              f"{deployed.summary()} (target <= 20%)"),
             ("aggregator CPU (worker+beat+Postgres) per 1M readings",
-             f"{single.full_cpu:.1f} s vs {single.raw_cpu:.1f} s raw only",
-             f"1 process; rollups+alerts cost {single.full_cpu / single.raw_cpu - 1:.0%} more CPU; "
-             f"2 processes: {deployed.full_cpu:.1f} s vs {deployed.raw_cpu:.1f} s"),
+             f"{single.full.cpu:.1f} s vs {single.raw.cpu:.1f} s raw only",
+             f"1 process; rollups+alerts cost {single.full.cpu / single.raw.cpu - 1:.0%} more CPU; "
+             f"2 processes: {deployed.full.cpu:.1f} s vs {deployed.raw.cpu:.1f} s"),
         ]
         log(f"loading {QUERY_ROWS:,} rows for the range queries")
         t = time.perf_counter()

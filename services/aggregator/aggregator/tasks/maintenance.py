@@ -47,17 +47,17 @@ def purge_deleted_devices(batch_rows: int = 50_000) -> int:
     """
     st = state.get()
     with st.db.transaction() as cur:
-        cur.execute("SELECT device_id FROM device_purges ORDER BY requested_at LIMIT 10")
-        device_ids = [r["device_id"] for r in cur.fetchall()]
-    if not device_ids:
+        cur.execute("SELECT device_id, requested_at < now() - interval '10 minutes' AS settled "
+                    "FROM device_purges ORDER BY requested_at LIMIT 10")
+        purges = cur.fetchall()
+    if not purges:
         return 0
+    device_ids = [purge["device_id"] for purge in purges]
     if not resolve_deleted_devices(device_ids):
         log.info("alert evaluation busy; it resolves the alerts of deleted devices %s itself", device_ids)
     removed = 0
     with st.db.transaction() as cur:
-        cur.execute("SELECT device_id, requested_at < now() - interval '10 minutes' AS settled "
-                    "FROM device_purges WHERE device_id = ANY(%s)", (device_ids,))
-        for purge in cur.fetchall():
+        for purge in purges:
             device_id = purge["device_id"]
             deleted = 0
             for table, col in (("telemetry", "ts"), ("telemetry_1m", "bucket"), ("telemetry_1h", "bucket")):
