@@ -2,14 +2,14 @@
 raw, aggregate and latest queries over HTTP.
 
 Prints a table. Everything runs on this machine in one go, so the yardstick (a raw binary COPY of the
-same rows into the same table) shares the conditions of what it measures, and the aggregator runs without
-and with rollups+alerts alternately (BENCH_ROUNDS times each, medians compared) so both see the same
-machine: with one worker process, then with two as deployed. The query latencies come with two floors
-measured in the same run: a bare WSGI app behind the same gunicorn and nginx, and the machine's own
-CPU jitter (bench/machine.py).
+same rows into the same table) shares the conditions of what it measures, and the aggregator runs
+without and with rollups+alerts alternately (BENCH_ROUNDS times each, in ABBA order, medians compared) so
+both see the same machine: with one worker process, then with two as deployed. The query latencies come
+with two floors measured in the same run: a bare WSGI app behind the same gunicorn and nginx, and the
+machine's own CPU jitter (bench/machine.py).
 
 Environment: BENCH_ENTRIES (20,000 entries of 100 readings: fewer make the rates swing by 20%),
-BENCH_QUERY_ROWS (10,000,000), BENCH_QUERY_SECONDS (20 per query kind), BENCH_ROUNDS (3).
+BENCH_QUERY_ROWS (10,000,000), BENCH_QUERY_SECONDS (20 per query kind), BENCH_ROUNDS (4).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ QUERY_KINDS = (  # wrk script kind, what the table calls it, p99 target (ms)
     ("month_1h", "aggregate 30 days at 1h", 10),
     ("latest", "latest, all metrics of a device", 5),
 )
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
 DERIVED = ("telemetry_1m", "telemetry_1h", "telemetry_latest", "alert_state", "alert_events")
 
 
@@ -208,19 +208,23 @@ class RollupCost:
     full: Rounds = field(default_factory=Rounds)
 
     def summary(self) -> str:
-        """The cost from the medians, and taken pair by pair (each round against the raw one just before it,
-        which saw the same machine)."""
-        pairs = statistics.median(1 - f / r for f, r in zip(self.full.rates, self.raw.rates))
+        """The cost from the medians, and taken pair by pair (each round with rollups against the raw one
+        next to it, which saw the same machine), with the pairs' range."""
+        pairs = sorted(1 - f / r for f, r in zip(self.full.rates, self.raw.rates))
         full, raw = (", ".join(f"{r:,.0f}" for r in rounds.rates) for rounds in (self.full, self.raw))
-        return (f"rollups+alerts cost {1 - self.full.rate / self.raw.rate:.0%} (pair by pair {pairs:.0%}), "
-                f"medians of {full} vs {raw}")
+        return (f"rollups+alerts cost {1 - self.full.rate / self.raw.rate:.0%} (pair by pair "
+                f"{statistics.median(pairs):.0%}, pairs {pairs[0]:.0%} to {pairs[-1]:.0%}), medians of {full} vs {raw}")
 
 
 def compare_rollups(env: dict, run_dir: Path, db, client: redis.Redis, pg: Postgres, processes: int) -> RollupCost:
-    """BENCH_ROUNDS rounds of the aggregator without, then with, rollups+alerts, so both see the same machine."""
+    """BENCH_ROUNDS rounds of the aggregator without and with rollups+alerts, so both see the same machine.
+
+    The order alternates (raw first, then full first, ...): whatever drifts through the run (the machine's
+    load, Postgres' checkpoints and autovacuum) then weighs on both kinds alike instead of always on the
+    second round of a pair."""
     cost = RollupCost()
     for round_ in range(ROUNDS):
-        for rollups in (False, True):
+        for rollups in ((False, True) if round_ % 2 == 0 else (True, False)):
             what = "with rollups+alerts" if rollups else "raw only"
             log(f"aggregator round {round_ + 1}/{ROUNDS}, {processes} worker process(es), {what}: "
                 "draining a pre-filled stream")
