@@ -8,6 +8,7 @@ latency figures so they can be read against it.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 UNIT_SECONDS = 0.0005  # about the CPU time of a small API request's own work
@@ -52,7 +53,12 @@ def cpu_noise(seconds: float = 5.0) -> dict:
             "max": times[-1] * 1000, "slow_share": sum(t >= 3 * median for t in times) / len(times)}
 
 
+def describe(got: dict) -> str:
+    return (f"{got['units']} units: p50 {got['p50']:.2f} ms, p99 {got['p99']:.2f} ms, max {got['max']:.2f} ms, "
+            f"{got['slow_share']:.1%} took 3x the median or more")
+
+
 if __name__ == "__main__":
     got = cpu_noise()
-    print(f"{got['units']} units: p50 {got['p50']:.2f} ms, p99 {got['p99']:.2f} ms, max {got['max']:.2f} ms, "
-          f"{got['slow_share']:.1%} took 3x the median or more")
+    # --tsv: the share first, for a shell script's table, then the sentence.
+    print(f"{got['slow_share']:.1%}\t{describe(got)}" if "--tsv" in sys.argv[1:] else describe(got))

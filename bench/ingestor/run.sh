@@ -188,8 +188,7 @@ LOAD_RSS=$(cat "$WORK/rss.max")
 HWM=$(hwm_kib "$APP_PID")
 
 echo "== machine: the same 0.5 ms of CPU work timed again and again (bench/machine.py)"
-MACHINE=$(cd "$ROOT" && python3 -m bench.machine); echo "   $MACHINE"
-SLOW_SHARE=$(sed -n 's/.* \([0-9.]*%\) took 3x.*/\1/p' <<<"$MACHINE")
+IFS=$'\t' read -r SLOW_SHARE MACHINE < <(cd "$ROOT" && python3 -m bench.machine --tsv); echo "   $MACHINE"
 
 D_READINGS=$(awk -v r="$D_RPS" 'BEGIN { printf "%d", r * 100 }')
 RATIO=$(awk -v a="$A_RPS" -v b="$B_RPS" 'BEGIN { printf "%.0f", 100 * a / b }')
