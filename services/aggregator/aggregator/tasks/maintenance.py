@@ -70,13 +70,14 @@ def purge_deleted_devices(batch_rows: int = 50_000) -> int:
                 deleted += cur.rowcount
             cur.execute("DELETE FROM alert_events WHERE device_id = %s AND state = 'resolved'", (device_id,))
             deleted += cur.rowcount
-            # What is left is firing: it waits to be resolved and announced by the next round.
-            cur.execute("SELECT EXISTS (SELECT 1 FROM alert_events WHERE device_id = %s) AS firing", (device_id,))
-            firing = cur.fetchone()["firing"]
             removed += deleted
-            if deleted == 0 and not firing and purge["settled"]:
-                cur.execute("DELETE FROM device_purges WHERE device_id = %s", (device_id,))
-                log.info("purged the telemetry of deleted device %d", device_id)
+            if deleted == 0 and purge["settled"]:
+                # An alert left is firing: the purge waits for it to be resolved and announced next round.
+                cur.execute("""DELETE FROM device_purges WHERE device_id = %(d)s
+                               AND NOT EXISTS (SELECT 1 FROM alert_events WHERE device_id = %(d)s)""",
+                            {"d": device_id})
+                if cur.rowcount:
+                    log.info("purged the telemetry of deleted device %d", device_id)
     if removed >= batch_rows:
         purge_deleted_devices.apply_async(countdown=1)
     return removed
