@@ -4,12 +4,14 @@ raw, aggregate and latest queries over HTTP.
 Prints a table. Everything runs on this machine in one go, so the yardstick (a raw binary COPY of the
 same rows into the same table) shares the conditions of what it measures, and the aggregator runs
 without and with rollups+alerts alternately (BENCH_ROUNDS times each, in ABBA order, medians compared) so
-both see the same machine: with one worker process, then with two as deployed. The query latencies come
-with two floors measured in the same run: a bare WSGI app behind the same gunicorn and nginx, and the
-machine's own CPU jitter (bench/machine.py).
+both see the same machine: with one worker process, then with two as deployed, then as deployed on
+entries of one reading each (as most devices send them). The query latencies come with two floors
+measured in the same run: a bare WSGI app behind the same gunicorn and nginx, and the machine's own CPU
+jitter (bench/machine.py).
 
 Environment: BENCH_ENTRIES (20,000 entries of 100 readings: fewer make the rates swing by 20%),
-BENCH_QUERY_ROWS (10,000,000), BENCH_QUERY_SECONDS (20 per query kind), BENCH_ROUNDS (4).
+BENCH_SINGLE_ENTRIES (300,000 entries of 1 reading), BENCH_QUERY_ROWS (10,000,000), BENCH_QUERY_SECONDS
+(20 per query kind), BENCH_ROUNDS (4).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import psycopg2
 import redis
@@ -39,6 +41,7 @@ from stack.services import Process, bin_dir  # noqa: E402
 
 ADMIN = "bench-admin-token-0123456789"
 ENTRIES = int(os.environ.get("BENCH_ENTRIES", "20000"))
+SINGLE_ENTRIES = int(os.environ.get("BENCH_SINGLE_ENTRIES", "300000"))
 QUERY_ROWS = int(os.environ.get("BENCH_QUERY_ROWS", "10000000"))
 QUERY_SECONDS = int(os.environ.get("BENCH_QUERY_SECONDS", "20"))
 QUERY_SCRIPT = ROOT / "bench" / "query" / "requests.lua"
@@ -62,15 +65,15 @@ def count_rows(db) -> int:
         return cur.fetchone()[0]
 
 
-def stored_readings(client: redis.Redis) -> int:
-    """Readings of the bench's entries (100 each) acknowledged, i.e. committed, by the aggregator."""
+def stored_readings(client: redis.Redis, per_entry: int) -> int:
+    """Readings of the bench's entries (`per_entry` each) acknowledged, i.e. committed, by the aggregator."""
     try:
         groups = client.xinfo_groups("vt:telemetry")
     except redis.ResponseError:
         return 0
     for g in groups:
         if g["name"] in (b"aggregators", "aggregators"):
-            return (int(g.get("entries-read") or 0) - int(g["pending"])) * 100
+            return (int(g.get("entries-read") or 0) - int(g["pending"])) * per_entry
     return 0
 
 
@@ -81,17 +84,42 @@ def bench_entry(n: int, base_ms: int) -> tuple[int, list]:
                          for k in range(10) for m in range(10)]
 
 
-def fill_stream(client: redis.Redis, key: str, entries: int, base_ms: int) -> int:
-    """`entries` entries of 100 readings from 100 devices."""
+def single_entry(n: int, base_ms: int) -> tuple[int, list]:
+    """The n-th single-reading entry: each of 1,000 devices sends metric_0 once a second."""
+    return 1 + n % 1000, [["metric_0", base_ms + n, round(random.uniform(-50, 50), 3)]]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the pre-filled stream holds: `entries` entries of `per_entry` readings from `devices` devices,
+    `entry(n, base_ms)` the n-th, its times advancing `ms_per_entry` per entry on average."""
+    name: str
+    entries: int
+    per_entry: int
+    devices: int
+    ms_per_entry: int
+    entry: Callable[[int, int], tuple[int, list]]
+
+    @property
+    def readings(self) -> int:
+        return self.entries * self.per_entry
+
+
+BATCHED = Shape("entries of 100 readings", ENTRIES, 100, 100, 100, bench_entry)
+# As the ingestor's (a) sends them: one reading per request, the commonest way devices report.
+SINGLE = Shape("entries of 1 reading", SINGLE_ENTRIES, 1, 1000, 1, single_entry)
+
+
+def fill_stream(client: redis.Redis, key: str, shape: Shape, base_ms: int) -> int:
     pipe = client.pipeline(transaction=False)
-    for n in range(entries):
-        device, readings = bench_entry(n, base_ms)
+    for n in range(shape.entries):
+        device, readings = shape.entry(n, base_ms)
         pipe.xadd(key, {"v": "1", "d": str(device), "r": json.dumps(readings, separators=(",", ":")),
                         "at": str(base_ms)})
         if n % 500 == 499:
             pipe.execute()
     pipe.execute()
-    return entries * 100
+    return shape.readings
 
 
 def _cpu_seconds(roots: list[int]) -> float:
@@ -122,7 +150,7 @@ def _postmaster(pg: Postgres) -> int:
 
 
 def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups: bool = True,
-                     pg: Postgres | None = None, processes: int = 1) -> tuple[float, float]:
+                     pg: Postgres | None = None, processes: int = 1, shape: Shape = BATCHED) -> tuple[float, float]:
     """Readings/s of a Celery worker with `processes` processes draining a pre-filled stream, steady state.
 
     With `rollups`, the worker keeps the rollups, latest values and last_seen_at, and beat evaluates alert
@@ -137,7 +165,7 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups:
         cur.execute(f"TRUNCATE telemetry, {', '.join(DERIVED)}")
         cur.execute("DELETE FROM alert_rules")
         cur.execute("INSERT INTO devices (id, name, type) SELECT i, 'bench-' || i, 'bench' "
-                    "FROM generate_series(1, 100) i ON CONFLICT DO NOTHING")
+                    "FROM generate_series(1, %s) i ON CONFLICT DO NOTHING", (shape.devices,))
         cur.execute("UPDATE devices SET last_seen_at = NULL")
         if rollups:
             cur.execute("""INSERT INTO alert_rules (name, kind, metric, op, threshold, for_seconds, created_at,
@@ -148,8 +176,8 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups:
                            VALUES ('bench quiet', 'inactivity', 60, 'bench')""")
     client.delete("vt:telemetry")
     # Recent readings (the last minutes), which the alert rules (made "an hour ago") evaluate, every one.
-    total = fill_stream(client, "vt:telemetry", ENTRIES, int(time.time() * 1000) - ENTRIES * 100 - 60_000)
-    log(f"stream pre-filled with {ENTRIES} entries ({total} readings)")
+    total = fill_stream(client, "vt:telemetry", shape, int(time.time() * 1000) - shape.entries * shape.ms_per_entry - 60_000)
+    log(f"stream pre-filled with {shape.entries} {shape.name} ({total} readings)")
     agg_env = {**env, "VT_WORKER_CONCURRENCY": str(processes), "VT_DRAIN_INTERVAL_SECONDS": "0.2",
                "VT_ROLLUPS_ENABLED": "true" if rollups else "false"}
     pg_cpu = _cpu_seconds([_postmaster(pg)]) if pg else 0.0
@@ -160,7 +188,7 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups:
         samples = []
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            n = stored_readings(client)  # from Redis: a count(*) every 0.1 s would load Postgres itself
+            n = stored_readings(client, shape.per_entry)  # from Redis: a count(*) every 0.1 s would load Postgres itself
             samples.append((time.perf_counter(), n))
             if n >= total:
                 break
@@ -216,7 +244,8 @@ class RollupCost:
                 f"{statistics.median(pairs):.0%}, pairs {pairs[0]:.0%} to {pairs[-1]:.0%}), medians of {full} vs {raw}")
 
 
-def compare_rollups(env: dict, run_dir: Path, db, client: redis.Redis, pg: Postgres, processes: int) -> RollupCost:
+def compare_rollups(env: dict, run_dir: Path, db, client: redis.Redis, pg: Postgres, processes: int,
+                    shape: Shape = BATCHED) -> RollupCost:
     """BENCH_ROUNDS rounds of the aggregator without and with rollups+alerts, so both see the same machine.
 
     The order alternates (raw first, then full first, ...): whatever drifts through the run (the machine's
@@ -226,9 +255,9 @@ def compare_rollups(env: dict, run_dir: Path, db, client: redis.Redis, pg: Postg
     for round_ in range(ROUNDS):
         for rollups in ((False, True) if round_ % 2 == 0 else (True, False)):
             what = "with rollups+alerts" if rollups else "raw only"
-            log(f"aggregator round {round_ + 1}/{ROUNDS}, {processes} worker process(es), {what}: "
-                "draining a pre-filled stream")
-            rate, cpu = bench_aggregator(env, run_dir, db, client, rollups, pg, processes)
+            log(f"aggregator round {round_ + 1}/{ROUNDS}, {processes} worker process(es), {shape.name}, "
+                f"{what}: draining a pre-filled stream")
+            rate, cpu = bench_aggregator(env, run_dir, db, client, rollups, pg, processes, shape)
             rounds = cost.full if rollups else cost.raw
             rounds.rates.append(rate)
             rounds.cpus.append(cpu)
@@ -372,6 +401,7 @@ def main() -> int:
         log(f"raw COPY: {copy_rate:,.0f} readings/s")
         single = compare_rollups(env, run_dir, db, client, pg, processes=1)
         deployed = compare_rollups(env, run_dir, db, client, pg, processes=2)
+        one_reading = compare_rollups(env, run_dir, db, client, pg, processes=2, shape=SINGLE)
         results += [
             ("raw binary COPY into telemetry (yardstick)", f"{copy_rate:,.0f} readings/s", ""),
             ("aggregator, 1 worker process, raw rows only", f"{single.raw.rate:,.0f} readings/s",
@@ -382,6 +412,10 @@ def main() -> int:
             ("aggregator as deployed (2 worker processes), raw only", f"{deployed.raw.rate:,.0f} readings/s", ""),
             ("aggregator as deployed (2 worker processes), rollups+alerts", f"{deployed.full.rate:,.0f} readings/s",
              f"{deployed.summary()} (target <= 20%)"),
+            ("as deployed, entries of 1 reading (1,000 devices), raw only", f"{one_reading.raw.rate:,.0f} readings/s",
+             "as the ingestor's (a) sends them"),
+            ("as deployed, entries of 1 reading (1,000 devices), rollups+alerts",
+             f"{one_reading.full.rate:,.0f} readings/s", one_reading.summary()),
             ("aggregator CPU (worker+beat+Postgres) per 1M readings",
              f"{single.full.cpu:.1f} s vs {single.raw.cpu:.1f} s raw only",
              f"1 process; rollups+alerts cost {single.full.cpu / single.raw.cpu - 1:.0%} more CPU; "

@@ -142,8 +142,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Raw telemetry kept this many days; older readings are refused."),
     Setting("VT_PARTITIONS_AHEAD_DAYS", "3", _int(1, 60), frozenset({"aggregator", "migrate"}),
             "Daily telemetry partitions created ahead of time."),
-    Setting("VT_BATCH_ENTRIES", "1000", _int(1, 100000), frozenset({"aggregator"}),
-            "Most stream entries read in one batch (one Postgres transaction)."),
+    Setting("VT_BATCH_ENTRIES", "10000", _int(1, 100000), frozenset({"aggregator"}),
+            "Most stream entries read in one batch (one Postgres transaction); entries of one reading need many "
+            "per batch for their rollups to be cheap."),
     Setting("VT_BATCH_READINGS", "50000", _int(1, 1000000), frozenset({"aggregator"}),
             "Readings a batch aims at; the entries read per batch follow the entries' average size."),
     Setting("VT_DRAIN_BUDGET_SECONDS", "10", _float(0.1), frozenset({"aggregator"}),
