@@ -176,7 +176,8 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups:
                            VALUES ('bench quiet', 'inactivity', 60, 'bench')""")
     client.delete("vt:telemetry")
     # Recent readings (the last minutes), which the alert rules (made "an hour ago") evaluate, every one.
-    total = fill_stream(client, "vt:telemetry", shape, int(time.time() * 1000) - shape.entries * shape.ms_per_entry - 60_000)
+    start_ms = int(time.time() * 1000) - shape.entries * shape.ms_per_entry - 60_000
+    total = fill_stream(client, "vt:telemetry", shape, start_ms)
     log(f"stream pre-filled with {shape.entries} {shape.name} ({total} readings)")
     agg_env = {**env, "VT_WORKER_CONCURRENCY": str(processes), "VT_DRAIN_INTERVAL_SECONDS": "0.2",
                "VT_ROLLUPS_ENABLED": "true" if rollups else "false"}
@@ -188,7 +189,8 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups:
         samples = []
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            n = stored_readings(client, shape.per_entry)  # from Redis: a count(*) every 0.1 s would load Postgres itself
+            # From Redis: a count(*) every 0.1 s would load Postgres itself.
+            n = stored_readings(client, shape.per_entry)
             samples.append((time.perf_counter(), n))
             if n >= total:
                 break
