@@ -129,7 +129,7 @@ def test_without_rollups_only_raw_rows_are_written(db, postgres, base_env, devic
     try:
         plain = TelemetryStorage(conn, rollups=False)
         entry = Entry("1-0", device, [["t", _now_minute(), 1.0]], int(time.time() * 1000))
-        plain.store([encode_entry(entry, -10**9, 10**9, rollup=False)])
+        plain.store([encode_entry(entry, -10**9, 10**9)])
     finally:
         conn.close()
     assert len(_from_raw(db, device, "1 minute")) == 1

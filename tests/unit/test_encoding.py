@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from aggregator.copy_encoding import PG_EPOCH_MS, encode_entry
+from aggregator.copy_encoding import PG_EPOCH_MS, encode_entry, fold_rollups
 from visiontrack.stream import Entry, PoisonEntry, decode_entry, encode_entry as encode_stream_entry
 from visiontrack.stream import shard_key_for
 
@@ -30,6 +30,22 @@ def test_stream_entry_round_trip_is_small_and_exact():
 def test_unreadable_entries_are_poison_with_a_reason(fields, reason):
     with pytest.raises(PoisonEntry, match=reason):
         decode_entry("1-0", fields)
+
+
+def test_a_batch_folds_into_one_partial_per_device_metric_and_minute():
+    minute = 29_929_140  # a UTC minute since the epoch
+    at = minute * 60_000
+    batch = [encode_entry(Entry(f"{i}-0", device, readings, 0), -10**9, 10**9) for i, (device, readings) in
+             enumerate([(1, [["t", at + 5_000, 2.0], ["h", at + 5_000, 40]]),
+                        (1, [["t", at + 1_000, 5.0]]),  # older, arriving later: not the newest
+                        (1, [["t", at + 9_000, -1.0], ["t", at + 60_000, 7.0]]),  # the second: the next minute
+                        (2, [["t", at + 2_000, 3.0]])])]
+    assert fold_rollups(batch) == {
+        (1, "t", minute): [3, 6.0, -1.0, 5.0, at + 9_000, -1.0],
+        (1, "h", minute): [1, 40, 40, 40, at + 5_000, 40],
+        (1, "t", minute + 1): [1, 7.0, 7.0, 7.0, at + 60_000, 7.0],
+        (2, "t", minute): [1, 3.0, 3.0, 3.0, at + 2_000, 3.0],
+    }
 
 
 def test_copy_rows_carry_device_metric_microseconds_and_value():

@@ -1,10 +1,8 @@
 """Stream entries as rows of Postgres' binary COPY format, checked in the same pass.
 
 Binary COPY spares Postgres parsing text timestamps and spares Python formatting them: a reading becomes
-one struct pack. Anything that cannot be stored raises PoisonEntry for its whole entry.
-
-The same pass folds the readings into per-(metric, UTC minute) partial rollups (count, sum, min, max and
-the newest reading), which the storage merges per batch and writes when every row was inserted.
+one struct pack. Anything that cannot be stored raises PoisonEntry for its whole entry. The 1-minute rollup
+rows of a batch (`fold_rollups`, from entries that passed) are written in the same format.
 """
 from __future__ import annotations
 
@@ -50,19 +48,15 @@ class EncodedEntry:
     count: int
     first_day: int  # UTC days (days since the epoch) of the earliest and latest reading
     last_day: int
-    # (metric, UTC minute since the epoch) -> Partial; None when rollups are off
-    rollup: dict[tuple[str, int], Partial] | None = None
 
 
-def encode_entry(entry: Entry, min_day: int, max_day: int, rollup: bool = True) -> EncodedEntry:
+def encode_entry(entry: Entry, min_day: int, max_day: int) -> EncodedEntry:
     """Encode one entry's readings; days outside [min_day, max_day] make the entry poison."""
     device_id = entry.device_id
     packers = _row_packers
     rows: list[bytes] = []
     append = rows.append
     lo, hi = 1 << 62, -(1 << 62)
-    groups: dict[tuple[str, int], Partial] | None = {} if rollup else None
-    group = groups.get if rollup else None
     try:
         for metric, ts_ms, value in entry.readings:
             if type(ts_ms) is not int:
@@ -75,21 +69,6 @@ def encode_entry(entry: Entry, min_day: int, max_day: int, rollup: bool = True) 
                 lo = ts_ms
             if ts_ms > hi:
                 hi = ts_ms
-            if group is not None:
-                key = (metric, ts_ms // MINUTE_MS)
-                part = group(key)
-                if part is None:
-                    groups[key] = [1, value, value, value, ts_ms, value]
-                else:
-                    part[0] += 1
-                    part[1] += value
-                    if value < part[2]:
-                        part[2] = value
-                    if value > part[3]:
-                        part[3] = value
-                    if ts_ms >= part[4]:
-                        part[4] = ts_ms
-                        part[5] = value
     except (TypeError, ValueError, OverflowError, struct.error) as exc:
         if isinstance(exc, PoisonEntry):
             raise
@@ -97,7 +76,33 @@ def encode_entry(entry: Entry, min_day: int, max_day: int, rollup: bool = True) 
     first_day, last_day = lo // DAY_MS, hi // DAY_MS
     if first_day < min_day or last_day > max_day:
         raise PoisonEntry("timestamp outside the storable range (retention or future skew)")
-    return EncodedEntry(entry, b"".join(rows), len(rows), first_day, last_day, groups)
+    return EncodedEntry(entry, b"".join(rows), len(rows), first_day, last_day)
+
+
+def fold_rollups(batch: list[EncodedEntry]) -> dict[tuple[int, str, int], Partial]:
+    """The batch's readings folded per (device, metric, UTC minute since the epoch), in one pass straight
+    into the batch's partials: an entry of one reading (the commonest) costs one dict probe, not a partial
+    of its own merged afterwards. The entries were checked when they were encoded."""
+    merged: dict[tuple[int, str, int], Partial] = {}
+    get = merged.get
+    for encoded in batch:
+        device_id = encoded.entry.device_id
+        for metric, ts_ms, value in encoded.entry.readings:
+            key = (device_id, metric, ts_ms // MINUTE_MS)
+            part = get(key)
+            if part is None:
+                merged[key] = [1, value, value, value, ts_ms, value]
+                continue
+            part[0] += 1
+            part[1] += value
+            if value < part[2]:
+                part[2] = value
+            if value > part[3]:
+                part[3] = value
+            if ts_ms >= part[4]:
+                part[4] = ts_ms
+                part[5] = value
+    return merged
 
 
 # Rows of the per-batch rollup staging table, binary COPY: device_id int8, metric text, bucket timestamptz,

@@ -78,8 +78,7 @@ class Pipeline:
         batch = Batch(raw, [], [])
         for entry_id, fields in raw:
             try:
-                batch.good.append(encode_entry(decode_entry(entry_id, fields), min_day, max_day,
-                                              self.storage.rollups))
+                batch.good.append(encode_entry(decode_entry(entry_id, fields), min_day, max_day))
             except PoisonEntry as exc:
                 batch.poison.append((entry_id, fields, str(exc)))
         if batch.good:  # follow the entries' size, so a batch stays near batch_readings

@@ -7,8 +7,8 @@ makes COPY fail; only then the batch takes the slow path: COPY into a temporary 
 In the same transaction, from the rows really inserted only (so a redelivered batch changes nothing):
 the 1-minute and 1-hour rollups (additive upserts), the latest value per device and metric (only moving
 forward) and each device's `last_seen_at` (once per batch per device). On the fast path every row went in,
-so the rollups are the partials computed while encoding, merged per batch in Python; on the slow path they
-are aggregated in SQL from what `INSERT ... RETURNING` returned. Either way they reach the rollup tables
+so the rollups are the batch's readings folded in Python (`fold_rollups`); on the slow path they are
+aggregated in SQL from what `INSERT ... RETURNING` returned. Either way they reach the rollup tables
 through one small staging table (`rollup_incoming`), and the 1-hour rollups are derived from the batch's
 1-minute deltas, never from raw rows.
 """
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import psycopg2
 import psycopg2.errors
 
-from .copy_encoding import COPY_HEADER, COPY_TRAILER, DAY_MS, EncodedEntry, encode_rollup_row
+from .copy_encoding import COPY_HEADER, COPY_TRAILER, DAY_MS, EncodedEntry, encode_rollup_row, fold_rollups
 
 log = logging.getLogger("aggregator.storage")
 
@@ -166,28 +166,9 @@ def copy_in(cur, sql: str, payload: bytes) -> None:
 
 
 def _rollup_payload(batch: list[EncodedEntry]) -> bytes:
-    """The batch's partial rollups merged per (device, metric, minute), as binary COPY rows."""
-    merged: dict[tuple[int, str, int], list] = {}
-    get = merged.get
-    for encoded in batch:
-        device_id = encoded.entry.device_id
-        for (metric, minute), part in encoded.rollup.items():
-            key = (device_id, metric, minute)
-            into = get(key)
-            if into is None:
-                merged[key] = part.copy()  # the entry's own partial stays intact for a retry
-                continue
-            into[0] += part[0]
-            into[1] += part[1]
-            if part[2] < into[2]:
-                into[2] = part[2]
-            if part[3] > into[3]:
-                into[3] = part[3]
-            if part[4] >= into[4]:
-                into[4] = part[4]
-                into[5] = part[5]
+    """The batch's 1-minute partial rollups as binary COPY rows."""
     rows = [encode_rollup_row(device_id, metric, minute, part)
-            for (device_id, metric, minute), part in merged.items()]
+            for (device_id, metric, minute), part in fold_rollups(batch).items()]
     return COPY_HEADER + b"".join(rows) + COPY_TRAILER
 
 
