@@ -21,7 +21,7 @@ from visiontrack.stream import PoisonEntry, decode_entry
 from . import metrics
 from .consumer import Raw, StreamConsumer
 from .copy_encoding import DAY_MS, EncodedEntry, encode_entry
-from .storage import TelemetryStorage
+from .storage import TelemetryStorage, rollup_payload
 
 log = logging.getLogger("aggregator.pipeline")
 
@@ -52,6 +52,7 @@ class Batch:
     raw: list[Raw]
     good: list[EncodedEntry]
     poison: list[tuple[str, dict, str]]
+    rollup_rows: bytes | None = None  # the good entries' rollups, folded while the previous batch is stored
 
 
 @dataclass
@@ -84,6 +85,8 @@ class Pipeline:
         if batch.good:  # follow the entries' size, so a batch stays near batch_readings
             size = sum(e.count for e in batch.good) / len(batch.good)
             self._readings_per_entry = 0.7 * self._readings_per_entry + 0.3 * size
+            if self.storage.rollups:
+                batch.rollup_rows = rollup_payload(batch.good)
         return batch
 
     def store(self, batch: Batch) -> DrainResult:
@@ -93,7 +96,7 @@ class Pipeline:
             return result
         started = time.perf_counter()
         try:
-            stored = self.storage.store(batch.good)
+            stored = self.storage.store(batch.good, batch.rollup_rows)
             result.readings, result.inserted = stored.readings, stored.inserted
         except TRANSIENT:
             raise

@@ -106,16 +106,21 @@ class TelemetryStorage:
             self.conn.autocommit = False
         self.known_days |= missing
 
-    def store(self, batch: list[EncodedEntry]) -> StoreResult:
-        """Write the batch and commit; raise (after rollback) if it cannot be written as a whole."""
+    def store(self, batch: list[EncodedEntry], rollup_rows: bytes | None = None) -> StoreResult:
+        """Write the batch and commit; raise (after rollback) if it cannot be written as a whole.
+
+        `rollup_rows`: the batch's `rollup_payload`, when the caller made it ahead (off the thread that
+        waits for Postgres); made here otherwise."""
+        if self.rollups and rollup_rows is None:
+            rollup_rows = rollup_payload(batch)
         try:
-            return self._store(batch)
+            return self._store(batch, rollup_rows)
         except psycopg2.errors.CheckViolation:
             # "no partition for row": a partition this process knew of was dropped (retention). Look again.
             self.known_days.clear()
-            return self._store(batch)
+            return self._store(batch, rollup_rows)
 
-    def _store(self, batch: list[EncodedEntry]) -> StoreResult:
+    def _store(self, batch: list[EncodedEntry], rollup_rows: bytes | None) -> StoreResult:
         self.ensure_partitions(set().union(*(range(e.first_day, e.last_day + 1) for e in batch)))
         payload = COPY_HEADER + b"".join(e.rows for e in batch) + COPY_TRAILER
         total = sum(e.count for e in batch)
@@ -129,7 +134,7 @@ class TelemetryStorage:
                     copy_in(cur, COPY_TELEMETRY, payload)
                     inserted = total
                     if self.rollups:
-                        copy_in(cur, _COPY_ROLLUP, _rollup_payload(batch))
+                        copy_in(cur, _COPY_ROLLUP, rollup_rows)
                 except psycopg2.errors.UniqueViolation:
                     cur.execute("ROLLBACK TO SAVEPOINT fast_path")
                     inserted = self._deduplicating_insert(cur, payload)
@@ -165,8 +170,8 @@ def copy_in(cur, sql: str, payload: bytes) -> None:
     cur.copy_expert(sql, io.BytesIO(payload), size=max(len(payload), 8192))
 
 
-def _rollup_payload(batch: list[EncodedEntry]) -> bytes:
-    """The batch's 1-minute partial rollups as binary COPY rows."""
+def rollup_payload(batch: list[EncodedEntry]) -> bytes:
+    """The batch's 1-minute partial rollups as binary COPY rows (for the fast path, where every row goes in)."""
     rows = [encode_rollup_row(device_id, metric, minute, part)
             for (device_id, metric, minute), part in fold_rollups(batch).items()]
     return COPY_HEADER + b"".join(rows) + COPY_TRAILER
