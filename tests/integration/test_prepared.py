@@ -71,6 +71,22 @@ def test_inside_a_transaction_nothing_is_prepared(conn):
     assert _prepared_statements(conn) == []
 
 
+def test_a_connection_first_used_inside_a_transaction_still_prepares_generic_plans(conn):
+    params = {"k": 1, "label": "g", "n": 3, "odd": 1}
+    conn.autocommit = False
+    with conn.cursor() as cur:
+        prepared.execute(cur, SQL, params)
+        cur.fetchall()
+    conn.rollback()
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for _ in range(3):
+            prepared.execute(cur, SQL, params)
+            assert cur.fetchall() == [(1, "g"), (3, "g")]
+    [(_, generic, custom)] = _prepared_statements(conn)
+    assert (generic, custom) == (3, 0)
+
+
 def test_past_the_cap_statements_run_plain(conn, monkeypatch):
     monkeypatch.setattr(prepared, "MAX_PER_CONNECTION", 2)
     with conn.cursor() as cur:

@@ -8,8 +8,9 @@ mode Postgres keeps choosing custom plans for it, each planned afresh, so the mo
 
 `execute` takes the statement as psycopg2 does (%(name)s placeholders, a dict of values) and prepares each
 distinct text on first use. Plain statements run instead for: a statement Postgres cannot prepare (a
-parameter whose type it cannot infer), every text past MAX_PER_CONNECTION, anything inside a transaction,
-and everything on a connection whose server forgot a statement it had prepared.
+parameter whose type it cannot infer), every text past MAX_PER_CONNECTION, a text not yet prepared when
+the call is inside a transaction (it is prepared at its first call outside one), and everything on a
+connection whose server forgot a statement it had prepared.
 
 Each placeholder must stand where its type is plain: compared with a column, or cast. A bare
 `SELECT %(v)s` would prepare with v as text, and an integer would come back as a string.
@@ -43,7 +44,9 @@ def execute(cur, sql: str, params: dict) -> None:
     """cur.execute(sql, params), through a statement prepared on cur's connection."""
     prepared = _statements.setdefault(cur.connection, {})
     statement = prepared.get(sql) if prepared is not None else _UNPREPARABLE
-    if statement is None:
+    if statement is None and not cur.connection.autocommit:
+        statement = _UNPREPARABLE  # a failed PREPARE would abort the caller's transaction: plain, this time
+    elif statement is None:
         statement = _prepare(cur, sql) if len(prepared) < MAX_PER_CONNECTION else _UNPREPARABLE
         prepared[sql] = statement
     if statement is _UNPREPARABLE:
@@ -69,13 +72,11 @@ def _prepare(cur, sql: str) -> _Prepared:
             order.append(name)
         return f"${order.index(name) + 1}"
 
-    if not cur.connection.autocommit:
-        return _UNPREPARABLE  # a failed PREPARE would abort the caller's transaction
     name = f"vt_{next(_names)}"
     try:
-        if not _statements[cur.connection]:  # the connection's first statement: set the session's mode
-            cur.execute("SET plan_cache_mode = force_generic_plan")
-        cur.execute(f"PREPARE {name} AS {_PLACEHOLDER.sub(number, sql)}")
+        # The session's mode goes with every PREPARE (one round trip): whatever this connection ran before,
+        # its prepared statements run with generic plans.
+        cur.execute(f"SET plan_cache_mode = force_generic_plan; PREPARE {name} AS {_PLACEHOLDER.sub(number, sql)}")
     except psycopg2.ProgrammingError:  # e.g. "could not determine data type of parameter"
         return _UNPREPARABLE
     arguments = ", ".join(["%s"] * len(order))
