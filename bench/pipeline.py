@@ -268,7 +268,7 @@ def compare_rollups(env: dict, run_dir: Path, db, client: redis.Redis, pg: Postg
 
 
 def bench_copy(db) -> float:
-    """Readings/s of a raw binary COPY of the same shape of rows into the same (emptied) table."""
+    """Readings/s of a raw binary COPY of the rows of BATCHED's entries into the same (emptied) table."""
     from aggregator.copy_encoding import COPY_HEADER, COPY_TRAILER, encode_entry
     from aggregator.storage import COPY_TELEMETRY, copy_in
     from visiontrack.stream import Entry
@@ -277,8 +277,8 @@ def bench_copy(db) -> float:
         cur.execute("TRUNCATE telemetry")
     base_ms = int(time.time() * 1000) - 6 * 3_600_000
     rows = []
-    for n in range(ENTRIES):
-        device, readings = bench_entry(n, base_ms)
+    for n in range(BATCHED.entries):
+        device, readings = BATCHED.entry(n, base_ms)
         rows.append(encode_entry(Entry(str(n), device, readings, base_ms), -10**9, 10**9).rows)
     payload = COPY_HEADER + b"".join(rows) + COPY_TRAILER
     db.autocommit = False
@@ -288,7 +288,7 @@ def bench_copy(db) -> float:
     db.commit()
     elapsed = time.perf_counter() - started
     db.autocommit = True
-    return ENTRIES * 100 / elapsed
+    return BATCHED.readings / elapsed
 
 
 def load_query_table(db, rows: int) -> tuple[int, int]:
@@ -401,15 +401,15 @@ def main() -> int:
         log("raw COPY yardstick")
         copy_rate = bench_copy(db)
         log(f"raw COPY: {copy_rate:,.0f} readings/s")
-        single = compare_rollups(env, run_dir, db, client, pg, processes=1)
+        one_process = compare_rollups(env, run_dir, db, client, pg, processes=1)
         deployed = compare_rollups(env, run_dir, db, client, pg, processes=2)
         one_reading = compare_rollups(env, run_dir, db, client, pg, processes=2, shape=SINGLE)
         results += [
             ("raw binary COPY into telemetry (yardstick)", f"{copy_rate:,.0f} readings/s", ""),
-            ("aggregator, 1 worker process, raw rows only", f"{single.raw.rate:,.0f} readings/s",
-             f"{single.raw.rate / copy_rate:.0%} of COPY (target >= 80,000/s and >= 65%)"),
-            ("aggregator, 1 worker process, rollups+alerts", f"{single.full.rate:,.0f} readings/s",
-             f"{single.full.rate / copy_rate:.0%} of COPY; {single.summary()}; alert evaluations and the drain "
+            ("aggregator, 1 worker process, raw rows only", f"{one_process.raw.rate:,.0f} readings/s",
+             f"{one_process.raw.rate / copy_rate:.0%} of COPY (target >= 80,000/s and >= 65%)"),
+            ("aggregator, 1 worker process, rollups+alerts", f"{one_process.full.rate:,.0f} readings/s",
+             f"{one_process.full.rate / copy_rate:.0%} of COPY; {one_process.summary()}; alert evaluations and the drain "
              "take turns in the one process"),
             ("aggregator as deployed (2 worker processes), raw only", f"{deployed.raw.rate:,.0f} readings/s", ""),
             ("aggregator as deployed (2 worker processes), rollups+alerts", f"{deployed.full.rate:,.0f} readings/s",
@@ -419,8 +419,8 @@ def main() -> int:
             ("as deployed, entries of 1 reading (1,000 devices), rollups+alerts",
              f"{one_reading.full.rate:,.0f} readings/s", one_reading.summary()),
             ("aggregator CPU (worker+beat+Postgres) per 1M readings",
-             f"{single.full.cpu:.1f} s vs {single.raw.cpu:.1f} s raw only",
-             f"1 process; rollups+alerts cost {single.full.cpu / single.raw.cpu - 1:.0%} more CPU; "
+             f"{one_process.full.cpu:.1f} s vs {one_process.raw.cpu:.1f} s raw only",
+             f"1 process; rollups+alerts cost {one_process.full.cpu / one_process.raw.cpu - 1:.0%} more CPU; "
              f"2 processes: {deployed.full.cpu:.1f} s vs {deployed.raw.cpu:.1f} s"),
         ]
         log(f"loading {QUERY_ROWS:,} rows for the range queries")

@@ -64,7 +64,9 @@ def _readings(cur, device: int, values: list[float], rollup: tuple[float, float]
 
 
 def _evaluate(conn) -> None:
-    assert Evaluator(conn).run() is not None
+    """One evaluation of every rule. Nothing else evaluates on this database, so it never finds the lock
+    taken; each test's outcome (alerts, or the state row) shows that it ran."""
+    Evaluator(conn).run()
 
 
 def _alerts(cur, rule: int) -> list[tuple]:
