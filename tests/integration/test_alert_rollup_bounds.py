@@ -11,6 +11,7 @@ import uuid
 
 import psycopg2
 import pytest
+from prometheus_client import REGISTRY
 
 from aggregator.alerting import COULD_HOLD, OPS, Evaluator
 from stack.services import Process
@@ -69,6 +70,11 @@ def _evaluate(conn) -> None:
     Evaluator(conn).run()
 
 
+def _devices_counted() -> dict[str, float]:
+    return {path: REGISTRY.get_sample_value("visiontrack_aggregator_alert_devices_total", {"path": path})
+            for path in ("walked", "passed_over")}
+
+
 def _alerts(cur, rule: int) -> list[tuple]:
     cur.execute("SELECT state, value FROM alert_events WHERE rule_id = %s ORDER BY id", (rule,))
     return cur.fetchall()
@@ -85,9 +91,12 @@ def test_a_device_whose_rollups_rule_the_condition_out_is_not_walked(eval_db):
     with eval_db.cursor() as cur:
         device, rule = _device_and_rule(cur)
         _readings(cur, device, [10.0, 99.0, 12.0], rollup=(10.0, 12.0))  # the rollup hides the 99
+        before = _devices_counted()
         _evaluate(eval_db)
         assert _alerts(cur, rule) == []
         assert _state(cur, rule, device) == (True, None)  # the watermark moved to the latest reading
+        after = _devices_counted()
+        assert (after["passed_over"] - before["passed_over"], after["walked"] - before["walked"]) == (1, 0)
 
 
 @pytest.mark.parametrize("rollup", [(10.0, 99.0), None], ids=["rollups-say-it-could-hold", "no-rollup-rows"])
@@ -95,8 +104,11 @@ def test_a_device_whose_rollups_allow_the_condition_is_walked(eval_db, rollup):
     with eval_db.cursor() as cur:
         device, rule = _device_and_rule(cur)
         _readings(cur, device, [10.0, 99.0, 12.0], rollup=rollup)
+        before = _devices_counted()
         _evaluate(eval_db)
         assert _alerts(cur, rule) == [("resolved", 99.0)]  # fired at the 99, resolved at the 12
+        after = _devices_counted()
+        assert (after["passed_over"] - before["passed_over"], after["walked"] - before["walked"]) == (0, 1)
 
 
 def test_a_hold_under_way_is_walked_whatever_the_rollups_say(eval_db):

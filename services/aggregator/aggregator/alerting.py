@@ -48,7 +48,7 @@ import psycopg2.extras
 
 from visiontrack.web.timefmt import EPOCH, format_ts, from_ms
 
-from .metrics import ALERT_CHANGES, WEBHOOK_OUTBOX
+from .metrics import ALERT_CHANGES, ALERT_DEVICES, WEBHOOK_OUTBOX
 
 log = logging.getLogger("aggregator.alerting")
 
@@ -196,11 +196,18 @@ class Evaluator:
                             INSERT INTO alert_state (rule_id, device_id, watermark, since)
                             SELECT %(rule)s, device_id, latest, NULL FROM candidate WHERE NOT to_walk
                             ON CONFLICT (rule_id, device_id) DO UPDATE SET watermark = excluded.watermark,
-                                                                           since = NULL)
-                        SELECT device_id, watermark, since, firing FROM candidate WHERE to_walk""",
+                                                                           since = NULL
+                            RETURNING 1)
+                        -- One row at least, so the count comes back when no device is to be walked.
+                        SELECT c.device_id, c.watermark, c.since, c.firing, p.n AS passed_over
+                        FROM (SELECT count(*) AS n FROM passed_over) p
+                        LEFT JOIN candidate c ON c.to_walk""",
                     {**params, "start": rule["updated_at"] - LOOKBACK, "window": ROLLUP_BOUND_WINDOW,
                      "threshold": rule["threshold"]})
-        devices = {r["device_id"]: r for r in cur.fetchall()}
+        rows = cur.fetchall()
+        devices = {r["device_id"]: r for r in rows if r["device_id"] is not None}
+        ALERT_DEVICES.labels("passed_over").inc(rows[0]["passed_over"])
+        ALERT_DEVICES.labels("walked").inc(len(devices))
         return self._walk(cur, rule, devices) if devices else []
 
     def _walk(self, cur, rule: dict, devices: dict[int, dict]) -> list[dict]:

@@ -35,6 +35,9 @@ LAST_BATCH = Gauge("visiontrack_aggregator_last_batch_timestamp_seconds",
                    "When a batch was last stored and acknowledged (Unix time).", multiprocess_mode="max")
 # Alert evaluation and notification (aggregator.alerting, aggregator.tasks.alerts).
 ALERT_CHANGES = Counter("visiontrack_aggregator_alerts_total", "Alerts fired and resolved.", ["state"])
+ALERT_DEVICES = Counter("visiontrack_aggregator_alert_devices_total",
+                        "Devices with new readings looked at by threshold rule evaluations: walked (their new "
+                        "readings read) or passed_over (their 1-minute rollups ruled the condition out).", ["path"])
 WEBHOOK_CALLS = Counter("visiontrack_aggregator_webhook_calls_total", "Alert webhook calls, by outcome.",
                         ["outcome"])
 WEBHOOK_OUTBOX = Counter("visiontrack_aggregator_webhook_outbox_total",
@@ -50,6 +53,8 @@ for _outcome in ("inserted", "duplicate"):
     READINGS.labels(_outcome)
 for _state in ("firing", "resolved"):
     ALERT_CHANGES.labels(_state)
+for _path in ("walked", "passed_over"):
+    ALERT_DEVICES.labels(_path)
 for _outcome in ("delivered", "retried", "failed", "refused"):
     WEBHOOK_CALLS.labels(_outcome)
 for _event in ("written", "swept", "skipped", "gave_up"):

@@ -146,19 +146,20 @@ def get_aggregate(args):
                   "tz": args["tz"], "items": items})
 
 
+_LATEST = "SELECT metric, ts, value FROM telemetry_latest WHERE device_id = %(d)s "
+
+
 @blp.route("/latest")
 @blp.arguments(LatestArgsSchema(), location="query")
 @blp.response(200, LatestSchema)
 def get_latest(args):
     """The newest reading of each metric of a device (or of one metric)."""
     svc = services()
+    one_metric = args["metric"] is not None
     with svc.db.read() as cur:
-        if args["metric"] is None:
-            prepared.execute(cur, "SELECT metric, ts, value FROM telemetry_latest WHERE device_id = %(d)s "
-                                  "ORDER BY metric", {"d": args["device_id"]})
-        else:
-            prepared.execute(cur, "SELECT metric, ts, value FROM telemetry_latest WHERE device_id = %(d)s "
-                                  "AND metric = %(m)s", {"d": args["device_id"], "m": args["metric"]})
+        # Two texts, each with its own generic plan: one index probe for a metric, a range for all of them.
+        prepared.execute(cur, _LATEST + ("AND metric = %(m)s" if one_metric else "ORDER BY metric"),
+                         {"d": args["device_id"], "m": args["metric"]})
         rows = cur.fetchall()
         if not rows:
             cur.execute("SELECT 1 FROM devices WHERE id = %s", (args["device_id"],))
