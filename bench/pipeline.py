@@ -383,6 +383,10 @@ def measure_floor(env: dict, run_dir: Path, start_ms: int, end_ms: int) -> dict:
         terminate(proc, 20)
 
 
+def _rows(n: int) -> str:
+    return f"{n / 1e6:.0f}M" if n >= 1_000_000 else f"{n:,}"
+
+
 def main() -> int:
     run_dir = scratch_dir("vt-bench-")
     pg = Postgres(run_dir / "pg", free_port(), run_dir / "logs" / "postgres.log")
@@ -432,7 +436,7 @@ def main() -> int:
         noise = cpu_noise()
         for kind, what, target in QUERY_KINDS:
             got = latencies[kind]
-            results.append((f"{what}, {QUERY_ROWS / 1e6:.0f}M rows, via nginx",
+            results.append((f"{what}, {_rows(QUERY_ROWS)} rows, via nginx",
                             f"p50 {got['p50']:.2f} ms, p99 {got['p99']:.2f} ms",
                             f"{got['requests']:,} sequential requests from wrk (target p99 < {target} ms)"))
         results += [

@@ -1,7 +1,8 @@
 """The test harness: real Postgres, Redis, gunicorn, Celery and nginx on free ports, started per session.
 
 Layers (markers): unit (no servers), integration (real servers and processes), e2e (over HTTP through
-nginx, routed like the Ingress), chart (the Helm chart, rendered and validated offline).
+nginx, routed like the Ingress), chart (the Helm chart, rendered and validated offline), bench (the
+benchmark harnesses at toy sizes).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ READER_TOKEN = "test-reader-token-0123456789"
 def pytest_collection_modifyitems(config, items):
     for item in items:
         layer = Path(item.fspath).relative_to(ROOT / "tests").parts[0]
-        if layer in ("unit", "integration", "e2e", "chart", "contract"):
+        if layer in ("unit", "integration", "e2e", "chart", "contract", "bench"):
             item.add_marker(getattr(pytest.mark, "unit" if layer == "contract" else layer))
 
 

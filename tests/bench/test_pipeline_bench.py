@@ -1,0 +1,59 @@
+"""`make bench`'s Python side (bench/pipeline.py) run end to end at toy sizes.
+
+The numbers at these sizes mean nothing; what is checked is that the harness still starts everything it
+starts, drains, verifies and queries what it should, and prints every row of its table with a figure. A
+benchmark that broke would otherwise be found only by the next person who needs its numbers.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from bench.pipeline import QUERY_KINDS, RollupCost, Rounds
+from tests.conftest import ROOT
+
+TOY = {"BENCH_ENTRIES": "3000", "BENCH_SINGLE_ENTRIES": "50000", "BENCH_QUERY_ROWS": "20000",
+       "BENCH_QUERY_SECONDS": "1", "BENCH_ROUNDS": "1"}
+
+
+@pytest.fixture(scope="module")
+def table() -> dict[str, tuple[str, str]]:
+    out = subprocess.run([sys.executable, "-m", "bench.pipeline"], cwd=ROOT, env={**os.environ, **TOY},
+                         capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("measure ") and line.endswith("| note"))
+    rows = {}
+    for line in lines[header + 2:]:
+        measure, result, note = (cell.strip() for cell in line.split(" | ", 2))
+        rows[measure] = (result, note)
+    return rows
+
+
+def test_every_row_should_carry_a_figure(table):
+    assert len(table) == 8 + len(QUERY_KINDS) + 2
+    for measure, (result, _) in table.items():
+        assert re.search(r"\d", result), f"{measure}: {result!r}"
+
+
+def test_the_rollup_rows_should_report_their_cost_against_the_target(table):
+    result, note = table["aggregator as deployed (2 worker processes), rollups+alerts"]
+    assert result.endswith("readings/s")
+    assert re.search(r"rollups\+alerts cost -?\d+% \(pair by pair -?\d+%", note) and "(target <= 20%)" in note
+
+
+def test_each_query_kind_should_report_p50_and_p99_against_its_target(table):
+    for _, what, target in QUERY_KINDS:
+        result, note = table[f"{what}, 20,000 rows, via nginx"]
+        assert re.fullmatch(r"p50 \d+\.\d\d ms, p99 \d+\.\d\d ms", result)
+        assert f"(target p99 < {target} ms)" in note
+
+
+def test_the_rollup_cost_should_come_from_the_medians_and_from_the_pairs():
+    cost = RollupCost(raw=Rounds(rates=[100.0, 200.0, 300.0]), full=Rounds(rates=[90.0, 150.0, 270.0]))
+    # medians 150 against 200: 25%; pairs 10%, 25%, 10%: median 10%
+    assert cost.summary().startswith("rollups+alerts cost 25% (pair by pair 10%, pairs 10% to 25%)")
