@@ -6,7 +6,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from visiontrack.web.app import services
-from visiontrack.web.fields import TimeRangeArgs, Timestamp
+from visiontrack.web.fields import ID_RANGE, TimeRangeArgs, Timestamp
 from visiontrack.web.pagination import decode_cursor, encode_cursor
 
 blp = Blueprint("alerts", __name__, url_prefix="/api/alerts", description="Alerts raised by the alert rules")
@@ -18,8 +18,8 @@ def _operators_only():
 
 
 class AlertListArgsSchema(TimeRangeArgs):
-    device_id = fields.Integer(load_default=None, validate=validate.Range(min=1))
-    rule_id = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    device_id = fields.Integer(load_default=None, validate=ID_RANGE)
+    rule_id = fields.Integer(load_default=None, validate=ID_RANGE)
     state = fields.String(load_default=None, validate=validate.OneOf(["firing", "resolved"]))
     from_ = Timestamp(data_key="from", load_default=None,
                       metadata={"description": "Alerts started at or after this time."})

@@ -13,7 +13,7 @@ from marshmallow import Schema, fields, validate
 
 from visiontrack.errors import ApiError
 from visiontrack.web.app import services
-from visiontrack.web.fields import Timestamp
+from visiontrack.web.fields import ID_RANGE, Timestamp
 from visiontrack.web.pagination import decode_cursor, encode_cursor
 
 blp = Blueprint("alert_rules", __name__, url_prefix="/api/alert-rules", description="Alert rules")
@@ -40,7 +40,7 @@ class AlertRuleUpdateSchema(Schema):
     threshold = fields.Float(allow_none=True, allow_nan=False)
     for_seconds = fields.Integer(validate=validate.Range(0, _WEEK))
     after_seconds = fields.Integer(allow_none=True, validate=validate.Range(1, 30 * 86_400))
-    device_id = fields.Integer(allow_none=True, validate=validate.Range(min=1))
+    device_id = fields.Integer(allow_none=True, validate=ID_RANGE)
     device_type = fields.String(allow_none=True, validate=validate.Length(min=1, max=128))
     severity = fields.String(validate=validate.OneOf(SEVERITIES))
     webhook_url = fields.String(allow_none=True, validate=[validate.Length(max=2048), _URL])
@@ -78,7 +78,7 @@ class AlertRuleListArgsSchema(Schema):
     cursor = fields.String(load_default=None)
     kind = fields.String(load_default=None, validate=validate.OneOf(KINDS))
     metric = fields.String(load_default=None, validate=_METRIC)
-    device_id = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    device_id = fields.Integer(load_default=None, validate=ID_RANGE)
     device_type = fields.String(load_default=None)
     severity = fields.String(load_default=None, validate=validate.OneOf(SEVERITIES))
     enabled = fields.Boolean(load_default=None)
@@ -166,7 +166,7 @@ class AlertRules(MethodView):
             raise _no_device() from None
 
 
-@blp.route("/<int:rule_id>")
+@blp.route("/<id:rule_id>")
 class AlertRuleById(MethodView):
     @blp.response(200, AlertRuleSchema)
     def get(self, rule_id):

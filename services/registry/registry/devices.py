@@ -43,7 +43,7 @@ class Devices(MethodView):
         return _store().create(fields)
 
 
-@blp.route("/<int:device_id>")
+@blp.route("/<id:device_id>")
 class DeviceById(MethodView):
     @blp.response(200, DeviceSchema)
     def get(self, device_id):
@@ -65,7 +65,7 @@ class DeviceById(MethodView):
         _store().delete(device_id)
 
 
-@blp.route("/<int:device_id>/token")
+@blp.route("/<id:device_id>/token")
 class DeviceToken(MethodView):
     @blp.response(200, TokenSchema)
     def post(self, device_id):

@@ -12,8 +12,9 @@ from .. import logs
 from ..config import Config
 from ..db import Database
 from ..errors import ApiError
-from . import errors
+from . import errors, nul_guard
 from .auth import OperatorAuth
+from .fields import IdConverter
 
 
 class Services:
@@ -40,7 +41,8 @@ def _metrics(app: Flask, part: str):
 
 
 def create_base_app(part: str, config: Config, blueprints: Iterable[Blueprint], openapi_prefix: str,
-                    title: str, extra_readiness: Callable[[Services], None] | None = None) -> Flask:
+                    title: str, extra_readiness: Callable[[Services], None] | None = None,
+                    json_bodies: bool = False) -> Flask:
     logs.configure(config.log_level, config.log_format, part)
     app = Flask(part)
     app.config.update(
@@ -52,9 +54,14 @@ def create_base_app(part: str, config: Config, blueprints: Iterable[Blueprint], 
         MAX_CONTENT_LENGTH=None,
     )
     app.json.sort_keys = False
+    app.url_map.converters["id"] = IdConverter
     app.extensions["visiontrack"] = services = Services(config, part)
     api = Api(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})
+    api.register_converter(IdConverter, lambda _: {"type": "integer", "format": "int64", "minimum": 1})
+    app.before_request(nul_guard.check_query)
+    if json_bodies:
+        app.before_request(nul_guard.check_json_body)
     for bp in blueprints:
         api.register_blueprint(bp)
     errors.register(app)

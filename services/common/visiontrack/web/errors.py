@@ -66,6 +66,13 @@ def _database_down(exc: Exception):
     return api_error_response(ApiError("unavailable", "the database is unreachable; retry later", retry_after=5))
 
 
+def _bad_value(exc: Exception):
+    # A safety net: the schemas bound what they take, so this means one of them missed a value Postgres
+    # refuses (a number out of range, say). Still the caller's input: a 400, never a 500.
+    log.warning("value refused by the database: %s", str(exc).strip().splitlines()[0])
+    return api_error_response(ApiError("validation_error", "a value is out of range or malformed for storage"))
+
+
 def _unexpected(exc: Exception):
     log.exception("unhandled error")
     return api_error_response(ApiError("internal_error", "internal error"))
@@ -75,4 +82,5 @@ def register(app: Flask) -> None:
     app.register_error_handler(ApiError, api_error_response)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(psycopg2.OperationalError, _database_down)
+    app.register_error_handler(psycopg2.DataError, _bad_value)
     app.register_error_handler(Exception, _unexpected)

@@ -3,9 +3,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from marshmallow import Schema, ValidationError, fields, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from werkzeug.routing import IntegerConverter
 
 from .timefmt import format_ts, parse_time
+
+MAX_ID = 2**63 - 1  # Postgres bigint: a larger id could only fail in the database, as a 500
+ID_RANGE = validate.Range(min=1, max=MAX_ID)
+
+
+class IdConverter(IntegerConverter):
+    """`<id:name>` in a route: a positive id that fits a bigint; anything else is no such resource (404)."""
+
+    def __init__(self, url_map):
+        super().__init__(url_map, min=1, max=MAX_ID)
 
 
 class Timestamp(fields.Field):
