@@ -49,8 +49,10 @@ def _schedule() -> dict:
         "trim-streams": {"task": "aggregator.trim_streams", "schedule": config.trim_interval_seconds,
                          "options": {"expires": config.trim_interval_seconds * 2}},
         "ensure-partitions": {"task": "aggregator.ensure_partitions", "schedule": 600.0},
+        # Repairs queued up during an outage are stale by the time a worker runs them: one is enough.
         "repair-token-index": {"task": "aggregator.repair_token_index",
-                               "schedule": config.token_index_repair_seconds},
+                               "schedule": config.token_index_repair_seconds,
+                               "options": {"expires": config.token_index_repair_seconds}},
         "purge-deleted-devices": {"task": "aggregator.purge_deleted_devices", "schedule": 30.0},
         "evaluate-alerts": {"task": "aggregator.evaluate_alerts", "schedule": config.alert_eval_seconds,
                             "options": {"expires": max(config.alert_eval_seconds * 2, 2)}},

@@ -2,7 +2,8 @@
 
 The Redis change happens inside the Postgres transaction: if Redis fails, the transaction rolls back and
 the caller gets 503, so the index never lags a committed revocation. The aggregator's periodic rebuild
-repairs the rare opposite case (Redis changed, commit failed).
+repairs the rare opposite case (Redis changed, commit failed); the change holds the index lock
+(visiontrack.tokens) until its commit so that a rebuild never undoes it.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import psycopg2.extras
 import redis
 
 from visiontrack.errors import ApiError
-from visiontrack.tokens import index_value, new_device_token, token_sha256
+from visiontrack.tokens import index_value, lock_index_for_change, new_device_token, token_sha256
 
 _COLUMNS = "id, name, type, location, metadata, status, created_at, updated_at, last_seen_at"
 
@@ -31,7 +32,8 @@ class DeviceStore:
         self.redis = redis_client
         self.index_key = index_key
 
-    def _index(self, apply) -> None:
+    def _index(self, cur, apply) -> None:
+        lock_index_for_change(cur)
         try:
             pipe = self.redis.pipeline(transaction=True)
             apply(pipe)
@@ -52,7 +54,7 @@ class DeviceStore:
                 device = cur.fetchone()
                 cur.execute("INSERT INTO device_tokens (device_id, token_sha256) VALUES (%s, %s)",
                             (device["id"], sha))
-                self._index(lambda p: p.hset(self.index_key, sha, index_value(device["id"], "active")))
+                self._index(cur, lambda p: p.hset(self.index_key, sha, index_value(device["id"], "active")))
         except psycopg2.errors.UniqueViolation:
             raise _conflict_on_name() from None
         return {**device, "token": token}
@@ -103,8 +105,8 @@ class DeviceStore:
                     cur.execute("SELECT token_sha256 FROM device_tokens WHERE device_id = %s", (device_id,))
                     row = cur.fetchone()
                     if row:
-                        self._index(lambda p: p.hset(self.index_key, row["token_sha256"],
-                                                     index_value(device_id, device["status"])))
+                        self._index(cur, lambda p: p.hset(self.index_key, row["token_sha256"],
+                                                          index_value(device_id, device["status"])))
         except psycopg2.errors.UniqueViolation:
             raise _conflict_on_name() from None
         return device
@@ -123,7 +125,7 @@ class DeviceStore:
                         "WHERE device_id = %s AND deleted_at IS NULL", (device_id,))
             cur.execute("INSERT INTO device_purges (device_id) VALUES (%s) ON CONFLICT DO NOTHING", (device_id,))
             if token:
-                self._index(lambda p: p.hdel(self.index_key, token["token_sha256"]))
+                self._index(cur, lambda p: p.hdel(self.index_key, token["token_sha256"]))
 
     def rotate_token(self, device_id: int) -> str:
         token = new_device_token()
@@ -146,5 +148,5 @@ class DeviceStore:
                     pipe.hdel(self.index_key, old)
                 pipe.hset(self.index_key, sha, index_value(device_id, device["status"]))
 
-            self._index(apply)
+            self._index(cur, apply)
         return token

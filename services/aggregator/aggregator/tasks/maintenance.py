@@ -27,10 +27,8 @@ def repair_token_index() -> int:
     """Rebuild the Redis token index from Postgres, so the two cannot drift for long."""
     st = state.get()
     with st.db.transaction() as cur:
-        cur.execute("""SELECT t.token_sha256, d.id, d.status
-                       FROM device_tokens t JOIN devices d ON d.id = t.device_id""")
-        rows = [(r["token_sha256"], r["id"], r["status"]) for r in cur.fetchall()]
-    count = rebuild_index(st.redis, config.token_index_key, rows)
+        with cur.connection.cursor() as plain:  # tuples, one per token: the index can be large
+            count = rebuild_index(plain, st.redis, config.token_index_key)
     metrics.TOKEN_INDEX_SIZE.set(count)
     return count
 
