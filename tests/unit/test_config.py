@@ -57,3 +57,18 @@ def test_the_readme_documents_every_setting():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [s.name for s in config.SETTINGS if f"`{s.name}`" not in readme]
     assert not missing, f"README's configuration table lacks {missing}"
+
+
+@pytest.mark.parametrize("env", [
+    {"VT_RETENTION_DAYS": "100"},  # past the 1-minute rollups' 90
+    {"VT_ROLLUP_1M_RETENTION_DAYS": "10"},  # under the raw rows' 30
+    {"VT_ROLLUP_1M_RETENTION_DAYS": "800"},  # past the 1-hour rollups' 730
+])
+def test_rollups_must_outlive_what_they_sum(env):
+    with pytest.raises(config.ConfigError, match="rollups outlive what they sum"):
+        config.load(env)
+
+
+def test_retention_settings_may_be_equal():
+    cfg = config.load({"VT_RETENTION_DAYS": "90", "VT_ROLLUP_1M_RETENTION_DAYS": "90", "VT_ROLLUP_1H_RETENTION_DAYS": "90"})
+    assert cfg.rollup_1h_retention_days == 90

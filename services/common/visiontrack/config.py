@@ -131,7 +131,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("VT_STREAM_GROUP", "aggregators", _text, REDIS_PARTS - {"registry"}, "Consumer group of the aggregators."),
     Setting("VT_STREAM_HIGH_WATER", "100000", _int(1), WRITERS,
             "Backlog (entries per shard) above which writers answer 503."),
-    Setting("VT_BACKLOG_CHECK_MS", "250", _int(0), WRITERS, "How often a writer samples the stream backlog, ms."),
+    Setting("VT_BACKLOG_CHECK_MS", "250", _int(1, 60_000), WRITERS, "How often a writer samples the stream backlog, ms."),
     Setting("VT_RETRY_AFTER_SECONDS", "1", _int(1), WRITERS, "Retry-After sent with 503 answers."),
     Setting("VT_DEAD_LETTER_KEY", "vt:telemetry:dead", _text, frozenset({"aggregator"}), "Dead-letter stream key."),
     Setting("VT_TOKEN_INDEX_KEY", "vt:device-tokens", _text, REDIS_PARTS, "Redis hash of device-token hashes."),
@@ -233,9 +233,22 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
             values[setting.attr] = setting.parse(raw)
         except ValueError as exc:
             problems.append(f"{setting.name} {exc}")
+    if not problems:
+        problems += _inconsistencies(values)
     if problems:
         raise ConfigError("bad configuration: " + "; ".join(problems))
     return Config(values)
+
+
+def _inconsistencies(values: dict[str, Any]) -> list[str]:
+    # Aggregates read the 1-hour rollups for whole hours and the 1-minute ones for whole minutes: a rollup
+    # dropped before the rows it sums would answer "no data" where there is some.
+    raw, minutes, hours = (values[k] for k in ("retention_days", "rollup_1m_retention_days",
+                                               "rollup_1h_retention_days"))
+    if raw <= minutes <= hours:
+        return []
+    return [f"VT_RETENTION_DAYS ({raw}) <= VT_ROLLUP_1M_RETENTION_DAYS ({minutes}) <= "
+            f"VT_ROLLUP_1H_RETENTION_DAYS ({hours}) must hold: rollups outlive what they sum"]
 
 
 def setting(name: str) -> Setting:
