@@ -42,7 +42,18 @@ http {{
         default_type application/json;
 {locations}
         location / {{
-            return 404 '{{"error": "not_found", "message": "no such resource"}}';
+            return 404 '{{"error": "not_found", "message": "no such resource", "details": []}}';
+        }}
+        # nginx's own refusals in the API's error shape instead of its HTML pages. A part's own answers
+        # (its 503 with Retry-After, say) pass through untouched: proxy_intercept_errors stays off.
+        error_page 413 @too_large;
+        error_page 502 503 504 =503 @unavailable;
+        location @too_large {{
+            return 413 '{{"error": "payload_too_large", "message": "body larger than the ingress takes", "details": []}}';
+        }}
+        location @unavailable {{
+            add_header Retry-After 5 always;
+            return 503 '{{"error": "unavailable", "message": "the service is not answering; retry later", "details": []}}';
         }}
     }}
 }}

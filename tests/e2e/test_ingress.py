@@ -7,6 +7,8 @@ import uuid
 import pytest
 import requests
 
+from stack.nginx import Nginx
+from stack.servers import free_port
 from stack.services import INGESTOR_BINARY
 from tests.conftest import ADMIN_TOKEN, READER_TOKEN, Aggregator, poll
 
@@ -77,7 +79,26 @@ def test_time_filters_and_descending_pages(ingress, aggregator):
 
 def test_unknown_paths_answer_in_the_error_format(ingress):
     resp = requests.get(f"{ingress}/api/nothing-here")
-    assert resp.status_code == 404 and resp.json()["error"] == "not_found"
+    assert resp.status_code == 404
+    assert resp.json() == {"error": "not_found", "message": "no such resource", "details": []}
+
+
+def test_a_body_over_the_ingress_limit_is_refused_in_the_error_format(ingress):
+    resp = requests.post(f"{ingress}/api/telemetry/", data=b"[" + b" " * (3 << 20) + b"]",
+                         headers={**ADMIN, "Content-Type": "application/json"})
+    assert resp.status_code == 413 and resp.json()["error"] == "payload_too_large"
+
+
+def test_a_part_that_does_not_answer_gives_503_with_retry_after(run_dir):
+    # An ingress of its own whose query upstream is a port nobody listens on.
+    nginx = Nginx(free_port(), {"query": free_port()}, run_dir / "nginx-dead-upstream", run_dir / "logs")
+    nginx.start()
+    try:
+        resp = requests.get(f"{nginx.url}/api/telemetry/latest?device_id=1", headers=READER)
+    finally:
+        nginx.stop()
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
+    assert resp.json()["error"] == "unavailable"
 
 
 @pytest.mark.skipif(not INGESTOR_BINARY.exists(), reason="ingestor not built")
