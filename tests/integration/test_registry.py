@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 import requests
 
 from tests.integration.api import ADMIN, READER
@@ -135,3 +136,60 @@ def test_unknown_ids_and_routes_answer_in_the_error_format(registry_url):
 def test_openapi_document_is_served(registry_url):
     doc = requests.get(f"{registry_url}/api/devices/openapi.json").json()
     assert "/api/devices/" in doc["paths"] and "/api/devices/{device_id}/token" in doc["paths"]
+
+
+def test_renaming_to_a_taken_name_is_a_conflict_and_changes_nothing(registry_url, db):
+    taken, device = _create(registry_url), _create(registry_url)
+
+    def row():
+        with db.cursor() as cur:
+            cur.execute("SELECT name, location, status, updated_at FROM devices WHERE id = %s", (device["id"],))
+            return cur.fetchone()
+
+    before = row()
+    resp = requests.patch(f"{registry_url}/api/devices/{device['id']}",
+                          json={"name": taken["name"], "location": "moved", "status": "disabled"}, headers=ADMIN)
+    assert resp.status_code == 409 and resp.json()["error"] == "conflict", resp.text
+    assert resp.json()["details"] == [{"field": "name", "message": "is already taken"}]
+    assert row() == before
+    # its own name is no conflict
+    resp = requests.patch(f"{registry_url}/api/devices/{device['id']}", json={"name": device["name"]}, headers=ADMIN)
+    assert resp.status_code == 200, resp.text
+
+
+def test_health_and_readiness_need_no_token(registry_url):
+    resp = requests.get(f"{registry_url}/healthz")
+    assert resp.status_code == 200 and resp.json() == {"status": "ok"}
+    resp = requests.get(f"{registry_url}/readyz")
+    assert resp.status_code == 200 and resp.json() == {"status": "ready"}
+
+
+@pytest.mark.parametrize("down", ["redis", "postgres"])
+def test_readiness_is_503_naming_what_is_unreachable(base_env, down):
+    """An app in this process whose Redis (or Postgres) URL points at a port nobody listens on."""
+    import logging
+
+    from registry.app import create_app
+    from stack.servers import free_port
+    from visiontrack import config as config_module
+
+    closed = free_port()
+    env = {**base_env, "REDIS_URL": f"redis://127.0.0.1:{closed}/0"} if down == "redis" else \
+        {**base_env, "DATABASE_URL": f"postgresql://visiontrack@127.0.0.1:{closed}/visiontrack?connect_timeout=2"}
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        app = create_app(config_module.load(env))  # configures logging for the service: undone below
+    finally:
+        root.handlers[:], root.level = handlers, level
+    svc = app.extensions["visiontrack"]
+    try:
+        client = app.test_client()
+        assert client.get("/healthz").status_code == 200
+        resp = client.get("/readyz")
+        assert resp.status_code == 503 and resp.json["error"] == "unavailable", resp.json
+        assert resp.json["message"] == f"not ready: {down} unreachable"
+        assert resp.headers["Retry-After"] == "5"
+    finally:
+        svc.db.close()
+        svc.redis.close()

@@ -16,6 +16,8 @@ from visiontrack.web.app import services
 from visiontrack.web.fields import ID_RANGE, Timestamp
 from visiontrack.web.pagination import decode_cursor, encode_cursor
 
+from .schemas import json_body
+
 blp = Blueprint("alert_rules", __name__, url_prefix="/api/alert-rules", description="Alert rules")
 
 OPS = [">", ">=", "<", "<=", "==", "!="]
@@ -151,7 +153,7 @@ class AlertRules(MethodView):
         page, more = rows[: args["limit"]], len(rows) > args["limit"]
         return {"items": page, "next_cursor": encode_cursor([page[-1]["id"]]) if more else None}
 
-    @blp.arguments(AlertRuleCreateSchema)
+    @json_body(blp, AlertRuleCreateSchema)
     @blp.response(201, AlertRuleSchema)
     def post(self, fields_):
         """Create a threshold rule (metric, op, threshold, for_seconds) or an inactivity rule (after_seconds)."""
@@ -178,7 +180,7 @@ class AlertRuleById(MethodView):
             raise _not_found(rule_id)
         return rule
 
-    @blp.arguments(AlertRuleUpdateSchema)
+    @json_body(blp, AlertRuleUpdateSchema)
     @blp.response(200, AlertRuleSchema)
     def patch(self, changes, rule_id):
         """Change a rule; its conditions are evaluated afresh (alerts firing stay until they resolve)."""

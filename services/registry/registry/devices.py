@@ -9,7 +9,7 @@ from visiontrack.web.pagination import decode_cursor, encode_cursor
 
 from .device_store import DeviceStore
 from .schemas import (DeviceCreateSchema, DeviceListArgsSchema, DevicePageSchema, DeviceSchema,
-                      DeviceUpdateSchema, DeviceWithTokenSchema, TokenSchema)
+                      DeviceUpdateSchema, DeviceWithTokenSchema, TokenSchema, json_body)
 
 blp = Blueprint("devices", __name__, url_prefix="/api/devices", description="Devices and their tokens")
 
@@ -36,7 +36,7 @@ class Devices(MethodView):
         more = len(rows) > args["limit"]
         return {"items": page, "next_cursor": encode_cursor([page[-1]["id"]]) if more else None}
 
-    @blp.arguments(DeviceCreateSchema)
+    @json_body(blp, DeviceCreateSchema)
     @blp.response(201, DeviceWithTokenSchema)
     def post(self, fields):
         """Register a device; the answer holds its token, shown only this once."""
@@ -50,7 +50,7 @@ class DeviceById(MethodView):
         """Read one device."""
         return _store().get(device_id)
 
-    @blp.arguments(DeviceUpdateSchema)
+    @json_body(blp, DeviceUpdateSchema)
     @blp.response(200, DeviceSchema)
     def patch(self, changes, device_id):
         """Change a device; `status: disabled` makes its token answer 403 within seconds."""

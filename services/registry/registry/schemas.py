@@ -1,9 +1,38 @@
 """The registry's request and response shapes: the contract of API.md, checked by marshmallow."""
 from __future__ import annotations
 
+import functools
+
+from flask import request
 from marshmallow import Schema, fields, validate
 
+from visiontrack.errors import ApiError
 from visiontrack.web.fields import Timestamp
+
+
+def json_body(blp, schema: type[Schema]):
+    """`blp.arguments(schema)` for a JSON body, which must be labelled `application/json` (415 otherwise) and
+    not be empty (400 `malformed_json`). webargs reads an unlabelled or empty body as `{}`: a PATCH would
+    answer 200 having changed nothing, a POST 400 for missing fields. Endpoints that take no body (token
+    rotation, DELETE) don't use this and need no Content-Type."""
+    parse = blp.arguments(schema)
+
+    def decorator(view):
+        parsed = parse(view)
+
+        @functools.wraps(parsed)
+        def wrapper(*args, **kwargs):
+            if request.mimetype != "application/json":
+                raise ApiError("unsupported_media_type",
+                               "the body must be JSON, sent with Content-Type: application/json")
+            if not request.get_data(cache=True).strip():
+                raise ApiError("malformed_json", "body is not valid JSON (it is empty)")
+            return parsed(*args, **kwargs)
+
+        return blp.alt_response(415, description="The body is not labelled application/json.")(wrapper)
+
+    return decorator
+
 
 _NAME = validate.Length(min=1, max=128)
 _LABEL = validate.Length(max=128)

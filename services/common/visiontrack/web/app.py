@@ -17,6 +17,11 @@ from .auth import OperatorAuth
 from .fields import IdConverter
 
 
+# Argument errors answer 400 (errors.py turns webargs' 422 into the API's validation_error); the OpenAPI
+# documents say so too, since flask-smorest documents this status for every endpoint with arguments.
+Blueprint.ARGUMENTS_PARSER.DEFAULT_VALIDATION_STATUS = 400
+
+
 class Services:
     """The connections a request handler may use, one set per app."""
 

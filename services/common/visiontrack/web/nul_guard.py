@@ -17,7 +17,8 @@ def _nul_path(node, path: str) -> str | None:
         return path if "\x00" in node else None
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
     for key, value in items:
-        here = f"{path}.{key}" if path else str(key)
+        name = key.replace("\x00", "\\u0000") if isinstance(key, str) else str(key)
+        here = f"{path}.{name}" if path else name
         if isinstance(key, str) and "\x00" in key:
             return here
         found = _nul_path(value, here)
@@ -35,7 +36,7 @@ def check_query() -> None:
     """Every request's query string."""
     for name, value in request.args.items(multi=True):
         if "\x00" in name or "\x00" in value:
-            raise _refuse(name.replace("\x00", ""))
+            raise _refuse(name.replace("\x00", "\\u0000"))
 
 
 def check_json_body() -> None:

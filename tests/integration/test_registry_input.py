@@ -1,0 +1,198 @@
+"""The registry's input edges over real HTTP: JSON bodies must be labelled JSON (415 otherwise), and input that
+once answered 500 (ids beyond a bigint, NUL characters) is refused, naming the field, with nothing stored."""
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import requests
+
+from tests.integration.api import ADMIN, READER, create_device, create_rule
+
+RULE = {"metric": "temperature", "op": ">", "threshold": 30}
+BIGINT_MAX = 2**63 - 1
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def _device_row(db, device_id: int):
+    with db.cursor() as cur:
+        cur.execute("SELECT name, type, location, metadata, status, updated_at FROM devices WHERE id = %s",
+                    (device_id,))
+        return cur.fetchone()
+
+
+def _rule_row(db, rule_id: int):
+    with db.cursor() as cur:
+        cur.execute("SELECT name, metric, op, threshold, device_id, enabled, updated_at, deleted_at "
+                    "FROM alert_rules WHERE id = %s", (rule_id,))
+        return cur.fetchone()
+
+
+def _stored(db, table: str, name: str) -> bool:
+    with db.cursor() as cur:
+        cur.execute(f"SELECT 1 FROM {table} WHERE name = %s", (name,))
+        return cur.fetchone() is not None
+
+
+def _count(db, table: str) -> int:
+    with db.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {table}")
+        return cur.fetchone()[0]
+
+
+def _fields(resp) -> list:
+    return [d["field"] for d in resp.json()["details"]]
+
+
+# --- JSON bodies: labelled application/json, or 415 -------------------------------------------------------
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", None, "application/x-www-form-urlencoded"])
+def test_a_body_not_labelled_json_is_refused_and_changes_nothing(registry_url, db, content_type):
+    device = create_device(registry_url)
+    rule = create_rule(registry_url, **RULE)
+    device_before, rule_before = _device_row(db, device["id"]), _rule_row(db, rule["id"])
+    new_device, new_rule = _name("unlabelled"), _name("unlabelled-rule")
+    calls = [
+        ("POST", "/api/devices/", {"name": new_device}),
+        ("PATCH", f"/api/devices/{device['id']}", {"name": new_device, "status": "disabled", "location": "x"}),
+        ("POST", "/api/alert-rules/", {"name": new_rule, **RULE}),
+        ("PATCH", f"/api/alert-rules/{rule['id']}", {"name": new_rule, "threshold": 99, "enabled": False}),
+    ]
+    headers = {**ADMIN, **({"Content-Type": content_type} if content_type else {})}
+    for method, path, body in calls:
+        # bytes as data: requests adds no Content-Type of its own
+        resp = requests.request(method, f"{registry_url}{path}", data=json.dumps(body).encode(), headers=headers)
+        assert resp.status_code == 415, (method, path, resp.status_code, resp.text)
+        assert resp.json()["error"] == "unsupported_media_type", resp.text
+        assert resp.json()["details"] == []
+    assert _device_row(db, device["id"]) == device_before
+    assert _rule_row(db, rule["id"]) == rule_before
+    assert not _stored(db, "devices", new_device) and not _stored(db, "alert_rules", new_rule)
+
+
+def test_a_patch_without_a_body_is_refused_and_changes_nothing(registry_url, db):
+    device = create_device(registry_url)
+    rule = create_rule(registry_url, **RULE)
+    device_before, rule_before = _device_row(db, device["id"]), _rule_row(db, rule["id"])
+    for path in (f"/api/devices/{device['id']}", f"/api/alert-rules/{rule['id']}"):
+        resp = requests.patch(f"{registry_url}{path}", headers=ADMIN)
+        assert resp.status_code == 415 and resp.json()["error"] == "unsupported_media_type", resp.text
+        # labelled JSON but empty: not JSON either
+        resp = requests.patch(f"{registry_url}{path}", headers={**ADMIN, "Content-Type": "application/json"})
+        assert resp.status_code == 400 and resp.json()["error"] == "malformed_json", resp.text
+    resp = requests.post(f"{registry_url}/api/devices/", headers=ADMIN)
+    assert resp.status_code == 415 and resp.json()["error"] == "unsupported_media_type", resp.text
+    assert _device_row(db, device["id"]) == device_before
+    assert _rule_row(db, rule["id"]) == rule_before
+
+
+def test_json_with_a_charset_parameter_is_json(registry_url):
+    headers = {**ADMIN, "Content-Type": "application/json; charset=utf-8"}
+    resp = requests.post(f"{registry_url}/api/devices/", data=json.dumps({"name": _name("charset")}).encode(),
+                         headers=headers)
+    assert resp.status_code == 201, resp.text
+    resp = requests.patch(f"{registry_url}/api/devices/{resp.json()['id']}", data=b'{"location": "here"}',
+                          headers=headers)
+    assert resp.status_code == 200 and resp.json()["location"] == "here", resp.text
+
+
+def test_endpoints_without_a_body_need_no_content_type(registry_url, db):
+    device = create_device(registry_url)
+    rule = create_rule(registry_url, device_id=device["id"], **RULE)
+    resp = requests.post(f"{registry_url}/api/devices/{device['id']}/token", headers=ADMIN)
+    assert resp.status_code == 200 and resp.json()["token"].startswith("vtd_"), resp.text
+    resp = requests.post(f"{registry_url}/api/devices/{device['id']}/token",
+                         headers={**ADMIN, "Content-Type": "text/plain"})
+    assert resp.status_code == 200, resp.text
+    assert requests.delete(f"{registry_url}/api/alert-rules/{rule['id']}", headers=ADMIN).status_code == 204
+    assert requests.delete(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN).status_code == 204
+    assert _device_row(db, device["id"]) is None
+
+
+def test_the_operator_token_is_checked_before_the_media_type(registry_url):
+    body = json.dumps({"name": _name("auth")}).encode()
+    resp = requests.post(f"{registry_url}/api/devices/", data=body, headers={"Content-Type": "text/plain"})
+    assert resp.status_code == 401, resp.text
+    resp = requests.post(f"{registry_url}/api/alert-rules/", data=body,
+                         headers={**READER, "Content-Type": "text/plain"})
+    assert resp.status_code == 403, resp.text
+
+
+# --- input that once answered 500 ---------------------------------------------------------------------------
+
+
+def test_ids_beyond_a_bigint_are_no_such_resource(registry_url, db):
+    for path in ("/api/devices/99999999999999999999", f"/api/devices/{BIGINT_MAX + 1}",
+                 f"/api/alert-rules/{BIGINT_MAX + 1}", "/api/alert-rules/99999999999999999999"):
+        for method in ("GET", "PATCH", "DELETE"):
+            resp = requests.request(method, f"{registry_url}{path}", json={"name": _name("big")}, headers=ADMIN)
+            assert resp.status_code == 404 and resp.json()["error"] == "not_found", (method, path, resp.text)
+    resp = requests.post(f"{registry_url}/api/devices/{BIGINT_MAX + 1}/token", headers=ADMIN)
+    assert resp.status_code == 404, resp.text
+    # the largest bigint is an id like any other: simply not there
+    for path in (f"/api/devices/{BIGINT_MAX}", f"/api/alert-rules/{BIGINT_MAX}"):
+        resp = requests.get(f"{registry_url}{path}", headers=ADMIN)
+        assert resp.status_code == 404 and resp.json()["error"] == "not_found", resp.text
+
+
+def test_a_nul_in_a_query_string_is_refused_naming_the_argument(registry_url):
+    resp = requests.get(f"{registry_url}/api/devices/?q=a%00b", headers=READER)
+    assert resp.status_code == 400 and resp.json()["error"] == "validation_error", resp.text
+    assert _fields(resp) == ["q"]
+    resp = requests.get(f"{registry_url}/api/alert-rules/?device_type=a%00b", headers=READER)
+    assert resp.status_code == 400 and _fields(resp) == ["device_type"], resp.text
+
+
+@pytest.mark.parametrize("extra,field", [
+    ({"name": "a\u0000b"}, "name"),
+    ({"metadata": {"a": ["b", "c\u0000"]}}, "metadata.a.1"),
+    ({"location": "\u0000"}, "location"),
+    ({"metadata": {"k\u0000": 1}}, "metadata.k\\u0000"),  # named, with the NUL spelt out
+])
+def test_a_nul_in_a_new_device_is_refused_naming_the_field(registry_url, db, extra, field):
+    before = _count(db, "devices")
+    resp = requests.post(f"{registry_url}/api/devices/", json={"name": _name("nul"), **extra}, headers=ADMIN)
+    assert resp.status_code == 400 and resp.json()["error"] == "validation_error", resp.text
+    assert _fields(resp) == [field]
+    assert _count(db, "devices") == before
+
+
+def test_a_nul_in_a_device_change_or_a_rule_is_refused_and_changes_nothing(registry_url, db):
+    device = create_device(registry_url)
+    before = _device_row(db, device["id"])
+    resp = requests.patch(f"{registry_url}/api/devices/{device['id']}",
+                          json={"location": "fine", "metadata": {"k": {"deep": "x\u0000"}}}, headers=ADMIN)
+    assert resp.status_code == 400 and _fields(resp) == ["metadata.k.deep"], resp.text
+    assert _device_row(db, device["id"]) == before
+    name = _name("nul-rule")
+    resp = requests.post(f"{registry_url}/api/alert-rules/", json={"name": name, "device_type": "p\u0000", **RULE},
+                         headers=ADMIN)
+    assert resp.status_code == 400 and _fields(resp) == ["device_type"], resp.text
+    assert not _stored(db, "alert_rules", name)
+
+
+def test_a_rule_device_id_beyond_a_bigint_is_refused_naming_it(registry_url, db):
+    name = _name("big-rule")
+    resp = requests.post(f"{registry_url}/api/alert-rules/", json={"name": name, "device_id": 2**70, **RULE},
+                         headers=ADMIN)
+    assert resp.status_code == 400 and resp.json()["error"] == "validation_error", resp.text
+    assert "device_id" in _fields(resp)
+    assert not _stored(db, "alert_rules", name)
+    rule = create_rule(registry_url, **RULE)
+    before = _rule_row(db, rule["id"])
+    resp = requests.patch(f"{registry_url}/api/alert-rules/{rule['id']}", json={"device_id": 2**70}, headers=ADMIN)
+    assert resp.status_code == 400 and "device_id" in _fields(resp), resp.text
+    assert _rule_row(db, rule["id"]) == before
+    resp = requests.get(f"{registry_url}/api/alert-rules/", params={"device_id": 2**70}, headers=READER)
+    assert resp.status_code == 400 and _fields(resp) == ["device_id"], resp.text
+
+
+def test_the_openapi_document_gives_the_status_argument_errors_answer(registry_url):
+    spec = requests.get(f"{registry_url}/api/devices/openapi.json").json()
+    responses = spec["paths"]["/api/devices/"]["post"]["responses"]
+    assert "400" in responses and "422" not in responses and "415" in responses
