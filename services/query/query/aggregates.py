@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 from flask_smorest import Blueprint
@@ -10,7 +11,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates
 from visiontrack import prepared
 from visiontrack.errors import ApiError
 from visiontrack.web.app import services
-from visiontrack.web.fields import ID_RANGE, Timestamp
+from visiontrack.web.fields import ID_RANGE, METRIC, Timestamp
 from visiontrack.web.responses import json_response
 from visiontrack.web.timefmt import format_ts, from_ms, to_ms
 
@@ -27,7 +28,9 @@ def _operators_only():
 
 
 AGGS = ("avg", "min", "max", "sum", "count")
-_METRIC = validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}\Z", error="is not a metric name")
+# The latest `to`: a day short of the last instant a datetime holds, so that local times in any zone (UTC+14
+# at most) are still datetimes when the buckets are cut (a later `to` in such a zone was a 500).
+_LAST_MS = to_ms(datetime(9999, 12, 30, tzinfo=timezone.utc))
 
 
 def _bad(field: str, message: str) -> ApiError:
@@ -36,7 +39,7 @@ def _bad(field: str, message: str) -> ApiError:
 
 class AggregateArgsSchema(Schema):
     device_id = fields.Integer(required=True, validate=ID_RANGE)
-    metric = fields.String(required=True, validate=_METRIC)
+    metric = fields.String(required=True, validate=METRIC)
     from_ = Timestamp(data_key="from", load_default=None,
                       metadata={"description": "Inclusive start (default: `to` minus one day)."})
     to = Timestamp(load_default=None, metadata={"description": "Exclusive end (default: now)."})
@@ -82,7 +85,7 @@ class AggregateSchema(Schema):
 
 class LatestArgsSchema(Schema):
     device_id = fields.Integer(required=True, validate=ID_RANGE)
-    metric = fields.String(load_default=None, validate=_METRIC)
+    metric = fields.String(load_default=None, validate=METRIC)
 
 
 class LatestSchema(Schema):
@@ -130,6 +133,8 @@ def get_aggregate(args):
     aggs = [a for a in AGGS if a in {x.strip() for x in args["agg"].split(",")}]
     if start_ms < 0:  # zone offsets before 1970 are local mean times nobody stores telemetry in
         raise _bad("from", "must be 1970-01-01 or later")
+    if end_ms > _LAST_MS:
+        raise _bad("to", "must be 9999-12-30 or earlier")
     p = buckets.plan(buckets.Zone(args["tz"]), interval, start_ms, end_ms)
     with svc.db.read() as cur:
         rows = aggregate(cur, args["device_id"], args["metric"], p)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from visiontrack.web.fields import ID_RANGE, TimeRangeArgs, Timestamp
+from visiontrack.web.fields import ID_RANGE, METRIC, TimeRangeArgs, Timestamp
 
 
 class TelemetryListArgsSchema(TimeRangeArgs):
     device_id = fields.Integer(load_default=None, validate=ID_RANGE)
-    metric = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+    metric = fields.String(load_default=None, validate=METRIC)
     limit = fields.Integer(load_default=1000, validate=validate.Range(1, 10000))
     cursor = fields.String(load_default=None)
     order = fields.String(load_default="desc", validate=validate.OneOf(["asc", "desc"]))

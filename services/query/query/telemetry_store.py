@@ -10,10 +10,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from visiontrack import prepared
+from visiontrack.web.pagination import TIMESTAMP_MICROS, KeyKind
 from visiontrack.web.timefmt import from_micros, to_micros
 
 
 COLUMNS = ("device_id", "metric", "ts", "value")
+# What a cursor may hold per key column: whatever the column holds, as far as Python and psycopg2 take it
+# (times in microseconds a datetime holds, a bigint, text without NUL).
+_KEY_KINDS: dict[str, KeyKind] = {"ts": TIMESTAMP_MICROS, "device_id": int, "metric": str}
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,8 @@ class RawQuery:
         return cols
 
     @property
-    def cursor_shape(self) -> tuple[type, ...]:
-        return tuple({"ts": int, "device_id": int, "metric": str}[c] for c in self.key_columns)
+    def cursor_shape(self) -> tuple[KeyKind, ...]:
+        return tuple(_KEY_KINDS[c] for c in self.key_columns)
 
     def cursor_for(self, row: tuple) -> list:
         values = dict(zip(COLUMNS, row))

@@ -13,7 +13,7 @@ from marshmallow import Schema, fields, validate
 
 from visiontrack.errors import ApiError
 from visiontrack.web.app import services
-from visiontrack.web.fields import ID_RANGE, Timestamp
+from visiontrack.web.fields import ID_RANGE, METRIC, Timestamp
 from visiontrack.web.pagination import decode_cursor, encode_cursor
 
 from .schemas import json_body
@@ -27,7 +27,6 @@ _COLUMNS = ("id, name, kind, metric, op, threshold, for_seconds, after_seconds, 
             "webhook_url, enabled, created_at, updated_at")
 _WRITABLE = ("name", "kind", "metric", "op", "threshold", "for_seconds", "after_seconds", "device_id",
              "device_type", "severity", "webhook_url", "enabled")
-_METRIC = validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}\Z", error="is not a metric name")
 _URL = validate.URL(schemes={"http", "https"}, require_tld=False, error="must be an http or https URL")
 _WEEK = 7 * 86_400
 # A deleted rule keeps its row until the aggregator has resolved its alerts; every query here skips it.
@@ -37,7 +36,7 @@ _LIVE = "deleted_at IS NULL"
 class AlertRuleUpdateSchema(Schema):
     name = fields.String(validate=validate.Length(min=1, max=128))
     kind = fields.String(validate=validate.OneOf(KINDS))
-    metric = fields.String(allow_none=True, validate=_METRIC)
+    metric = fields.String(allow_none=True, validate=METRIC)
     op = fields.String(allow_none=True, validate=validate.OneOf(OPS))
     threshold = fields.Float(allow_none=True, allow_nan=False)
     for_seconds = fields.Integer(validate=validate.Range(0, _WEEK))
@@ -79,7 +78,7 @@ class AlertRuleListArgsSchema(Schema):
     limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
     cursor = fields.String(load_default=None)
     kind = fields.String(load_default=None, validate=validate.OneOf(KINDS))
-    metric = fields.String(load_default=None, validate=_METRIC)
+    metric = fields.String(load_default=None, validate=METRIC)
     device_id = fields.Integer(load_default=None, validate=ID_RANGE)
     device_type = fields.String(load_default=None)
     severity = fields.String(load_default=None, validate=validate.OneOf(SEVERITIES))

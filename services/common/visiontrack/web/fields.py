@@ -6,10 +6,26 @@ from datetime import datetime
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from werkzeug.routing import IntegerConverter
 
+from ..validation import METRIC_PATTERN
 from .timefmt import format_ts, parse_time
 
 MAX_ID = 2**63 - 1  # Postgres bigint: a larger id could only fail in the database, as a 500
 ID_RANGE = validate.Range(min=1, max=MAX_ID)
+
+
+class _WholeMatch(validate.Regexp):
+    """A Regexp matched against the whole value (re.fullmatch), so the pattern's `$` lets no trailing
+    newline through; the pattern itself stays the contract's, which is what the OpenAPI document shows."""
+
+    def __call__(self, value):
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+# A metric name, as both writers take it (docs/contracts.md section 3): every endpoint that reads or
+# names one (queries, alert rules) refuses any other with a 400 naming the field.
+METRIC = _WholeMatch(METRIC_PATTERN, error="is not a metric name")
 
 
 class IdConverter(IntegerConverter):

@@ -1,27 +1,66 @@
-"""Opaque keyset cursors: the last row's sort key, base64 JSON. Following one never skips or repeats."""
+"""Opaque keyset cursors: the last row's sort key, base64 JSON. Following one never skips or repeats.
+
+A cursor comes back from the client, so it is input like any other: decode_cursor checks each value's type
+*and range* against the shape the endpoint expects, so that a hand-made cursor is a 400 naming `cursor`
+rather than an overflow (a datetime, a bigint) or a value Postgres refuses (a NUL) deeper down, a 500.
+"""
 from __future__ import annotations
 
 import base64
 import json
+from datetime import datetime, timezone
 
 from ..errors import ApiError
+from .timefmt import to_micros
+
+BIGINT = range(-2**63, 2**63)
+"""What a plain `int` in a shape accepts: a value a Postgres bigint holds."""
+
+TIMESTAMP_MICROS = range(to_micros(datetime.min.replace(tzinfo=timezone.utc)),
+                         to_micros(datetime.max.replace(tzinfo=timezone.utc)) + 1)
+"""Epoch microseconds a Python datetime holds (years 1-9999, inside Postgres' timestamptz range)."""
+
+KeyKind = type | range
 
 
 def encode_cursor(key: list) -> str:
     return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def decode_cursor(raw: str, shape: tuple[type, ...]) -> list:
-    """The key a cursor holds, checked against the expected types; a 400 naming `cursor` otherwise."""
+def _fits(value, kind: KeyKind) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(kind, range):
+        return isinstance(value, int) and value in kind
+    if kind is int:
+        return isinstance(value, int) and value in BIGINT
+    if kind is str:
+        # Text Postgres can hold: no NUL, and no lone surrogate (JSON's "\ud800" decodes to one, which
+        # no UTF-8 encoder takes).
+        if not isinstance(value, str) or "\x00" in value:
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    return isinstance(value, kind)
+
+
+def decode_cursor(raw: str, shape: tuple[KeyKind, ...]) -> list:
+    """The key a cursor holds, checked against `shape`; a 400 naming `cursor` otherwise.
+
+    Each item of `shape` is `int` (any bigint), a `range` (an int within it, e.g. TIMESTAMP_MICROS) or
+    `str` (text without NUL, valid as UTF-8); booleans are never ints here.
+    """
     try:
         padded = raw + "=" * (-len(raw) % 4)
         key = json.loads(base64.urlsafe_b64decode(padded.encode()))
         if not isinstance(key, list) or len(key) != len(shape):
             raise ValueError
-        for value, kind in zip(key, shape):
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise ValueError
+        if not all(_fits(value, kind) for value, kind in zip(key, shape)):
+            raise ValueError
         return key
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # RecursionError: a deeply nested hand-made "cursor"
         raise ApiError("validation_error", "invalid request; see details",
                        [{"field": "cursor", "message": "is not a cursor this API returned"}]) from None
