@@ -100,10 +100,14 @@ class StreamConsumer:
             self.redis.xack(self.key, self.group, *ids)
 
     def dead_letter(self, items: list[tuple[str, dict, str]]) -> None:
-        """Move unstorable entries aside with the reason, and ack them, atomically."""
+        """Move unstorable entries aside with the reason, then ack them (one round trip).
+
+        Not one transaction: a shard and the dead-letter stream hash to different Redis Cluster slots, where
+        MULTI across them is refused. A crash between the two leaves the entry pending; it is redelivered
+        and dead-lettered again (a second copy with the same source_id), never lost."""
         if not items:
             return
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=False)
         for entry_id, fields, reason in items:
             log.warning("dead-lettering entry %s of %s: %s", entry_id, self.key, reason)
             pipe.xadd(self.dead_letter_key, {**fields, "reason": reason[:1000], "source": self.key,

@@ -32,6 +32,9 @@ def trim_streams() -> int:
     st = state.get()
     trimmed = 0
     for key in config.stream_keys:
+        if not st.redis.exists(key):  # a shard nothing was written to yet: no groups to ask, nothing to trim
+            metrics.STREAM_LENGTH.labels(key).set(0)
+            continue
         consumer = st.consumer(key)
         trimmed += consumer.trim()
         pipe = st.redis.pipeline(transaction=False)
