@@ -2,7 +2,7 @@
 Celery app. Run in a fresh interpreter by the chart cross-checks (tests/chart/), so importing the apps
 cannot leak into the test process. Creating the apps opens no connection (pools are lazy).
 
-Usage: python tests/chart/introspect.py settings|urlmap <module:factory>|celery <module>
+Usage: python tests/chart/introspect.py settings|urlmap <module:factory>|celery <module>|aggregator-health
 """
 from __future__ import annotations
 
@@ -50,8 +50,45 @@ def celery(module: str) -> dict:
             "beat_tasks": sorted({entry["task"] for entry in (app.conf.beat_schedule or {}).values()})}
 
 
+def aggregator_health() -> dict:
+    """Start the aggregator's metrics server (aggregator.metrics.serve) with Postgres and Redis on closed
+    ports, and GET what the chart probes: each path's status, Retry-After and JSON body (or whether the
+    text holds the aggregator's metrics)."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from aggregator import health, metrics
+    from visiontrack import config as config_module
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    closed = free_port()
+    config = config_module.load({"DATABASE_URL": f"postgresql://x@127.0.0.1:{closed}/x",
+                                 "REDIS_URL": f"redis://127.0.0.1:{closed}/0"})
+    port = free_port()
+    server = metrics.serve(port, config)
+    answers = {}
+    try:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            try:
+                resp = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10)
+            except urllib.error.HTTPError as err:
+                resp = err
+            body = resp.read().decode()
+            answers[path] = {"status": resp.status, "retry_after": resp.headers.get("Retry-After"),
+                             "json": json.loads(body) if path != "/metrics" else None,
+                             "aggregator_metrics": "visiontrack_aggregator_" in body}
+    finally:
+        server.shutdown()
+    return {"paths": answers, "check_timeout_seconds": health.CHECK_TIMEOUT_SECONDS}
+
+
 if __name__ == "__main__":
     what, *args = sys.argv[1:]
     result = {"settings": lambda: settings(), "parse": lambda: parse(args), "urlmap": lambda: urlmap(args[0]),
-              "celery": lambda: celery(args[0])}[what]()
+              "celery": lambda: celery(args[0]), "aggregator-health": aggregator_health}[what]()
     json.dump(result, sys.stdout)

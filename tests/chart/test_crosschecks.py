@@ -265,11 +265,45 @@ def test_probes_should_hit_paths_the_container_serves(render, mode, served, rust
 
 
 def test_the_aggregator_should_serve_metrics_on_the_port_the_chart_probes(python_settings):
-    """worker and beat are probed on /metrics of VT_METRICS_PORT: the aggregator must read it and start
-    the metrics server in both the worker and beat."""
+    """worker and beat are probed on VT_METRICS_PORT: the aggregator must read it and start the metrics
+    server (with /healthz and /readyz) in both the worker and beat."""
     assert "aggregator" in python_settings["VT_METRICS_PORT"]["parts"]
     source = (ROOT / "services" / "aggregator" / "aggregator" / "celery_app.py").read_text()
     assert "worker_init" in source and "beat_init" in source and "metrics_port" in source
+
+
+@pytest.fixture(scope="session")
+def aggregator_health() -> dict:
+    """What the aggregator's metrics server answers, started in a fresh interpreter with Postgres and
+    Redis unreachable."""
+    return introspect("aggregator-health")
+
+
+def test_the_aggregator_should_answer_its_probe_paths(aggregator_health):
+    paths = aggregator_health["paths"]
+    assert paths["/healthz"]["status"] == 200 and paths["/healthz"]["json"] == {"status": "ok"}
+    # Its dependencies are down: not ready, in the project's error shape, with Retry-After.
+    assert paths["/readyz"]["status"] == 503 and int(paths["/readyz"]["retry_after"]) > 0
+    assert paths["/readyz"]["json"]["error"] == "unavailable" and paths["/readyz"]["json"]["details"] == []
+    assert paths["/metrics"]["status"] == 200 and paths["/metrics"]["aggregator_metrics"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_worker_and_beat_should_be_live_on_healthz_and_ready_on_readyz(render, mode, aggregator_health):
+    """Liveness must not follow the dependencies (an outage of Postgres or Redis would restart every
+    worker); readiness must, and its timeout must cover the checks (each gives up after
+    check_timeout_seconds, one after the other)."""
+    seen = set()
+    for comp, _part, _w, c in part_containers(render(mode)):
+        if comp not in ("worker", "beat"):
+            continue
+        seen.add(comp)
+        for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            assert c[probe]["httpGet"] == {"path": path, "port": "metrics"}, f"{comp} {probe}"
+            assert path in aggregator_health["paths"]
+        timeout = c["readinessProbe"].get("timeoutSeconds", 1)
+        assert timeout >= 2 * aggregator_health["check_timeout_seconds"], f"{comp} readiness times out first"
+    assert seen == {"worker", "beat"}
 
 
 # --- commands ------------------------------------------------------------------------------------

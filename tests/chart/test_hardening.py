@@ -20,7 +20,7 @@ def test_the_default_release_should_hold_every_object_of_the_system(render):
     assert names(objs, "StatefulSet") == {f"{FULL}-postgres", f"{FULL}-redis"}
     assert names(objs, "Job") == {f"{FULL}-migrate"}
     assert names(objs, "Service") >= {f"{FULL}-{c}" for c in ("ingestor", "registry", "query", "postgres", "redis")}
-    assert names(objs, "HorizontalPodAutoscaler") == {f"{FULL}-{c}" for c in ("ingestor", "query", "worker")}
+    assert names(objs, "HorizontalPodAutoscaler") == {f"{FULL}-{c}" for c in ("ingestor", "registry", "query", "worker")}
     assert names(objs, "PodDisruptionBudget") >= {f"{FULL}-{c}" for c in ("ingestor", "registry", "query", "worker")}
     assert {component(o) for o in by_kind(objs, "NetworkPolicy")} == set(PART_OF) | {"postgres", "redis"}
     assert names(objs, "ConfigMap") >= {f"{FULL}-config"}

@@ -1,7 +1,8 @@
 {{/*
 The Deployment of an aggregator process (the Celery worker or beat), from the aggregator image,
-started through vt-entrypoint. Metrics are served on VT_METRICS_PORT (port "metrics"), which the
-probes use too. Call with (dict "ctx" $ "component" "worker" "args" (list ...)).
+started through vt-entrypoint. VT_METRICS_PORT (port "metrics") serves /metrics, /healthz (startup and
+liveness: the process serves) and /readyz (readiness: its dependencies answer), which the probes use.
+Call with (dict "ctx" $ "component" "worker" "args" (list ...)).
 */}}
 {{- define "visiontrack.aggregatorDeployment" -}}
 {{- $ := .ctx -}}

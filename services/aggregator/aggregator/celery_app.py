@@ -78,12 +78,12 @@ def _logging(**_):
 def _serve_metrics(sender=None, **_):
     if sender is not None and getattr(sender, "hostname", None):
         state.NODE_NAME["value"] = sender.hostname  # inherited by the pool's children
-    metrics.serve(config.metrics_port)
+    metrics.serve(config.metrics_port, config)  # /metrics, /healthz, /readyz (Postgres and Redis)
 
 
 @signals.beat_init.connect
 def _serve_beat_metrics(**_):
-    metrics.serve(config.metrics_port)
+    metrics.serve(config.metrics_port, config, dependencies=("redis",))  # beat needs only the broker
 
 
 @signals.worker_process_init.connect

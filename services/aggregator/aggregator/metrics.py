@@ -1,14 +1,14 @@
 """Every metric the aggregator exports, in one place (prefix `visiontrack_aggregator_`).
 
 Celery's prefork children each write their own files (prometheus-client multiprocess mode, set up by the
-start script); `serve()` merges them on VT_METRICS_PORT.
+start script); `serve()` merges them on VT_METRICS_PORT, beside /healthz and /readyz (aggregator.health).
 """
 from __future__ import annotations
 
 import logging
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 log = logging.getLogger("aggregator.metrics")
 
@@ -73,19 +73,28 @@ def record(entries: int, readings: int, inserted: int, dead_letters: int, stream
         LAST_BATCH.set_to_current_time()
 
 
-def serve(port: int) -> None:
-    """Serve /metrics for this process tree (merged across prefork children when multiprocess is on)."""
+def serve(port: int, config=None, dependencies: tuple[str, ...] = ("postgres", "redis")):
+    """Serve, on `port`: /metrics for this process tree (merged across prefork children when multiprocess
+    is on), /healthz, and /readyz answering whether `dependencies` answer (settings from `config`, or
+    loaded). Returns the server (None when port is 0)."""
     if port == 0:
-        return
+        return None
+    from . import health
+
+    registry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        start_http_server(port, registry=registry)
-    else:
-        start_http_server(port)
-    log.info("metrics on :%d/metrics", port)
+    if config is None:
+        from visiontrack import config as config_module
+
+        config = config_module.load()
+    readiness = health.Readiness(health.dependency_checks(config, dependencies))
+    server = health.start(port, health.make_app(make_wsgi_app(registry), readiness))
+    log.info("metrics on :%d/metrics, health on /healthz and /readyz (%s)", port, ", ".join(dependencies))
+    return server
 
 
 def process_exited(pid: int) -> None:
