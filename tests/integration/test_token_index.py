@@ -1,9 +1,8 @@
-"""The token index rebuild against registry changes in flight (visiontrack.tokens).
+"""The token index rebuild against registry changes (visiontrack.tokens).
 
-A registry change writes the index before its Postgres commit. A rebuild that read Postgres before that
-commit and swapped its copy in after the index write would undo the change: a revoked token working again,
-or a new one refused, until the next rebuild. Here a change is held open at exactly that point, with a
-rebuild started beside it; the rebuild must wait for the commit and so include the change.
+A registry change writes the index before its Postgres commit; a rebuild fills a copy from a snapshot and
+swaps it in. Each test puts a change where a careless rebuild would undo it: in flight (index written, not
+yet committed) when the rebuild swaps, or committed after the rebuild's snapshot. The change must survive.
 """
 from __future__ import annotations
 
@@ -13,82 +12,141 @@ import uuid
 import psycopg2
 import pytest
 
-from visiontrack.tokens import index_value, lock_index_for_change, rebuild_index, token_sha256
+from visiontrack.tokens import (changed_key, fill_scratch, index_value, lock_index_for_change, rebuild_index,
+                                record_change, swap_in, token_sha256)
 
 
 @pytest.fixture
 def index_key(redis_client):
     key = f"test:token-index:{uuid.uuid4().hex[:8]}"
     yield key
-    redis_client.delete(key)
+    redis_client.delete(key, changed_key(key))
 
 
-def _device_with_token(db) -> tuple[int, str]:
-    sha = token_sha256(f"vtd_{uuid.uuid4().hex}")
+@pytest.fixture
+def connect(postgres):
+    """Connections closed (rolled back) at the end whatever happens, so no test leaves the lock held."""
+    opened = []
+
+    def open_one():
+        conn = psycopg2.connect(postgres.url)
+        opened.append(conn)
+        return conn
+
+    yield open_one
+    for conn in opened:
+        conn.close()
+
+
+def _sha() -> str:
+    return token_sha256(f"vtd_{uuid.uuid4().hex}")
+
+
+def _device_with_token(db, redis_client, key: str) -> tuple[int, str]:
+    sha = _sha()
     with db.cursor() as cur:
         cur.execute("INSERT INTO devices (name) VALUES (%s) RETURNING id", (f"index-{uuid.uuid4().hex[:8]}",))
         device = cur.fetchone()[0]
         cur.execute("INSERT INTO device_tokens (device_id, token_sha256) VALUES (%s, %s)", (device, sha))
+    redis_client.hset(key, sha, index_value(device, "active"))
     return device, sha
 
 
-def _rebuild_in_background(postgres, redis_client, key: str) -> threading.Thread:
-    def rebuild():
-        conn = psycopg2.connect(postgres.url)
+def _change(conn, redis_client, key: str, sql: str, params: tuple, set_: dict, removed: list[str]) -> None:
+    """What the registry does up to its commit: the rows, the lock, the index entries and the change note."""
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        lock_index_for_change(cur)
+    pipe = redis_client.pipeline(transaction=True)
+    for sha, value in set_.items():
+        pipe.hset(key, sha, value)
+    for sha in removed:
+        pipe.hdel(key, sha)
+    record_change(pipe, key, *set_, *removed)
+    pipe.execute()
+
+
+class Rebuild(threading.Thread):
+    """A rebuild on its own connection; its error, if any, is raised again by result()."""
+
+    def __init__(self, conn, redis_client, key: str):
+        super().__init__(daemon=True)
+        self.conn, self.redis, self.key, self.error = conn, redis_client, key, None
+
+    def run(self):
         try:
-            with conn, conn.cursor() as cur:
-                rebuild_index(cur, redis_client, key)
-        finally:
-            conn.close()
+            with self.conn:
+                rebuild_index(self.conn, self.redis, self.key)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.error = exc
 
-    thread = threading.Thread(target=rebuild, daemon=True)
-    thread.start()
-    return thread
-
-
-def _change_in_flight(postgres, sql: str, params: tuple, redis_change) -> psycopg2.extensions.connection:
-    """A registry-like change, done up to its commit: the row changed, the lock held, the index written."""
-    conn = psycopg2.connect(postgres.url)
-    cur = conn.cursor()
-    cur.execute(sql, params)
-    lock_index_for_change(cur)
-    redis_change()
-    return conn
+    def result(self, timeout: float = 10) -> None:
+        self.join(timeout)
+        assert not self.is_alive(), "the rebuild did not finish"
+        if self.error:
+            raise self.error
 
 
-def test_a_revocation_in_flight_is_not_undone_by_a_rebuild(db, postgres, redis_client, index_key):
-    device, sha = _device_with_token(db)
-    redis_client.hset(index_key, sha, index_value(device, "active"))
-    revoking = _change_in_flight(postgres, "DELETE FROM device_tokens WHERE device_id = %s", (device,),
-                                 lambda: redis_client.hdel(index_key, sha))
-    rebuild = _rebuild_in_background(postgres, redis_client, index_key)
+def test_a_revocation_in_flight_is_not_undone_by_a_rebuild(db, redis_client, index_key, connect):
+    device, sha = _device_with_token(db, redis_client, index_key)
+    revoking = connect()
+    _change(revoking, redis_client, index_key, "DELETE FROM device_tokens WHERE device_id = %s", (device,),
+            set_={}, removed=[sha])
+    rebuild = Rebuild(connect(), redis_client, index_key)
+    rebuild.start()
     rebuild.join(0.5)
-    assert rebuild.is_alive(), "the rebuild did not wait for the change in flight"
+    assert rebuild.is_alive(), "the rebuild swapped while a change was in flight"
     revoking.commit()
-    revoking.close()
-    rebuild.join(10)
-    assert not rebuild.is_alive()
+    rebuild.result()
     assert redis_client.hget(index_key, sha) is None  # the revoked token stays out
 
 
-def test_a_new_token_in_flight_is_kept_by_a_rebuild(db, postgres, redis_client, index_key):
-    device, old = _device_with_token(db)
-    new = token_sha256(f"vtd_{uuid.uuid4().hex}")
-    rotating = _change_in_flight(postgres, "UPDATE device_tokens SET token_sha256 = %s WHERE device_id = %s",
-                                 (new, device), lambda: (redis_client.hdel(index_key, old),
-                                                         redis_client.hset(index_key, new, index_value(device, "active"))))
-    rebuild = _rebuild_in_background(postgres, redis_client, index_key)
+def test_a_rotation_in_flight_is_kept_by_a_rebuild(db, redis_client, index_key, connect):
+    device, old = _device_with_token(db, redis_client, index_key)
+    new = _sha()
+    rotating = connect()
+    _change(rotating, redis_client, index_key, "UPDATE device_tokens SET token_sha256 = %s WHERE device_id = %s",
+            (new, device), set_={new: index_value(device, "active")}, removed=[old])
+    rebuild = Rebuild(connect(), redis_client, index_key)
+    rebuild.start()
     rebuild.join(0.5)
+    assert rebuild.is_alive(), "the rebuild swapped while a change was in flight"
     rotating.commit()
-    rotating.close()
-    rebuild.join(10)
+    rebuild.result()
     assert redis_client.hget(index_key, new) == index_value(device, "active")
     assert redis_client.hget(index_key, old) is None
 
 
-def test_a_rebuild_leaves_no_scratch_keys(db, postgres, redis_client, index_key):
-    _device_with_token(db)
-    rebuild = _rebuild_in_background(postgres, redis_client, index_key)
-    rebuild.join(10)
-    assert redis_client.hlen(index_key) > 0
+def test_a_change_committed_after_the_snapshot_is_applied_before_the_swap(db, redis_client, index_key, connect):
+    device, sha = _device_with_token(db, redis_client, index_key)
+    rebuilding = connect()
+    scratch = fill_scratch(rebuilding, redis_client, index_key)  # the snapshot still holds the token
+    assert redis_client.hget(scratch, sha) is not None
+    revoking = connect()
+    _change(revoking, redis_client, index_key, "DELETE FROM device_tokens WHERE device_id = %s", (device,),
+            set_={}, removed=[sha])
+    revoking.commit()
+    with rebuilding:
+        swap_in(rebuilding, redis_client, index_key, scratch)
+    assert redis_client.hget(index_key, sha) is None
+
+
+def test_a_registry_change_waits_only_for_the_swap_not_the_fill(db, redis_client, index_key, connect):
+    device, sha = _device_with_token(db, redis_client, index_key)
+    rebuilding = connect()
+    fill_scratch(rebuilding, redis_client, index_key)  # the transaction is open, the lock not taken
+    changing = connect()
+    changing.cursor().execute("SET lock_timeout = '1s'")
+    _change(changing, redis_client, index_key, "UPDATE devices SET status = 'disabled' WHERE id = %s", (device,),
+            set_={sha: index_value(device, "disabled")}, removed=[])  # would time out if the fill held the lock
+    changing.commit()
+    rebuilding.rollback()
+
+
+def test_a_rebuild_leaves_no_scratch_keys_and_no_expiry_on_the_index(db, redis_client, index_key, connect):
+    _device_with_token(db, redis_client, index_key)
+    rebuild = Rebuild(connect(), redis_client, index_key)
+    rebuild.start()
+    rebuild.result()
+    assert redis_client.hlen(index_key) > 0 and redis_client.ttl(index_key) == -1
     assert list(redis_client.scan_iter(f"{index_key}:*")) == []

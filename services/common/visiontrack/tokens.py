@@ -1,11 +1,17 @@
 """Device tokens and the Redis token index (docs/contracts.md section 2).
 
-Two writers keep the index: the registry changes an entry inside the Postgres transaction that changes the
-token (before its commit), and the aggregator now and then replaces the whole index with what Postgres
-holds. The replacement must not put back what a registry change removed while it was being built (a
-revoked token working again until the next one). So the registry holds INDEX_LOCK shared from its index
-change to its commit, and the rebuild holds it exclusively from its read of Postgres to its swap in Redis:
-it reads only committed changes, and none can slip in between.
+Two writers keep the index. The registry changes entries inside the Postgres transaction that changes the
+token, before its commit. The aggregator now and then replaces the whole index with what Postgres holds, to
+repair drift (an index change whose commit then failed). A replacement built from a snapshot must not undo
+a registry change made while it was being built (a revoked token working again until the next rebuild):
+
+- the registry holds INDEX_LOCK shared from its index change to its commit, and notes the hashes it
+  changed in a set (`record_change`), in the same MULTI as the change;
+- the rebuild fills a scratch copy from a snapshot without the lock, then takes the lock exclusively (no
+  registry change is then between its index write and its commit), reads again the rows of every hash
+  noted meanwhile, applies them to the copy, and swaps it in before releasing the lock.
+
+So registry changes wait only for that short last step, never for the whole fill.
 """
 from __future__ import annotations
 
@@ -15,6 +21,10 @@ import uuid
 
 TOKEN_PREFIX = "vtd_"
 INDEX_LOCK = 0x5654_544B  # "VTTK": a Postgres advisory lock id
+# Changes older than this were committed long before any rebuild that could miss them started.
+CHANGED_TTL_SECONDS = 600
+SCRATCH_TTL_SECONDS = 3600  # a scratch copy left by a rebuild that died goes by itself
+REBUILD_LOCK_TIMEOUT = "5s"  # past it the rebuild gives up this round rather than hold registry changes
 
 
 def new_device_token() -> str:
@@ -41,33 +51,75 @@ def parse_index_value(raw: str | bytes | None) -> tuple[int, str] | None:
         return None
 
 
+def changed_key(key: str) -> str:
+    return f"{key}:changed"
+
+
+def record_change(pipe, key: str, *shas: str) -> None:
+    """In the MULTI that changes these index entries: note them for a rebuild in progress."""
+    pipe.sadd(changed_key(key), *shas)
+    pipe.expire(changed_key(key), CHANGED_TTL_SECONDS)
+
+
 def lock_index_for_change(cur) -> None:
-    """In a transaction about to change index entries: wait out a rebuild in progress (shared, so registry
-    changes never wait for each other)."""
+    """In a transaction about to change index entries: wait out a rebuild's swap in progress (shared, so
+    registry changes never wait for each other)."""
     cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (INDEX_LOCK,))
 
 
-def rebuild_index(cur, redis, key: str) -> int:
-    """Replace the whole index atomically with the tokens Postgres holds; `cur` in a transaction, which
-    keeps the lock until its commit (after the swap)."""
-    cur.execute("SELECT pg_advisory_xact_lock(%s)", (INDEX_LOCK,))
-    cur.execute("""SELECT t.token_sha256, d.id, d.status
-                   FROM device_tokens t JOIN devices d ON d.id = t.device_id""")
-    tmp = f"{key}:rebuild:{uuid.uuid4().hex}"  # a rebuild of its own: never one half filled by another
-    pipe = redis.pipeline(transaction=False)
-    count = 0
-    try:
-        for sha, device_id, status in cur:
-            pipe.hset(tmp, sha, index_value(device_id, status))
-            count += 1
-            if count % 1000 == 0:
+_TOKENS = "SELECT t.token_sha256, d.id, d.status FROM device_tokens t JOIN devices d ON d.id = t.device_id"
+
+
+def rebuild_index(conn, redis, key: str) -> int:
+    """Replace the whole index with the tokens Postgres holds; return how many it holds. `conn` is in a
+    transaction, which keeps the lock until its commit (after the swap)."""
+    return swap_in(conn, redis, key, fill_scratch(conn, redis, key))
+
+
+def fill_scratch(conn, redis, key: str) -> str:
+    """A scratch copy of the index from a snapshot of Postgres, made without the lock; its key."""
+    scratch = f"{key}:rebuild:{uuid.uuid4().hex}"  # its own: two rebuilds may fill at once
+    with conn.cursor(name=f"token_index_{uuid.uuid4().hex[:8]}") as rows:  # streamed, not all in memory
+        rows.itersize = 5000
+        rows.execute(_TOKENS)
+        pipe = redis.pipeline(transaction=False)
+        for n, (sha, device_id, status) in enumerate(rows, 1):
+            pipe.hset(scratch, sha, index_value(device_id, status))
+            if n % 1000 == 0:
+                pipe.expire(scratch, SCRATCH_TTL_SECONDS)
                 pipe.execute()
+        pipe.expire(scratch, SCRATCH_TTL_SECONDS)
+        pipe.execute()
+    return scratch
+
+
+def swap_in(conn, redis, key: str, scratch: str) -> int:
+    """Under the lock: bring the copy up to date with the changes noted since the snapshot, then make it the
+    index. Raises psycopg2.errors.LockNotAvailable when a registry change holds the lock too long."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET LOCAL lock_timeout = %s", (REBUILD_LOCK_TIMEOUT,))
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (INDEX_LOCK,))
+            cur.execute("SET LOCAL lock_timeout = DEFAULT")
+            changed = [m.decode() if isinstance(m, bytes) else m for m in redis.smembers(changed_key(key))]
+            if changed:
+                cur.execute(_TOKENS + " WHERE t.token_sha256 = ANY(%s)", (changed,))
+                now = {sha: index_value(device_id, status) for sha, device_id, status in cur.fetchall()}
+                pipe = redis.pipeline(transaction=False)
+                for sha in changed:
+                    if sha in now:
+                        pipe.hset(scratch, sha, now[sha])
+                    else:
+                        pipe.hdel(scratch, sha)
+                pipe.execute()
+        count = redis.hlen(scratch)
+        pipe = redis.pipeline(transaction=True)
         if count:
-            pipe.rename(tmp, key)
+            pipe.rename(scratch, key).persist(key)  # RENAME would carry the scratch copy's expiry over
         else:
             pipe.delete(key)
+        pipe.delete(changed_key(key))  # no change can be noted before the commit releases the lock
         pipe.execute()
+        return count
     finally:
-        if count:
-            redis.delete(tmp)  # only left behind when the swap failed
-    return count
+        redis.delete(scratch)  # gone with the swap; left only when it failed

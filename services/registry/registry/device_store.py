@@ -12,7 +12,7 @@ import psycopg2.extras
 import redis
 
 from visiontrack.errors import ApiError
-from visiontrack.tokens import index_value, lock_index_for_change, new_device_token, token_sha256
+from visiontrack.tokens import index_value, lock_index_for_change, new_device_token, record_change, token_sha256
 
 _COLUMNS = "id, name, type, location, metadata, status, created_at, updated_at, last_seen_at"
 
@@ -32,11 +32,13 @@ class DeviceStore:
         self.redis = redis_client
         self.index_key = index_key
 
-    def _index(self, cur, apply) -> None:
+    def _index(self, cur, apply, *shas: str) -> None:
+        """Change the index entries of `shas` (by `apply`), held against a rebuild until the commit."""
         lock_index_for_change(cur)
         try:
             pipe = self.redis.pipeline(transaction=True)
             apply(pipe)
+            record_change(pipe, self.index_key, *shas)
             pipe.execute()
         except redis.RedisError:
             raise ApiError("unavailable", "the token index (Redis) is unreachable; nothing was changed",
@@ -54,7 +56,7 @@ class DeviceStore:
                 device = cur.fetchone()
                 cur.execute("INSERT INTO device_tokens (device_id, token_sha256) VALUES (%s, %s)",
                             (device["id"], sha))
-                self._index(cur, lambda p: p.hset(self.index_key, sha, index_value(device["id"], "active")))
+                self._index(cur, lambda p: p.hset(self.index_key, sha, index_value(device["id"], "active")), sha)
         except psycopg2.errors.UniqueViolation:
             raise _conflict_on_name() from None
         return {**device, "token": token}
@@ -106,7 +108,8 @@ class DeviceStore:
                     row = cur.fetchone()
                     if row:
                         self._index(cur, lambda p: p.hset(self.index_key, row["token_sha256"],
-                                                          index_value(device_id, device["status"])))
+                                                          index_value(device_id, device["status"])),
+                                    row["token_sha256"])
         except psycopg2.errors.UniqueViolation:
             raise _conflict_on_name() from None
         return device
@@ -125,7 +128,7 @@ class DeviceStore:
                         "WHERE device_id = %s AND deleted_at IS NULL", (device_id,))
             cur.execute("INSERT INTO device_purges (device_id) VALUES (%s) ON CONFLICT DO NOTHING", (device_id,))
             if token:
-                self._index(cur, lambda p: p.hdel(self.index_key, token["token_sha256"]))
+                self._index(cur, lambda p: p.hdel(self.index_key, token["token_sha256"]), token["token_sha256"])
 
     def rotate_token(self, device_id: int) -> str:
         token = new_device_token()
@@ -148,5 +151,5 @@ class DeviceStore:
                     pipe.hdel(self.index_key, old)
                 pipe.hset(self.index_key, sha, index_value(device_id, device["status"]))
 
-            self._index(cur, apply)
+            self._index(cur, apply, *([old] if old else []), sha)
         return token

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+import psycopg2.errors
+
 from visiontrack.migrate import ensure_partitions as ensure_partition_range
 from visiontrack.tokens import rebuild_index
 
@@ -26,9 +28,12 @@ def ensure_partitions() -> int:
 def repair_token_index() -> int:
     """Rebuild the Redis token index from Postgres, so the two cannot drift for long."""
     st = state.get()
-    with st.db.transaction() as cur:
-        with cur.connection.cursor() as plain:  # tuples, one per token: the index can be large
-            count = rebuild_index(plain, st.redis, config.token_index_key)
+    try:
+        with st.db.transaction() as cur:
+            count = rebuild_index(cur.connection, st.redis, config.token_index_key)
+    except psycopg2.errors.LockNotAvailable:
+        log.warning("token index not rebuilt this round: a registry change held its lock too long")
+        return -1
     metrics.TOKEN_INDEX_SIZE.set(count)
     return count
 
