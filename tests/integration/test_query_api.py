@@ -359,3 +359,13 @@ def test_an_aggregate_at_the_end_of_time_is_a_400_naming_to(query_url, tz):
     resp = _get(query_url, "/api/telemetry/aggregate", **args, **{"from": "9999-12-29T00:00:00Z",
                                                                    "to": "9999-12-30T00:00:00Z"})
     assert resp.status_code == 200 and resp.json()["items"] == []
+
+
+def test_the_latest_to_is_stated_to_the_instant(query_url):
+    """The message names the exact last instant taken: a millisecond after it is refused, though it is still on
+    9999-12-30 (the message once said "9999-12-30 or earlier")."""
+    args = {"device_id": 1, "metric": "t", "interval": "1h", "from": "9999-12-29T00:00:00Z"}
+    resp = _get(query_url, "/api/telemetry/aggregate", **args, to="9999-12-30T00:00:00.001Z")
+    assert _field(resp) == ["to"]
+    assert resp.json()["details"][0]["message"] == "must be 9999-12-30T00:00:00Z or earlier"
+    assert _get(query_url, "/api/telemetry/aggregate", **args, to="9999-12-30T00:00:00Z").status_code == 200

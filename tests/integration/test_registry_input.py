@@ -1,5 +1,6 @@
 """The registry's input edges over real HTTP: JSON bodies must be labelled JSON (415 otherwise), and input that
-once answered 500 (ids beyond a bigint, NUL characters) is refused, naming the field, with nothing stored."""
+once answered 500 (ids beyond a bigint, NUL characters, lone surrogates) is refused, naming the field, with
+nothing stored."""
 from __future__ import annotations
 
 import json
@@ -174,6 +175,98 @@ def test_a_nul_in_a_device_change_or_a_rule_is_refused_and_changes_nothing(regis
                          headers=ADMIN)
     assert resp.status_code == 400 and _fields(resp) == ["device_type"], resp.text
     assert not _stored(db, "alert_rules", name)
+
+
+NUL_MESSAGE = "must not contain a NUL (U+0000) character"
+SURROGATE_MESSAGE = "must not contain a lone surrogate (U+D800 to U+DFFF): text must be valid Unicode"
+
+
+def _details(resp) -> list:
+    assert resp.status_code == 400 and resp.json()["error"] == "validation_error", resp.text
+    return [(d["field"], d["message"]) for d in resp.json()["details"]]
+
+
+def _post_raw(registry_url, path: str, raw: str, headers=ADMIN):
+    """`raw` JSON text sent as is: the escapes in it are the client's, not json.dumps'."""
+    return requests.post(f"{registry_url}{path}", data=raw.encode(),
+                         headers={**headers, "Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("raw,field", [
+    ('"name": "a\\ud800b"', "name"),
+    ('"name": "ok", "type": "\\udfff"', "type"),
+    ('"name": "ok", "location": "\\uDC00"', "location"),  # escapes are case-insensitive
+    ('"name": "ok", "metadata": {"a": [1, {"b": "\\uDbFf"}]}', "metadata.a.1.b"),
+    ('"name": "ok", "metadata": {"k\\ud800": 1}', "metadata.k\\ud800"),  # named, with the surrogate spelt out
+    ('"name": "\\ude00\\ud83d"', "name"),  # a pair in the wrong order is two lone surrogates
+])
+def test_a_lone_surrogate_in_a_new_device_is_refused_naming_the_field(registry_url, db, raw, field):
+    """JSON may escape a lone surrogate, which Python parses into a str no UTF-8 encoder takes: psycopg2 raised
+    UnicodeEncodeError, a 500."""
+    before = _count(db, "devices")
+    resp = _post_raw(registry_url, "/api/devices/", "{" + raw.replace('"ok"', f'"{_name("sur")}"') + "}")
+    assert _details(resp) == [(field, SURROGATE_MESSAGE)]
+    assert _count(db, "devices") == before
+
+
+def test_a_lone_surrogate_in_a_device_change_or_a_rule_is_refused_and_changes_nothing(registry_url, db):
+    device = create_device(registry_url)
+    rule = create_rule(registry_url, **RULE)
+    device_before, rule_before = _device_row(db, device["id"]), _rule_row(db, rule["id"])
+    for path, body, field in [
+        (f"/api/devices/{device['id']}", {"name": "x\ud800"}, "name"),
+        (f"/api/devices/{device['id']}", {"location": "fine", "metadata": {"k": {"deep": "\udc00"}}},
+         "metadata.k.deep"),
+        (f"/api/alert-rules/{rule['id']}", {"name": "\ud800"}, "name"),
+        (f"/api/alert-rules/{rule['id']}", {"device_type": "p\udfff"}, "device_type"),
+    ]:
+        resp = requests.patch(f"{registry_url}{path}", json=body, headers=ADMIN)
+        assert _details(resp) == [(field, SURROGATE_MESSAGE)], (path, body)
+    assert _device_row(db, device["id"]) == device_before
+    assert _rule_row(db, rule["id"]) == rule_before
+    for body, field in [({"name": "r\ud800"}, "name"), ({"name": _name("sur-rule"), "device_type": "\udbff"},
+                                                        "device_type")]:
+        before = _count(db, "alert_rules")
+        resp = requests.post(f"{registry_url}/api/alert-rules/", json={**body, **RULE}, headers=ADMIN)
+        assert _details(resp) == [(field, SURROGATE_MESSAGE)], body
+        assert _count(db, "alert_rules") == before
+
+
+def test_each_unstorable_character_gets_its_own_message(registry_url):
+    resp = _post_raw(registry_url, "/api/devices/", '{"name": "a\\u0000b"}')
+    assert _details(resp) == [("name", NUL_MESSAGE)]
+    # the first field in the body that holds either is named
+    resp = _post_raw(registry_url, "/api/devices/", '{"location": "\\ud800", "name": "\\u0000"}')
+    assert _details(resp) == [("location", SURROGATE_MESSAGE)]
+
+
+def test_escaped_text_that_is_storable_is_taken(registry_url, db):
+    """The escapes the byte scan looks for are only a hint: a surrogate pair is one character, and an escaped
+    backslash followed by `u0000` is six characters of text."""
+    name = _name("pair")
+    raw = (f'{{"name": "{name}\\ud83d\\uDE00", "location": "C:\\\\u0000", '
+           '"metadata": {"\\uD83D\\ude00": "\\\\udfff"}}')
+    resp = _post_raw(registry_url, "/api/devices/", raw)
+    assert resp.status_code == 201, resp.text
+    device = resp.json()
+    assert device["name"] == name + "\U0001F600" and device["location"] == "C:\\u0000"
+    assert device["metadata"] == {"\U0001F600": "\\udfff"}
+    row = _device_row(db, device["id"])
+    assert row[0] == name + "\U0001F600" and row[2] == "C:\\u0000" and row[3] == {"\U0001F600": "\\udfff"}
+
+
+@pytest.mark.parametrize("path", ["/api/devices/", "/api/alert-rules/"])
+def test_the_operator_token_is_checked_before_the_body_is_read(registry_url, db, path):
+    """An unknown caller is told 401 (a reader 403) whatever the body holds: the registry does not walk a body
+    for someone it will refuse anyway."""
+    before = _count(db, "devices"), _count(db, "alert_rules")
+    for raw in ('{"name": "a\\u0000b"}', '{"name": "\\ud800", "metadata": {"k": "\\u0000"}}'):
+        assert _post_raw(registry_url, path, raw, headers={}).status_code == 401
+        resp = _post_raw(registry_url, path, raw, headers={"Authorization": "Bearer not-a-token"})
+        assert resp.status_code == 401 and resp.json()["error"] == "unauthorized", resp.text
+        resp = _post_raw(registry_url, path, raw, headers=READER)
+        assert resp.status_code == 403 and resp.json()["error"] == "forbidden", resp.text
+    assert (_count(db, "devices"), _count(db, "alert_rules")) == before
 
 
 def test_a_rule_device_id_beyond_a_bigint_is_refused_naming_it(registry_url, db):

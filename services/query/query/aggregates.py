@@ -134,7 +134,7 @@ def get_aggregate(args):
     if start_ms < 0:  # zone offsets before 1970 are local mean times nobody stores telemetry in
         raise _bad("from", "must be 1970-01-01 or later")
     if end_ms > _LAST_MS:
-        raise _bad("to", "must be 9999-12-30 or earlier")
+        raise _bad("to", "must be 9999-12-30T00:00:00Z or earlier")
     p = buckets.plan(buckets.Zone(args["tz"]), interval, start_ms, end_ms)
     with svc.db.read() as cur:
         rows = aggregate(cur, args["device_id"], args["metric"], p)

@@ -17,5 +17,4 @@ def create_app(config: Config | None = None) -> Flask:
         blueprints=[devices.blp, alert_rules.blp],
         openapi_prefix="/api/devices",
         title="VisionTrack registry",
-        json_bodies=True,  # devices and rules: small JSON documents, parsed whole
     )

@@ -12,7 +12,7 @@ from .. import logs
 from ..config import Config
 from ..db import Database
 from ..errors import ApiError
-from . import errors, nul_guard
+from . import errors, text_guard
 from .auth import OperatorAuth
 from .fields import IdConverter
 
@@ -46,8 +46,7 @@ def _metrics(app: Flask, part: str):
 
 
 def create_base_app(part: str, config: Config, blueprints: Iterable[Blueprint], openapi_prefix: str,
-                    title: str, extra_readiness: Callable[[Services], None] | None = None,
-                    json_bodies: bool = False) -> Flask:
+                    title: str, extra_readiness: Callable[[Services], None] | None = None) -> Flask:
     logs.configure(config.log_level, config.log_format, part)
     app = Flask(part)
     app.config.update(
@@ -64,9 +63,7 @@ def create_base_app(part: str, config: Config, blueprints: Iterable[Blueprint], 
     api = Api(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})
     api.register_converter(IdConverter, lambda _: {"type": "integer", "format": "int64", "minimum": 1})
-    app.before_request(nul_guard.check_query)
-    if json_bodies:
-        app.before_request(nul_guard.check_json_body)
+    app.before_request(text_guard.check_query)  # cheap: app-wide, before authentication
     for bp in blueprints:
         api.register_blueprint(bp)
     errors.register(app)

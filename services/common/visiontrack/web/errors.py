@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 import psycopg2
-
+import psycopg2.errors
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -66,6 +66,21 @@ def _database_down(exc: Exception):
     return api_error_response(ApiError("unavailable", "the database is unreachable; retry later", retry_after=5))
 
 
+# The data exceptions (SQLSTATE class 22) that mean a value was refused as input: out of range, malformed for
+# its type, too long, not representable. The rest of the class (a division by zero, a bad regular expression,
+# a subscript error, ...) says our own SQL is wrong: a 500, logged with the traceback.
+BAD_INPUT_VALUES = (
+    psycopg2.errors.NumericValueOutOfRange,  # 22003
+    psycopg2.errors.InvalidTextRepresentation,  # 22P02
+    psycopg2.errors.StringDataRightTruncation,  # 22001
+    psycopg2.errors.DatetimeFieldOverflow,  # 22008
+    psycopg2.errors.InvalidDatetimeFormat,  # 22007
+    psycopg2.errors.CharacterNotInRepertoire,  # 22021
+    psycopg2.errors.UntranslatableCharacter,  # 22P05
+    psycopg2.errors.InvalidParameterValue,  # 22023
+)
+
+
 def _bad_value(exc: Exception):
     # A safety net: the schemas bound what they take, so this means one of them missed a value Postgres
     # refuses (a number out of range, say). Still the caller's input: a 400, never a 500.
@@ -82,5 +97,6 @@ def register(app: Flask) -> None:
     app.register_error_handler(ApiError, api_error_response)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(psycopg2.OperationalError, _database_down)
-    app.register_error_handler(psycopg2.DataError, _bad_value)
+    for exc in BAD_INPUT_VALUES:  # any other DataError falls through to _unexpected: a 500
+        app.register_error_handler(exc, _bad_value)
     app.register_error_handler(Exception, _unexpected)

@@ -2,7 +2,7 @@
 
 A cursor comes back from the client, so it is input like any other: decode_cursor checks each value's type
 *and range* against the shape the endpoint expects, so that a hand-made cursor is a 400 naming `cursor`
-rather than an overflow (a datetime, a bigint) or a value Postgres refuses (a NUL) deeper down, a 500.
+rather than an overflow (a datetime, a bigint) or text Postgres refuses (text_guard) deeper down, a 500.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 from datetime import datetime, timezone
 
 from ..errors import ApiError
+from .text_guard import is_storable
 from .timefmt import to_micros
 
 BIGINT = range(-2**63, 2**63)
@@ -34,16 +35,8 @@ def _fits(value, kind: KeyKind) -> bool:
         return isinstance(value, int) and value in kind
     if kind is int:
         return isinstance(value, int) and value in BIGINT
-    if kind is str:
-        # Text Postgres can hold: no NUL, and no lone surrogate (JSON's "\ud800" decodes to one, which
-        # no UTF-8 encoder takes).
-        if not isinstance(value, str) or "\x00" in value:
-            return False
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
+    if kind is str:  # text Postgres can hold: no NUL, no lone surrogate (JSON's "\ud800" decodes to one)
+        return isinstance(value, str) and is_storable(value)
     return isinstance(value, kind)
 
 
