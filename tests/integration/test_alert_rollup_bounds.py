@@ -157,3 +157,34 @@ def test_could_hold_is_true_exactly_when_some_value_in_the_range_meets_the_condi
     assert len(verdicts) == len(ranges)
     for lo, hi, t, could in verdicts:
         assert could == any(OPS[op](v, t) for v in range(int(lo), int(hi) + 1)), (op, lo, hi, t)
+
+
+def test_an_evaluation_rolled_back_counts_no_devices(eval_db):
+    """The walked/passed-over counts are of committed evaluations: one rolled back (here: failing after its
+    work, before the commit) counts nothing, and the evaluation that does commit counts each device once."""
+
+    class FailingBeforeCommit(Evaluator):
+        def _outbox(self, cur, changes):
+            raise RuntimeError("the transaction never commits")
+
+    with eval_db.cursor() as cur:
+        walked, walked_rule = _device_and_rule(cur)
+        _readings(cur, walked, [10.0, 99.0, 12.0], rollup=None)
+        passed, passed_rule = _device_and_rule(cur)
+        _readings(cur, passed, [10.0, 12.0], rollup=(10.0, 12.0))
+    conn = psycopg2.connect(eval_db.dsn)  # not autocommit, unlike eval_db: a rollback undoes the work
+    try:
+        before = _devices_counted()
+        with pytest.raises(RuntimeError):
+            FailingBeforeCommit(conn).run()
+        assert _devices_counted() == before
+        with eval_db.cursor() as cur:
+            assert _alerts(cur, walked_rule) == [] and _state(cur, passed_rule, passed) is None  # rolled back
+        Evaluator(conn).run()
+        after = _devices_counted()
+        assert (after["passed_over"] - before["passed_over"], after["walked"] - before["walked"]) == (1, 1)
+        with eval_db.cursor() as cur:
+            assert _alerts(cur, walked_rule) == [("resolved", 99.0)]
+            assert _state(cur, passed_rule, passed) == (True, None)
+    finally:
+        conn.close()

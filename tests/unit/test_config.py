@@ -59,16 +59,53 @@ def test_the_readme_documents_every_setting():
     assert not missing, f"README's configuration table lacks {missing}"
 
 
-@pytest.mark.parametrize("env", [
+BAD_NESTING = [
     {"VT_RETENTION_DAYS": "100"},  # past the 1-minute rollups' 90
     {"VT_ROLLUP_1M_RETENTION_DAYS": "10"},  # under the raw rows' 30
     {"VT_ROLLUP_1M_RETENTION_DAYS": "800"},  # past the 1-hour rollups' 730
-])
+]
+
+
+@pytest.mark.parametrize("env", BAD_NESTING)
 def test_rollups_must_outlive_what_they_sum(env):
-    with pytest.raises(config.ConfigError, match="rollups outlive what they sum"):
-        config.load(env)
+    cfg = config.load(env)  # each value is fine alone; only the aggregator, which applies them, checks them together
+    with pytest.raises(config.ConfigError, match="rollups outlive what they sum") as err:
+        config.check_retention(cfg)
+    assert all(name in str(err.value) for name in ("VT_RETENTION_DAYS", "VT_ROLLUP_1M_RETENTION_DAYS",
+                                                    "VT_ROLLUP_1H_RETENTION_DAYS"))
 
 
 def test_retention_settings_may_be_equal():
     cfg = config.load({"VT_RETENTION_DAYS": "90", "VT_ROLLUP_1M_RETENTION_DAYS": "90", "VT_ROLLUP_1H_RETENTION_DAYS": "90"})
+    config.check_retention(cfg)
     assert cfg.rollup_1h_retention_days == 90
+    config.check_retention(config.load({}))  # the defaults nest
+
+
+@pytest.mark.parametrize("env", BAD_NESTING)
+def test_the_registry_and_query_start_whatever_the_rollup_retention(env):
+    """The rollup retention settings are the aggregator's alone: a registry or query given the same
+    environment (one ConfigMap, say) loads its configuration."""
+    cfg = config.load({**env, "VT_ADMIN_TOKENS": "a" * 16})
+    assert cfg.admin_tokens == ("a" * 16,)
+    retention = {"VT_ROLLUP_1M_RETENTION_DAYS", "VT_ROLLUP_1H_RETENTION_DAYS"}
+    assert not any("registry" in s.parts or "query" in s.parts for s in config.SETTINGS if s.name in retention)
+
+
+@pytest.mark.parametrize("env,starts", [({"VT_RETENTION_DAYS": "100"}, False), ({}, True)],
+                         ids=["bad-nesting", "defaults"])
+def test_the_aggregator_refuses_to_start_over_bad_retention_nesting(env, starts):
+    """The Celery app (worker and beat load the same module) stops at start naming the variables."""
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not (k.startswith("VT_") or k in ("DATABASE_URL", "REDIS_URL"))}
+    proc = subprocess.run([sys.executable, "-c", "import aggregator.celery_app"], env={**clean, **env},
+                          capture_output=True, text=True, timeout=120)
+    if starts:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    else:
+        assert proc.returncode != 0
+        assert "ConfigError" in proc.stderr and "VT_RETENTION_DAYS (100)" in proc.stderr
+        assert "VT_ROLLUP_1M_RETENTION_DAYS (90)" in proc.stderr

@@ -107,6 +107,9 @@ class Evaluator:
     def __init__(self, conn, sweep_grace_seconds: float = 60.0):
         self.conn = conn
         self.sweep_grace_seconds = sweep_grace_seconds  # the outbox sweep leaves a new row alone this long
+        # Devices walked or passed over by the evaluation under way, counted (ALERT_DEVICES) once it commits:
+        # a rolled-back evaluation is done again and must not count its devices twice.
+        self._devices = {"walked": 0, "passed_over": 0}
 
     def run(self) -> list[Notification]:
         """Evaluate every enabled rule in one transaction; return the webhook calls to enqueue."""
@@ -138,6 +141,7 @@ class Evaluator:
     def _locked(self, work: Callable[..., list[tuple[dict, dict]]]) -> list[Notification] | None:
         """Run `work` under the evaluation lock and write its changes' webhooks to the outbox, in one
         transaction; None when another evaluation holds the lock."""
+        self._devices = {"walked": 0, "passed_over": 0}
         try:
             with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
                 cur.execute("SELECT pg_try_advisory_xact_lock(%s) AS got", (LOCK_ID,))
@@ -150,6 +154,9 @@ class Evaluator:
         except BaseException:
             self.conn.rollback()
             raise
+        for path, n in self._devices.items():
+            if n:
+                ALERT_DEVICES.labels(path).inc(n)
         for rule, event in changes:
             ALERT_CHANGES.labels(event["state"]).inc()
             log.info("alert %d (%s, rule %d %r, device %d) %s", event["id"], rule["severity"], rule["id"],
@@ -206,8 +213,8 @@ class Evaluator:
                      "threshold": rule["threshold"]})
         rows = cur.fetchall()
         devices = {r["device_id"]: r for r in rows if r["device_id"] is not None}
-        ALERT_DEVICES.labels("passed_over").inc(rows[0]["passed_over"])
-        ALERT_DEVICES.labels("walked").inc(len(devices))
+        self._devices["passed_over"] += rows[0]["passed_over"]
+        self._devices["walked"] += len(devices)
         return self._walk(cur, rule, devices) if devices else []
 
     def _walk(self, cur, rule: dict, devices: dict[int, dict]) -> list[dict]:

@@ -16,6 +16,9 @@ from visiontrack import logs
 from . import metrics, state
 
 config = config_module.load()
+# The aggregator drops the expired partitions, so it alone checks that the retentions nest: worker and beat
+# both load this module, and a bad nesting stops either at start with the variables named.
+config_module.check_retention(config)
 
 app = Celery("aggregator", include=["aggregator.tasks.ingest", "aggregator.tasks.maintenance",
                                       "aggregator.tasks.alerts", "aggregator.tasks.retention"])

@@ -48,6 +48,9 @@ class StreamConsumer:
         self.dead_letter_key = dead_letter_key
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
+        # Pending entries whose dead letter Redis refused: this consumer's own-pending reads pass over them
+        # (they would come back at once, and be refused again at once); claim() retries them once idle.
+        self.refused: set[str] = set()
 
     def ensure_group(self) -> None:
         try:
@@ -57,17 +60,25 @@ class StreamConsumer:
                 raise
 
     def read(self, count: int, start: str) -> list[Raw]:
-        """`start` "0": this consumer's own pending entries (after a restart); ">": new ones."""
-        try:
-            reply = self.redis.xreadgroup(self.group, self.consumer, {self.key: start}, count=count)
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            self.ensure_group()
-            return []
-        entries, gone = _entries(_stream_reply(reply, self.key))
-        self.ack(gone)  # nothing left to store; acking keeps them from coming back forever
-        return entries
+        """`start` "0": this consumer's own pending entries (after a restart), but for those whose dead letter
+        was refused (left to claim()); ">": new ones."""
+        while True:
+            try:
+                reply = self.redis.xreadgroup(self.group, self.consumer, {self.key: start}, count=count)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self.ensure_group()
+                return []
+            items = _stream_reply(reply, self.key)
+            entries, gone = _entries(items)
+            self.ack(gone)  # nothing left to store; acking keeps them from coming back forever
+            if start == ">" or not self.refused:
+                return entries
+            kept = [e for e in entries if e[0] not in self.refused]
+            if kept or not items:
+                return kept
+            start = _text(items[-1][0])  # only refused ones in this page: read on past them
 
     def claim(self, count: int) -> tuple[list[Raw], list[Raw]]:
         """Take over entries a dead consumer left; split off those delivered too often (poison suspects)."""
@@ -80,6 +91,7 @@ class StreamConsumer:
             entries, gone = _entries(reply[1])
             self.ack(gone)
             claimed.extend(entries)
+            self.refused.difference_update(entry_id for entry_id, _ in entries)  # tried again now
             if cursor == "0-0":
                 break
         if not claimed:
@@ -98,22 +110,37 @@ class StreamConsumer:
         ids = list(ids)
         if ids:
             self.redis.xack(self.key, self.group, *ids)
+            self.refused.difference_update(ids)
 
-    def dead_letter(self, items: list[tuple[str, dict, str]]) -> None:
-        """Move unstorable entries aside with the reason, then ack them (one round trip).
+    def dead_letter(self, items: list[tuple[str, dict, str]]) -> int:
+        """Move unstorable entries aside with the reason, then ack those moved; return how many were.
 
-        Not one transaction: a shard and the dead-letter stream hash to different Redis Cluster slots, where
-        MULTI across them is refused. A crash between the two leaves the entry pending; it is redelivered
-        and dead-lettered again (a second copy with the same source_id), never lost."""
+        Two round trips: the XADDs to the dead-letter stream, then one XACK of the entries whose XADD Redis
+        accepted. Not one transaction: a shard and the dead-letter stream hash to different Redis Cluster
+        slots, where MULTI across them is refused. An entry whose XADD Redis refused (over maxmemory with
+        noeviction, which refuses XADD but not XACK; the dead-letter key holding another type) is logged and
+        not acked: it stays pending, the own-pending read passes over it, and claim() takes it again once
+        idle for claim_idle_ms, to be dead-lettered then. A connection lost during a round trip raises before
+        anything more is acked. A crash between the two leaves moved entries pending too: they are
+        dead-lettered again (a second copy with the same source_id), never lost."""
         if not items:
-            return
+            return 0
         pipe = self.redis.pipeline(transaction=False)
         for entry_id, fields, reason in items:
             log.warning("dead-lettering entry %s of %s: %s", entry_id, self.key, reason)
             pipe.xadd(self.dead_letter_key, {**fields, "reason": reason[:1000], "source": self.key,
                                              "source_id": entry_id})
-            pipe.xack(self.key, self.group, entry_id)
-        pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
+        moved = [entry_id for (entry_id, _, _), reply in zip(items, replies) if not isinstance(reply, Exception)]
+        refused = [(entry_id, reply) for (entry_id, _, _), reply in zip(items, replies) if isinstance(reply, Exception)]
+        if refused:
+            self.refused.update(entry_id for entry_id, _ in refused)
+            log.error("could not dead-letter %d entr%s of %s to %s; left pending for a later try: %s",
+                      len(refused), "y" if len(refused) == 1 else "ies", self.key, self.dead_letter_key,
+                      "; ".join(f"{entry_id}: {reply}" for entry_id, reply in refused[:10])
+                      + (f"; and {len(refused) - 10} more" if len(refused) > 10 else ""))
+        self.ack(moved)
+        return len(moved)
 
     def safe_trim_point(self) -> str | None:
         """The oldest id any group still needs; everything below it may go."""

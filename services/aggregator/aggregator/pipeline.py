@@ -109,10 +109,9 @@ class Pipeline:
 
     def finish(self, batch: Batch, result: DrainResult) -> DrainResult:
         """After the commit: dead-letter what could not be stored, ack the rest."""
-        self.consumer.dead_letter(batch.poison)
+        result.dead_letters = self.consumer.dead_letter(batch.poison)
         dead = {entry_id for entry_id, _, _ in batch.poison}
         self.consumer.ack(e.entry.entry_id for e in batch.good if e.entry.entry_id not in dead)
-        result.dead_letters = len(batch.poison)
         metrics.record(result.entries, result.readings, result.inserted, result.dead_letters, self.consumer.key)
         return result
 
@@ -141,10 +140,10 @@ class Pipeline:
         started = time.monotonic()
         total = DrainResult()
         fresh, tired = self.consumer.claim(self._next_count())
-        self.consumer.dead_letter([(i, f, "delivered too many times without being stored") for i, f in tired])
-        total.dead_letters += len(tired)
-        if tired:
-            metrics.DEAD_LETTERS.inc(len(tired))
+        moved = self.consumer.dead_letter([(i, f, "delivered too many times without being stored") for i, f in tired])
+        total.dead_letters += moved
+        if moved:
+            metrics.DEAD_LETTERS.inc(moved)
         if fresh:
             total.add(self.process(fresh))
         while not self._own_pending_done:  # after a restart: what this consumer had taken but not acked

@@ -2,7 +2,8 @@
 
 `SETTINGS` is the single list: the README's table, the Helm chart's cross-checks and `visiontrack
 settings` are all generated from it. A missing or malformed value stops the process at start with a
-message naming the variable (`ConfigError`).
+message naming the variable (`ConfigError`). Checks across settings belong to the part that uses them and
+run at its start (`check_retention`: the aggregator), so no part refuses to start over another's settings.
 """
 from __future__ import annotations
 
@@ -233,22 +234,23 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
             values[setting.attr] = setting.parse(raw)
         except ValueError as exc:
             problems.append(f"{setting.name} {exc}")
-    if not problems:
-        problems += _inconsistencies(values)
     if problems:
         raise ConfigError("bad configuration: " + "; ".join(problems))
     return Config(values)
 
 
-def _inconsistencies(values: dict[str, Any]) -> list[str]:
-    # Aggregates read the 1-hour rollups for whole hours and the 1-minute ones for whole minutes: a rollup
-    # dropped before the rows it sums would answer "no data" where there is some.
-    raw, minutes, hours = (values[k] for k in ("retention_days", "rollup_1m_retention_days",
-                                               "rollup_1h_retention_days"))
+def check_retention(cfg: Config) -> None:
+    """The aggregator's check at its start (worker and beat): raise ConfigError unless VT_RETENTION_DAYS <=
+    VT_ROLLUP_1M_RETENTION_DAYS <= VT_ROLLUP_1H_RETENTION_DAYS.
+
+    Aggregates read the 1-hour rollups for whole hours and the 1-minute ones for whole minutes: a rollup
+    dropped before the rows it sums would answer "no data" where there is some. Only the aggregator applies
+    these settings (it drops the partitions), so only it checks them; load() alone does not."""
+    raw, minutes, hours = cfg.retention_days, cfg.rollup_1m_retention_days, cfg.rollup_1h_retention_days
     if raw <= minutes <= hours:
-        return []
-    return [f"VT_RETENTION_DAYS ({raw}) <= VT_ROLLUP_1M_RETENTION_DAYS ({minutes}) <= "
-            f"VT_ROLLUP_1H_RETENTION_DAYS ({hours}) must hold: rollups outlive what they sum"]
+        return
+    raise ConfigError(f"bad configuration: VT_RETENTION_DAYS ({raw}) <= VT_ROLLUP_1M_RETENTION_DAYS ({minutes}) "
+                      f"<= VT_ROLLUP_1H_RETENTION_DAYS ({hours}) must hold: rollups outlive what they sum")
 
 
 def setting(name: str) -> Setting:
