@@ -101,12 +101,20 @@ def redis_client(redis_server):
     client.close()
 
 
+def web_process_name(part: str, url: str) -> str:
+    """The name `_web` gives the process serving `url`. One per process: it names the directory of the
+    process's Prometheus files, which a start empties, so two services sharing one lose each other's metrics."""
+    return f"{part}-{url.rsplit(':', 1)[1]}"
+
+
 def _web(part: str, base_env: dict, run_dir: Path, **extra_env: str) -> tuple[Process, str]:
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     env = {**base_env, "VT_HTTP_BIND": f"127.0.0.1:{port}", **extra_env}
-    proc = Process(part, part, env, run_dir / "logs" / f"{part}-{port}.log").start(run_dir)
+    name = web_process_name(part, url)
+    proc = Process(name, part, env, run_dir / "logs" / f"{name}.log").start(run_dir)
     proc.wait_http(port)
-    return proc, f"http://127.0.0.1:{port}"
+    return proc, url
 
 
 @pytest.fixture(scope="session")

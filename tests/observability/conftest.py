@@ -25,7 +25,7 @@ import requests
 from stack import prometheus as prom
 from stack.servers import free_port
 from stack.services import INGESTOR_BINARY, Process
-from tests.conftest import ADMIN_TOKEN, poll
+from tests.conftest import ADMIN_TOKEN, poll, web_process_name
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = ROOT / "charts" / "visiontrack" / "files"
@@ -103,7 +103,8 @@ def monitored(request, base_env, run_dir, registry_url, query_url):
     started.append(server)
     try:
         yield Monitored(server.url, targets, worker, targets["visiontrack-worker"],
-                        {"query": run_dir / "metrics" / "query", "registry": run_dir / "metrics" / "registry",
+                        {"query": run_dir / "metrics" / web_process_name("query", query_url),
+                         "registry": run_dir / "metrics" / web_process_name("registry", registry_url),
                          "worker": run_dir / "metrics" / "worker-obs"})
     finally:
         for proc in reversed(started):
