@@ -246,6 +246,20 @@ def test_post_answers_503_with_retry_after_over_the_high_water_mark(registry_url
     assert redis_client.xlen(key) == 2  # nothing written
 
 
+def test_over_the_mark_a_device_gets_503_before_its_body_is_read(registry_url, low_water_query, redis_client):
+    """As at /api/ingest: a device token names the shard, so an overloaded one refuses before any parsing."""
+    url, key = low_water_query
+    device = create_device(registry_url, "qapi")
+    token = {"Authorization": f"Bearer {device['token']}"}
+    for _ in range(2):  # up to the mark
+        time.sleep(0.01)
+        assert requests.post(f"{url}/api/telemetry/", json={"t": 1}, headers=token).status_code == 202
+    time.sleep(0.01)
+    resp = requests.post(f"{url}/api/telemetry/", data=b"{not json", headers={**token, "Content-Type": "application/json"})
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "7"
+    assert redis_client.xlen(key) == 2
+
+
 def test_post_checks_the_media_type_before_the_size(registry_url, query_url, redis_client):
     """docs/contracts.md section 3: 415 comes before 413, whatever Content-Length declares."""
     device = create_device(registry_url, "qapi")

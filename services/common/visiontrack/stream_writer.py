@@ -37,13 +37,26 @@ class StreamWriter:
             self._sampled[key] = (now, value)
         return value
 
-    def append(self, device_id: int, readings: Sequence[Reading], received_ms: int) -> str:
-        """XADD one entry; the returned id means Redis has it. Raise 503 when that cannot be promised."""
+    def check_room(self, device_id: int) -> None:
+        """Raise 503 when the device's shard is over its high-water mark: before a body is read, when the
+        device is known from its token, so an overloaded stream costs no parsing (as in the ingestor)."""
         key = shard_key_for(self.base_key, self.shards, device_id)
         try:
-            if self._backlog(key) > self.high_water:
-                raise self._unavailable("the telemetry backlog is over its high-water mark; retry later")
+            over = self._backlog(key) > self.high_water
+        except redis.RedisError:
+            raise self._unreachable() from None
+        if over:
+            raise self._unavailable("the telemetry backlog is over its high-water mark; retry later")
+
+    def _unreachable(self) -> ApiError:
+        return self._unavailable("the telemetry stream (Redis) is unreachable; retry later")
+
+    def append(self, device_id: int, readings: Sequence[Reading], received_ms: int) -> str:
+        """XADD one entry; the returned id means Redis has it. Raise 503 when that cannot be promised."""
+        self.check_room(device_id)
+        key = shard_key_for(self.base_key, self.shards, device_id)
+        try:
             entry_id = self.redis.xadd(key, encode_entry(device_id, readings, received_ms))
         except redis.RedisError:
-            raise self._unavailable("the telemetry stream (Redis) is unreachable; retry later") from None
+            raise self._unreachable() from None
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id

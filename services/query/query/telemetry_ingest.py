@@ -96,6 +96,8 @@ def _ingest(svc, writer, parsed: list[int]) -> int:
     if role == "reader":
         raise ApiError("forbidden", "reader tokens may only read")
     token_device = None if role == "admin" else _device_for_token(svc, token)
+    if token_device is not None:  # an admin's device is named in the body: checked when appending
+        writer.check_room(token_device)
     limits = Limits.from_config(svc.config)
     body = _read_body(limits.max_body_bytes)
     messages = validate_telemetry(request.headers.get("Content-Type"), body, now_ms, limits,
