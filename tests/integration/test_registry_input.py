@@ -289,3 +289,14 @@ def test_the_openapi_document_gives_the_status_argument_errors_answer(registry_u
     spec = requests.get(f"{registry_url}/api/devices/openapi.json").json()
     responses = spec["paths"]["/api/devices/"]["post"]["responses"]
     assert "400" in responses and "422" not in responses and "415" in responses
+
+
+@pytest.mark.parametrize("body", [b'{"name": "x", "metadata": {"n": ' + b"1" * 5000 + b"}}",
+                                  b'{"name": "x", "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}"],
+                         ids=["a-5000-digit-integer", "nesting-5000-deep"])
+def test_a_body_too_large_to_read_is_malformed_json_not_a_500(registry_url, db, body):
+    before = _count(db, "devices")
+    resp = requests.post(f"{registry_url}/api/devices/", data=body,
+                         headers={**ADMIN, "Content-Type": "application/json"})
+    assert resp.status_code == 400 and resp.json()["error"] == "malformed_json", resp.text
+    assert _count(db, "devices") == before

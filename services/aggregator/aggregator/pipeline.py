@@ -153,6 +153,7 @@ class Pipeline:
             raw = self.consumer.read(self._next_count(), "0")
             if not raw:
                 self._own_pending_done = True
+                self.consumer.refused.clear()  # only this phase reads past them; claim() takes them from here
             else:
                 total.add(self.process(raw))  # not overlapped: re-reading "0" would return in-flight entries
         in_flight: tuple[Batch, Future] | None = None
