@@ -12,13 +12,18 @@ import uuid
 import psycopg2
 import pytest
 
-from visiontrack.tokens import (changed_key, fill_scratch, index_value, lock_index_for_change, rebuild_index,
-                                record_change, swap_in, token_sha256)
+from registry.device_store import DeviceStore
+from visiontrack.db import Database
+from visiontrack.tokens import (RebuildSkipped, changed_key, fill_scratch, index_value, lock_index_for_change,
+                                rebuild_index, record_change, swap_in, token_sha256)
+
+STALE = "0" * 64  # an entry no row backs: gone after any swap, so a test sees that one happened
 
 
 @pytest.fixture
 def index_key(redis_client):
     key = f"test:token-index:{uuid.uuid4().hex[:8]}"
+    redis_client.hset(key, STALE, index_value(1, "active"))
     yield key
     redis_client.delete(key, changed_key(key))
 
@@ -85,6 +90,7 @@ class Rebuild(threading.Thread):
         assert not self.is_alive(), "the rebuild did not finish"
         if self.error:
             raise self.error
+        assert self.redis.hget(self.key, STALE) is None, "the rebuild swapped nothing in"
 
 
 def test_a_revocation_in_flight_is_not_undone_by_a_rebuild(db, redis_client, index_key, connect):
@@ -129,6 +135,7 @@ def test_a_change_committed_after_the_snapshot_is_applied_before_the_swap(db, re
     with rebuilding:
         swap_in(rebuilding, redis_client, index_key, scratch)
     assert redis_client.hget(index_key, sha) is None
+    assert redis_client.hget(index_key, STALE) is None
 
 
 def test_a_registry_change_waits_only_for_the_swap_not_the_fill(db, redis_client, index_key, connect):
@@ -150,3 +157,44 @@ def test_a_rebuild_leaves_no_scratch_keys_and_no_expiry_on_the_index(db, redis_c
     rebuild.result()
     assert redis_client.hlen(index_key) > 0 and redis_client.ttl(index_key) == -1
     assert list(redis_client.scan_iter(f"{index_key}:*")) == []
+
+
+def test_a_second_rebuild_while_one_is_under_way_is_skipped(db, redis_client, index_key, connect):
+    """Two swapping one after the other: the second, its snapshot older than the first's swap, would put back
+    a change the first applied from the notes (and emptied them)."""
+    device, sha = _device_with_token(db, redis_client, index_key)
+    holding = connect()  # a change in flight keeps the first rebuild at its swap
+    _change(holding, redis_client, index_key, "UPDATE devices SET status = 'disabled' WHERE id = %s", (device,),
+            set_={sha: index_value(device, "disabled")}, removed=[])
+    first = Rebuild(connect(), redis_client, index_key)
+    first.start()
+    first.join(0.5)
+    assert first.is_alive()
+    second = connect()
+    with pytest.raises(RebuildSkipped, match="another rebuild"):
+        with second:
+            rebuild_index(second, redis_client, index_key)
+    holding.commit()
+    first.result()
+    assert redis_client.hget(index_key, sha) == index_value(device, "disabled")
+
+
+def test_every_registry_change_notes_its_hashes(postgres, redis_client, index_key):
+    """Create, status change, rotation and delete each note the hashes they change, so a rebuild under way
+    re-reads them."""
+    store = DeviceStore(Database(postgres.url, pool_size=1), redis_client, index_key)
+    device = store.create({"name": f"index-{uuid.uuid4().hex[:8]}", "type": None, "location": None, "metadata": {}})
+    first = token_sha256(device["token"])
+
+    def noted() -> set[str]:
+        found = redis_client.smembers(changed_key(index_key))
+        redis_client.delete(changed_key(index_key))
+        return found
+
+    assert noted() == {first}
+    store.update(device["id"], {"status": "disabled"})
+    assert noted() == {first}
+    second = token_sha256(store.rotate_token(device["id"]))
+    assert noted() == {first, second}
+    store.delete(device["id"])
+    assert noted() == {second}

@@ -11,19 +11,26 @@ a registry change made while it was being built (a revoked token working again u
   registry change is then between its index write and its commit), reads again the rows of every hash
   noted meanwhile, applies them to the copy, and swaps it in before releasing the lock.
 
-So registry changes wait only for that short last step, never for the whole fill.
+So registry changes wait only for that short last step, never for the whole fill. One rebuild runs at a
+time (REBUILD_LOCK, tried, not waited for): a second one, swapping after the first had emptied the change
+set, would put back what its older snapshot held.
 """
 from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import uuid
+
+import psycopg2.errors
 
 TOKEN_PREFIX = "vtd_"
 INDEX_LOCK = 0x5654_544B  # "VTTK": a Postgres advisory lock id
-# Changes older than this were committed long before any rebuild that could miss them started.
+REBUILD_LOCK = 0x5654_5442  # "VTTB": held by the one rebuild under way
+# How long a change stays noted. A rebuild trusts the notes only if its fill took under half of this (the
+# task's time limit keeps it far shorter anyway).
 CHANGED_TTL_SECONDS = 600
-SCRATCH_TTL_SECONDS = 3600  # a scratch copy left by a rebuild that died goes by itself
+SCRATCH_TTL_SECONDS = 300  # past the task's hard time limit: a copy left by a killed rebuild goes by itself
 REBUILD_LOCK_TIMEOUT = "5s"  # past it the rebuild gives up this round rather than hold registry changes
 
 
@@ -70,26 +77,47 @@ def lock_index_for_change(cur) -> None:
 _TOKENS = "SELECT t.token_sha256, d.id, d.status FROM device_tokens t JOIN devices d ON d.id = t.device_id"
 
 
+class RebuildSkipped(Exception):
+    """A rebuild that could not finish safely this round; the next one tries again."""
+
+
 def rebuild_index(conn, redis, key: str) -> int:
     """Replace the whole index with the tokens Postgres holds; return how many it holds. `conn` is in a
-    transaction, which keeps the lock until its commit (after the swap)."""
-    return swap_in(conn, redis, key, fill_scratch(conn, redis, key))
+    transaction that has run nothing yet; its commit (after the swap) releases the locks."""
+    with conn.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")  # the re-read must see later commits
+        cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (REBUILD_LOCK,))
+        if not cur.fetchone()[0]:
+            raise RebuildSkipped("another rebuild is under way")
+    started = time.monotonic()
+    scratch = fill_scratch(conn, redis, key)
+    if time.monotonic() - started > CHANGED_TTL_SECONDS / 2:
+        redis.delete(scratch)
+        raise RebuildSkipped("the fill took too long for the changes noted meanwhile to be trusted")
+    try:
+        return swap_in(conn, redis, key, scratch)
+    except psycopg2.errors.LockNotAvailable:
+        raise RebuildSkipped("a registry change held the index lock too long") from None
 
 
 def fill_scratch(conn, redis, key: str) -> str:
     """A scratch copy of the index from a snapshot of Postgres, made without the lock; its key."""
-    scratch = f"{key}:rebuild:{uuid.uuid4().hex}"  # its own: two rebuilds may fill at once
-    with conn.cursor(name=f"token_index_{uuid.uuid4().hex[:8]}") as rows:  # streamed, not all in memory
-        rows.itersize = 5000
-        rows.execute(_TOKENS)
-        pipe = redis.pipeline(transaction=False)
-        for n, (sha, device_id, status) in enumerate(rows, 1):
-            pipe.hset(scratch, sha, index_value(device_id, status))
-            if n % 1000 == 0:
-                pipe.expire(scratch, SCRATCH_TTL_SECONDS)
-                pipe.execute()
-        pipe.expire(scratch, SCRATCH_TTL_SECONDS)
-        pipe.execute()
+    scratch = f"{key}:rebuild:{uuid.uuid4().hex}"  # its own: a failed rebuild's leftovers never mix in
+    try:
+        with conn.cursor(name=f"token_index_{uuid.uuid4().hex[:8]}") as rows:  # streamed, not all in memory
+            rows.itersize = 5000
+            rows.execute(_TOKENS)
+            pipe = redis.pipeline(transaction=False)
+            for n, (sha, device_id, status) in enumerate(rows, 1):
+                pipe.hset(scratch, sha, index_value(device_id, status))
+                if n % 1000 == 0:
+                    pipe.expire(scratch, SCRATCH_TTL_SECONDS)
+                    pipe.execute()
+            pipe.expire(scratch, SCRATCH_TTL_SECONDS)
+            pipe.execute()
+    except BaseException:
+        redis.delete(scratch)
+        raise
     return scratch
 
 

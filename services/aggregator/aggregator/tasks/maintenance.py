@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import logging
 
-import psycopg2.errors
-
 from visiontrack.migrate import ensure_partitions as ensure_partition_range
-from visiontrack.tokens import rebuild_index
+from visiontrack.tokens import RebuildSkipped, rebuild_index
 
 from ..celery_app import app, config
 from .. import metrics, state
@@ -31,8 +29,8 @@ def repair_token_index() -> int:
     try:
         with st.db.transaction() as cur:
             count = rebuild_index(cur.connection, st.redis, config.token_index_key)
-    except psycopg2.errors.LockNotAvailable:
-        log.warning("token index not rebuilt this round: a registry change held its lock too long")
+    except RebuildSkipped as why:
+        log.warning("token index not rebuilt this round: %s", why)
         return -1
     metrics.TOKEN_INDEX_SIZE.set(count)
     return count
