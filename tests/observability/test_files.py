@@ -66,7 +66,8 @@ def test_every_alert_should_have_a_summary_a_description_and_a_runbook_section()
     found = alerts()
     assert {a["alert"] for a in found} >= {
         "VisionTrackPartDown", "VisionTrackIngestErrors", "VisionTrackBacklogGrowing",
-        "VisionTrackAggregatorNotConsuming", "VisionTrackDeadLetters", "VisionTrackQueryLatencyHigh",
+        "VisionTrackAggregatorNotConsuming", "VisionTrackStreamNotTrimmed", "VisionTrackDeadLetters",
+        "VisionTrackQueryLatencyHigh",
         "VisionTrackPostgresUnreachable", "VisionTrackRedisUnreachable"}
     for alert in found:
         assert alert.get("summary") and alert.get("description") and alert.get("severity") in ("warning", "critical"), alert
