@@ -177,6 +177,11 @@ def test_the_default_values_should_satisfy_their_own_schema():
     (["--set", "redis.enabled=false"], "externalRedis.url"),
     (["--set", "httpRoute.enabled=true"], "parentRefs"),
     (["--set", "ingress.tls.enabled=true"], "ingress.host"),
+    # autoscaling (tests/chart/test_autoscaling.py renders what it accepts)
+    (["--set", "worker.autoscaling.requestRate.enabled=true"], "requestRate"),
+    (["--set", "query.autoscaling.requestRate.averageValue=lots"], "averageValue"),
+    (["--set", "registry.autoscaling.requestRate.metricName="], "metricName"),
+    (["--set", "registry.autoscaling.minReplicas=0"], "minReplicas"),
 ])
 def test_the_chart_should_refuse_values_that_cannot_work(helm, args, message):
     proc = run([helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args], check=False)

@@ -1,14 +1,18 @@
-"""Shared by the alert tests: a real local HTTP receiver for the webhooks, one per test module."""
+"""Shared by integration modules: a real local HTTP receiver for the webhooks, and a database of a module's own."""
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import psycopg2
 import pytest
 
 from stack.servers import free_port
+from stack.services import Process
 
 
 class Receiver:
@@ -54,3 +58,30 @@ def receiver():
     r = Receiver()
     yield r
     r.server.shutdown()
+
+
+@contextlib.contextmanager
+def own_database(postgres, base_env: dict, run_dir, prefix: str):
+    """A migrated database of its own on the session's Postgres, with yesterday's and today's (UTC) telemetry
+    partitions, dropped afterwards; yields its URL. For a module whose evaluator or aggregator must see only
+    its own rows."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(postgres.admin_url())
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    url = postgres.url.rsplit("/", 1)[0] + "/" + name
+    try:
+        Process(f"migrate-{name}", "migrate", {**base_env, "DATABASE_URL": url},
+                run_dir / "logs" / f"migrate-{name}.log").run_to_end(run_dir)
+        conn = psycopg2.connect(url)
+        conn.autocommit = True
+        with conn, conn.cursor() as cur:  # readings minutes old may fall in yesterday's partition
+            cur.execute("SELECT vt_ensure_telemetry_partition(d::date) FROM generate_series("
+                        "(now() AT TIME ZONE 'UTC') - interval '1 day', now() AT TIME ZONE 'UTC', interval '1 day') d")
+        conn.close()
+        yield url
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.close()

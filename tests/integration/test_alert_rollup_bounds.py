@@ -14,29 +14,16 @@ import pytest
 from prometheus_client import REGISTRY
 
 from aggregator.alerting import COULD_HOLD, OPS, Evaluator
-from stack.services import Process
+from tests.integration.conftest import own_database
 
 
 @pytest.fixture(scope="module")
 def eval_db(postgres, base_env, run_dir):
-    name = f"vt_alert_bounds_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(postgres.admin_url())
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    url = postgres.url.rsplit("/", 1)[0] + "/" + name
-    Process("migrate-alert-bounds", "migrate", {**base_env, "DATABASE_URL": url},
-            run_dir / "logs" / "migrate-alert-bounds.log").run_to_end(run_dir)
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("SELECT vt_ensure_telemetry_partition(d::date) FROM generate_series(now() - interval '1 day', "
-                    "now(), interval '1 day') d")
-    yield conn
-    conn.close()
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    admin.close()
+    with own_database(postgres, base_env, run_dir, "vt_alert_bounds") as url:
+        conn = psycopg2.connect(url)
+        conn.autocommit = True
+        yield conn
+        conn.close()
 
 
 def _device_and_rule(cur, op: str = ">", threshold: float = 50.0, for_seconds: int = 0) -> tuple[int, int]:

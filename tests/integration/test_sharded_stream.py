@@ -21,8 +21,8 @@ import pytest
 import redis
 import requests
 
-from stack.services import Process
 from tests.conftest import ADMIN_TOKEN, Aggregator, _web, poll
+from tests.integration.conftest import own_database
 
 SHARDS = 3
 GROUP = "aggregators"
@@ -36,34 +36,21 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 def env(postgres, redis_server, base_env, run_dir):
     """A Postgres database, a Redis database and stream keys of this module's own, and the env naming them."""
     tag = uuid.uuid4().hex[:8]
-    name = f"vt_sharded_{tag}"
-    admin = psycopg2.connect(postgres.admin_url())
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    db_url = postgres.url.rsplit("/", 1)[0] + "/" + name
     redis_url = redis_server.url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.flushdb()
     key = f"vt:sharded:{tag}"
-    module_env = {**base_env, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "VT_STREAM_KEY": key,
-                  "VT_STREAM_SHARDS": str(SHARDS), "VT_STREAM_GROUP": GROUP, "VT_DEAD_LETTER_KEY": f"{key}:dead",
-                  "VT_BEAT_SCHEDULE_FILE": str(run_dir / f"beat-sharded-{tag}")}
-    Process(f"migrate-sharded-{tag}", "migrate", module_env,
-            run_dir / "logs" / f"migrate-sharded-{tag}.log").run_to_end(run_dir)
-    conn = psycopg2.connect(db_url)
-    conn.autocommit = True
-    with conn.cursor() as cur:  # the readings are minutes old: yesterday's partition too, around midnight
-        cur.execute("SELECT vt_ensure_telemetry_partition(d::date) FROM generate_series("
-                    "(now() AT TIME ZONE 'UTC') - interval '1 day', now() AT TIME ZONE 'UTC', interval '1 day') d")
-    yield {"env": module_env, "db": conn, "redis": client, "key": key, "dead": f"{key}:dead",
-           "shards": [f"{key}:{{{i}}}" for i in range(SHARDS)]}
-    conn.close()
+    with own_database(postgres, base_env, run_dir, "vt_sharded") as db_url:
+        module_env = {**base_env, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "VT_STREAM_KEY": key,
+                      "VT_STREAM_SHARDS": str(SHARDS), "VT_STREAM_GROUP": GROUP, "VT_DEAD_LETTER_KEY": f"{key}:dead",
+                      "VT_BEAT_SCHEDULE_FILE": str(run_dir / f"beat-sharded-{tag}")}
+        conn = psycopg2.connect(db_url)
+        conn.autocommit = True
+        yield {"env": module_env, "db": conn, "redis": client, "key": key, "dead": f"{key}:dead",
+               "shards": [f"{key}:{{{i}}}" for i in range(SHARDS)]}
+        conn.close()
     client.flushdb()
     client.close()
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    admin.close()
 
 
 @pytest.fixture(scope="module")

@@ -93,17 +93,22 @@ class Rebuild(threading.Thread):
         assert self.redis.hget(self.key, STALE) is None, "the rebuild swapped nothing in"
 
 
+def _rebuild_across(changing, redis_client, key: str, connect) -> None:
+    """A rebuild started while `changing` is in flight: it must wait at its swap until the change commits."""
+    rebuild = Rebuild(connect(), redis_client, key)
+    rebuild.start()
+    rebuild.join(0.5)
+    assert rebuild.is_alive(), "the rebuild swapped while a change was in flight"
+    changing.commit()
+    rebuild.result()
+
+
 def test_a_revocation_in_flight_is_not_undone_by_a_rebuild(db, redis_client, index_key, connect):
     device, sha = _device_with_token(db, redis_client, index_key)
     revoking = connect()
     _change(revoking, redis_client, index_key, "DELETE FROM device_tokens WHERE device_id = %s", (device,),
             set_={}, removed=[sha])
-    rebuild = Rebuild(connect(), redis_client, index_key)
-    rebuild.start()
-    rebuild.join(0.5)
-    assert rebuild.is_alive(), "the rebuild swapped while a change was in flight"
-    revoking.commit()
-    rebuild.result()
+    _rebuild_across(revoking, redis_client, index_key, connect)
     assert redis_client.hget(index_key, sha) is None  # the revoked token stays out
 
 
@@ -113,12 +118,7 @@ def test_a_rotation_in_flight_is_kept_by_a_rebuild(db, redis_client, index_key, 
     rotating = connect()
     _change(rotating, redis_client, index_key, "UPDATE device_tokens SET token_sha256 = %s WHERE device_id = %s",
             (new, device), set_={new: index_value(device, "active")}, removed=[old])
-    rebuild = Rebuild(connect(), redis_client, index_key)
-    rebuild.start()
-    rebuild.join(0.5)
-    assert rebuild.is_alive(), "the rebuild swapped while a change was in flight"
-    rotating.commit()
-    rebuild.result()
+    _rebuild_across(rotating, redis_client, index_key, connect)
     assert redis_client.hget(index_key, new) == index_value(device, "active")
     assert redis_client.hget(index_key, old) is None
 

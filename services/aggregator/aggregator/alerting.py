@@ -107,9 +107,6 @@ class Evaluator:
     def __init__(self, conn, sweep_grace_seconds: float = 60.0):
         self.conn = conn
         self.sweep_grace_seconds = sweep_grace_seconds  # the outbox sweep leaves a new row alone this long
-        # Devices walked or passed over by the evaluation under way, counted (ALERT_DEVICES) once it commits:
-        # a rolled-back evaluation is done again and must not count its devices twice.
-        self._devices = {"walked": 0, "passed_over": 0}
 
     def run(self) -> list[Notification]:
         """Evaluate every enabled rule in one transaction; return the webhook calls to enqueue."""
@@ -141,6 +138,8 @@ class Evaluator:
     def _locked(self, work: Callable[..., list[tuple[dict, dict]]]) -> list[Notification] | None:
         """Run `work` under the evaluation lock and write its changes' webhooks to the outbox, in one
         transaction; None when another evaluation holds the lock."""
+        # Devices walked or passed over by this evaluation, counted (ALERT_DEVICES) once it commits: a
+        # rolled-back evaluation is done again and must not count its devices twice.
         self._devices = {"walked": 0, "passed_over": 0}
         try:
             with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:

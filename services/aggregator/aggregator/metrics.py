@@ -73,10 +73,10 @@ def record(entries: int, readings: int, inserted: int, dead_letters: int, stream
         LAST_BATCH.set_to_current_time()
 
 
-def serve(port: int, config=None, dependencies: tuple[str, ...] = ("postgres", "redis")):
+def serve(port: int, config, dependencies: tuple[str, ...] = ("postgres", "redis")):
     """Serve, on `port`: /metrics for this process tree (merged across prefork children when multiprocess
-    is on), /healthz, and /readyz answering whether `dependencies` answer (settings from `config`, or
-    loaded). Returns the server (None when port is 0)."""
+    is on), /healthz, and /readyz answering whether `dependencies` answer (their URLs from `config`).
+    Returns the server (None when port is 0)."""
     if port == 0:
         return None
     from . import health
@@ -87,10 +87,6 @@ def serve(port: int, config=None, dependencies: tuple[str, ...] = ("postgres", "
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    if config is None:
-        from visiontrack import config as config_module
-
-        config = config_module.load()
     readiness = health.Readiness(health.dependency_checks(config, dependencies))
     server = health.start(port, health.make_app(make_wsgi_app(registry), readiness))
     log.info("metrics on :%d/metrics, health on /healthz and /readyz (%s)", port, ", ".join(dependencies))

@@ -1,12 +1,14 @@
 """The skeleton both Flask services are built on: config, error shape, OpenAPI, health, metrics."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable, Iterable
 
 import redis
 from flask import Flask, jsonify
 from flask_smorest import Api, Blueprint
+from webargs.flaskparser import FlaskParser
 
 from .. import logs
 from ..config import Config
@@ -17,9 +19,28 @@ from .auth import OperatorAuth
 from .fields import IdConverter
 
 
-# Argument errors answer 400 (errors.py turns webargs' 422 into the API's validation_error); the OpenAPI
-# documents say so too, since flask-smorest documents this status for every endpoint with arguments.
-Blueprint.ARGUMENTS_PARSER.DEFAULT_VALIDATION_STATUS = 400
+class _Parser(FlaskParser):
+    """webargs' parser, as both services use it:
+
+    - argument errors answer 400 (errors.py turns them into the API's validation_error), and the OpenAPI
+      documents say so, since flask-smorest documents this status for every endpoint with arguments;
+    - a JSON body Python cannot read (an integer of over 4,300 digits, nesting past the recursion limit) is
+      malformed JSON like any other, not an exception that would surface as a 500.
+    """
+
+    DEFAULT_VALIDATION_STATUS = 400
+
+    def _raw_load_json(self, req):
+        try:
+            return super()._raw_load_json(req)
+        except json.JSONDecodeError:
+            raise
+        except (ValueError, RecursionError) as exc:  # a non-empty doc: webargs reads an empty one as "no body"
+            raise json.JSONDecodeError(f"unreadable: {type(exc).__name__}", "<body>", 0) from exc
+
+
+# Before any route is declared: every blueprint module imports this one (for `services`) first.
+Blueprint.ARGUMENTS_PARSER = _Parser()
 
 
 class Services:
