@@ -146,8 +146,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("VT_BATCH_ENTRIES", "10000", _int(1, 100000), frozenset({"aggregator"}),
             "Most stream entries read in one batch (one Postgres transaction); entries of one reading need many "
             "per batch for their rollups to be cheap."),
-    Setting("VT_BATCH_READINGS", "50000", _int(1, 1000000), frozenset({"aggregator"}),
-            "Readings a batch aims at; the entries read per batch follow the entries' average size."),
+    Setting("VT_BATCH_READINGS", "100000", _int(1, 1000000), frozenset({"aggregator"}),
+            "Readings a batch aims at; the entries read per batch follow the entries' average size. A batch "
+            "upserts a rollup row per series and minute or hour it touches, so bigger batches share them out."),
     Setting("VT_DRAIN_BUDGET_SECONDS", "10", _float(0.1), frozenset({"aggregator"}),
             "How long one drain task runs before handing back to Celery."),
     Setting("VT_DRAIN_INTERVAL_SECONDS", "1", _float(0.1), frozenset({"aggregator"}),
