@@ -1,5 +1,6 @@
-//! Settings from the environment. Every variable has a default; a value that is
-//! set but malformed stops the process at start with an error naming it.
+//! Settings from the environment. Every variable has a default, which an unset or
+//! empty variable takes (as in the Python parts); a value that is set but malformed
+//! stops the process at start with an error naming it.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -103,8 +104,13 @@ fn err(var: &'static str, value: &str, reason: impl Into<String>) -> ConfigError
 struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
 
 impl Env<'_> {
+    /// The variable's value; an empty one counts as unset (`VT_X=` in an env file).
+    fn get(&self, var: &str) -> Option<String> {
+        (self.0)(var).filter(|v| !v.is_empty())
+    }
+
     fn string(&self, var: &'static str, default: &str) -> Result<String, ConfigError> {
-        match (self.0)(var) {
+        match self.get(var) {
             None => Ok(default.to_owned()),
             Some(v) if v.trim().is_empty() => Err(err(var, &v, "must not be empty")),
             Some(v) => Ok(v.trim().to_owned()),
@@ -120,7 +126,7 @@ impl Env<'_> {
     where
         T: FromStr + PartialOrd + Copy + std::fmt::Display,
     {
-        let Some(raw) = (self.0)(var) else { return Ok(default) };
+        let Some(raw) = self.get(var) else { return Ok(default) };
         let expected = || err(var, &raw, format!("expected an integer from {min} to {max}"));
         let value: T = raw.trim().parse().map_err(|_| expected())?;
         if value < min || value > max {
@@ -186,6 +192,14 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_variable_takes_the_default() {
+        let c = with(&[("VT_MAX_READINGS", ""), ("VT_STREAM_KEY", ""), ("VT_LOG_FORMAT", "")]).unwrap();
+        assert_eq!(c.limits.max_readings, 10_000);
+        assert_eq!(c.stream_key, "vt:telemetry");
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
     fn values_are_read() {
         let c = with(&[
             ("VT_STREAM_SHARDS", "4"),
@@ -213,7 +227,6 @@ mod tests {
             ("VT_STREAM_SHARDS", "0"),
             ("VT_STREAM_SHARDS", "two"),
             ("VT_MAX_BODY_BYTES", "1.5"),
-            ("VT_MAX_READINGS", ""),
             ("VT_LISTEN_ADDR", "localhost"),
             ("VT_LOG_FORMAT", "xml"),
             ("VT_LOG_LEVEL", "loud"),

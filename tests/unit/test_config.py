@@ -14,6 +14,14 @@ def test_defaults_are_safe_local_values():
     assert cfg.admin_tokens == () and cfg.stream_keys == ["vt:telemetry"]
 
 
+def test_an_empty_variable_takes_the_default():
+    """As in the ingestor (`VT_X=` in an env file); a value of only spaces is still refused."""
+    cfg = config.load({"VT_MAX_READINGS": "", "VT_STREAM_KEY": "", "VT_LOG_FORMAT": ""})
+    assert cfg.max_readings == 10_000 and cfg.stream_key == "vt:telemetry" and cfg.log_format == "text"
+    with pytest.raises(config.ConfigError, match="VT_STREAM_KEY must not be empty"):
+        config.load({"VT_STREAM_KEY": " "})
+
+
 def test_sharded_stream_keys_use_cluster_hash_tags():
     cfg = config.load({"VT_STREAM_SHARDS": "3"})
     assert cfg.stream_keys == ["vt:telemetry:{0}", "vt:telemetry:{1}", "vt:telemetry:{2}"]
