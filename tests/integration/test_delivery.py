@@ -110,6 +110,43 @@ def test_trim_keeps_everything_a_group_has_not_acked(isolated, db):
     assert remaining == ids[2:]
 
 
+def test_a_batch_is_read_and_acknowledged_in_chunks(isolated, db, monkeypatch):
+    """Redis serves nobody else while one command runs: a batch of many small entries takes several calls of
+    at most CHUNK entries, its own pending entries (after a restart) are paged through by id, and nothing
+    is read twice or left out."""
+    from aggregator import consumer as consumer_module
+
+    client, key, _, cfg = isolated
+    monkeypatch.setattr(consumer_module, "CHUNK", 40)
+    now = int(time.time() * 1000)
+    device = DEVICE_BASE + 5
+    pipe = client.pipeline(transaction=False)
+    for i in range(100):
+        pipe.xadd(key, _entry(device, [["t", now - 5000 + i, float(i)]]))
+    ids = [i.decode() for i in pipe.execute()]
+    calls: list[tuple[str, int]] = []
+    for name in ("xreadgroup", "xack"):
+        real = getattr(client, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append((_name, kwargs["count"] if _name == "xreadgroup" else len(args) - 2))
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(client, name, spy)
+    stream = _pipeline(cfg, client).consumer
+    first = stream.read(90, ">")  # then the consumer "restarts" before acking
+    assert [e for e, _ in first] == ids[:90]
+    assert calls == [("xreadgroup", 40), ("xreadgroup", 40), ("xreadgroup", 10)]
+    calls.clear()
+    again = stream.read(1000, "0")
+    assert [e for e, _ in again] == ids[:90]
+    assert [c for c in calls if c[0] == "xreadgroup"] == [("xreadgroup", 40)] * 3  # the third page holds 10
+    calls.clear()
+    stream.ack(e for e, _ in again)
+    assert calls == [("xack", 40), ("xack", 40), ("xack", 10)]
+    assert client.xpending(key, cfg.stream_group)["pending"] == 0
+    assert [e for e, _ in stream.read(1000, ">")] == ids[90:]
+
+
 def test_stale_pending_entries_are_claimed_and_poison_suspects_dead_lettered(isolated, db):
     client, key, _, cfg = isolated
     now = int(time.time() * 1000)
