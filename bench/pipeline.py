@@ -11,7 +11,8 @@ jitter (bench/machine.py).
 
 Environment: BENCH_ENTRIES (20,000 entries of 100 readings: fewer make the rates swing by 20%),
 BENCH_SINGLE_ENTRIES (300,000 entries of 1 reading), BENCH_QUERY_ROWS (10,000,000), BENCH_QUERY_SECONDS
-(20 per query kind), BENCH_ROUNDS (4).
+(20 per query kind), BENCH_ROUNDS (4), BENCH_STALL_ENTRIES (200,000 entries drained while a writer times its
+XADDs, bench/redis_stalls.py).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import cpu_noise  # noqa: E402
+from bench.redis_stalls import WHOLE_BATCH, drain_with_writer  # noqa: E402
 from bench.report import print_table  # noqa: E402
 from stack.nginx import Nginx  # noqa: E402
 from stack.servers import Postgres, Redis, free_port, scratch_dir, terminate, wait_for_port  # noqa: E402
@@ -52,6 +54,7 @@ QUERY_KINDS = (  # wrk script kind, what the table calls it, p99 target (ms)
     ("latest", "latest, all metrics of a device", 5),
 )
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
+STALL_ENTRIES = int(os.environ.get("BENCH_STALL_ENTRIES", "200000"))
 DERIVED = ("telemetry_1m", "telemetry_1h", "telemetry_latest", "alert_state", "alert_events")
 
 
@@ -383,6 +386,26 @@ def measure_floor(env: dict, run_dir: Path, start_ms: int, end_ms: int) -> dict:
         terminate(proc, 20)
 
 
+def redis_stalls(url: str, run_dir: Path) -> tuple[str, str, str]:
+    """The table row: writers' XADD latency while the aggregator's consumer drains one-reading entries, in
+    its calls and in calls of a whole batch, in ABBA order; the medians of each."""
+    from aggregator.consumer import CHUNK
+
+    got: dict[int, list[dict]] = {CHUNK: [], WHOLE_BATCH: []}
+    for chunk in (CHUNK, WHOLE_BATCH, WHOLE_BATCH, CHUNK):
+        log(f"draining {STALL_ENTRIES:,} one-reading entries in calls of {chunk:,} while a writer times XADDs")
+        got[chunk].append(drain_with_writer(url, STALL_ENTRIES, chunk, run_dir))
+
+    def med(chunk: int, what: str) -> float:
+        return statistics.median(r[what] for r in got[chunk])
+
+    return (f"writers' XADD while the aggregator drains {STALL_ENTRIES:,} one-reading entries (calls of {CHUNK:,})",
+            f"p99 {med(CHUNK, 'p99'):.2f} ms, p99.9 {med(CHUNK, 'p999'):.2f} ms",
+            f"in calls of a whole batch ({WHOLE_BATCH:,}): p99 {med(WHOLE_BATCH, 'p99'):.2f} ms, p99.9 "
+            f"{med(WHOLE_BATCH, 'p999'):.2f} ms; drained in {med(CHUNK, 'seconds'):.2f} s vs "
+            f"{med(WHOLE_BATCH, 'seconds'):.2f} s")
+
+
 def _rows(n: int) -> str:
     return f"{n / 1e6:.0f}M" if n >= 1_000_000 else f"{n:,}"
 
@@ -427,6 +450,7 @@ def main() -> int:
              f"1 process; rollups+alerts cost {one_process.full.cpu / one_process.raw.cpu - 1:.0%} more CPU; "
              f"2 processes: {deployed.full.cpu:.1f} s vs {deployed.raw.cpu:.1f} s"),
         ]
+        results.append(redis_stalls(rs.url, run_dir))
         log(f"loading {QUERY_ROWS:,} rows for the range queries")
         t = time.perf_counter()
         start_ms, end_ms = load_query_table(db, QUERY_ROWS)

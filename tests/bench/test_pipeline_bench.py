@@ -17,7 +17,7 @@ from bench.pipeline import QUERY_KINDS, RollupCost, Rounds
 from tests.conftest import ROOT
 
 TOY = {"BENCH_ENTRIES": "3000", "BENCH_SINGLE_ENTRIES": "50000", "BENCH_QUERY_ROWS": "20000",
-       "BENCH_QUERY_SECONDS": "1", "BENCH_ROUNDS": "1"}
+       "BENCH_QUERY_SECONDS": "1", "BENCH_ROUNDS": "1", "BENCH_STALL_ENTRIES": "5000"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def table() -> dict[str, tuple[str, str]]:
 
 
 def test_every_row_should_carry_a_figure(table):
-    assert len(table) == 8 + len(QUERY_KINDS) + 2
+    assert len(table) == 9 + len(QUERY_KINDS) + 2
     for measure, (result, _) in table.items():
         assert re.search(r"\d", result), f"{measure}: {result!r}"
 
@@ -44,6 +44,13 @@ def test_the_rollup_rows_should_report_their_cost_against_the_target(table):
     result, note = table["aggregator as deployed (2 worker processes), rollups+alerts"]
     assert result.endswith("readings/s")
     assert re.search(r"rollups\+alerts cost -?\d+% \(pair by pair -?\d+%", note) and "(target <= 20%)" in note
+
+
+def test_the_redis_stall_row_should_compare_the_aggregators_calls_with_whole_batches(table):
+    result, note = table["writers' XADD while the aggregator drains 5,000 one-reading entries (calls of 1,000)"]
+    assert re.fullmatch(r"p99 \d+\.\d\d ms, p99\.9 \d+\.\d\d ms", result)
+    assert re.fullmatch(r"in calls of a whole batch \(10,000\): p99 \d+\.\d\d ms, p99\.9 \d+\.\d\d ms; "
+                        r"drained in \d+\.\d\d s vs \d+\.\d\d s", note)
 
 
 def test_each_query_kind_should_report_p50_and_p99_against_its_target(table):

@@ -112,12 +112,9 @@ def test_trim_keeps_everything_a_group_has_not_acked(isolated, db):
 
 def test_a_batch_is_read_and_acknowledged_in_chunks(isolated, db, monkeypatch):
     """Redis serves nobody else while one command runs: a batch of many small entries takes several calls of
-    at most CHUNK entries, its own pending entries (after a restart) are paged through by id, and nothing
+    at most `chunk` entries, its own pending entries (after a restart) are paged through by id, and nothing
     is read twice or left out."""
-    from aggregator import consumer as consumer_module
-
     client, key, _, cfg = isolated
-    monkeypatch.setattr(consumer_module, "CHUNK", 40)
     now = int(time.time() * 1000)
     device = DEVICE_BASE + 5
     pipe = client.pipeline(transaction=False)
@@ -133,6 +130,7 @@ def test_a_batch_is_read_and_acknowledged_in_chunks(isolated, db, monkeypatch):
             return _real(*args, **kwargs)
         monkeypatch.setattr(client, name, spy)
     stream = _pipeline(cfg, client).consumer
+    stream.chunk = 40
     first = stream.read(90, ">")  # then the consumer "restarts" before acking
     assert [e for e, _ in first] == ids[:90]
     assert calls == [("xreadgroup", 40), ("xreadgroup", 40), ("xreadgroup", 10)]

@@ -15,9 +15,10 @@ log = logging.getLogger("aggregator.consumer")
 Raw = tuple[str, dict]  # (entry id, fields)
 
 # Most entries one Redis call reads, claims or acknowledges. Redis runs a command to its end while every
-# other client waits: an XREADGROUP of 10,000 one-reading entries (a batch) took it 21-26 ms and the XACK of
-# their ids 5 ms, and writers' XADDs waited that long (their p99.9 52-57 ms while a backlog drained, against
-# 10 ms in calls of 1,000, which drained it as fast). A batch takes several calls instead.
+# other client waits: an XREADGROUP of 10,000 one-reading entries (a batch) held it 21-26 ms and the XACK of
+# their ids 5 ms. Writers sending 1,000 XADDs a second while such a backlog drained waited p99 71-90 ms in
+# calls of a whole batch, 27-30 ms in calls of 1,000, with the drain as fast (bench/redis_stalls.py). A
+# batch takes several calls instead.
 CHUNK = 1000
 
 
@@ -45,6 +46,8 @@ def _stream_reply(reply, key: str) -> list:
 
 
 class StreamConsumer:
+    chunk = CHUNK  # per instance only to measure what larger calls cost (bench/redis_stalls.py)
+
     def __init__(self, client: redis.Redis, key: str, group: str, consumer: str, dead_letter_key: str,
                  claim_idle_ms: int, max_deliveries: int):
         self.redis = client
@@ -66,11 +69,11 @@ class StreamConsumer:
                 raise
 
     def read(self, count: int, start: str) -> list[Raw]:
-        """Up to `count` entries, in calls of at most CHUNK. `start` "0": this consumer's own pending entries
+        """Up to `count` entries, in calls of at most `chunk`. `start` "0": this consumer's own pending entries
         (after a restart), but for those whose dead letter was refused (left to claim()); ">": new ones."""
         out: list[Raw] = []
         while len(out) < count:
-            want = min(CHUNK, count - len(out))
+            want = min(self.chunk, count - len(out))
             try:
                 reply = self.redis.xreadgroup(self.group, self.consumer, {self.key: start}, count=want)
             except redis.ResponseError as exc:
@@ -97,7 +100,7 @@ class StreamConsumer:
         cursor = "0-0"
         while len(claimed) < count:
             reply = self.redis.xautoclaim(self.key, self.group, self.consumer, self.claim_idle_ms,
-                                          start_id=cursor, count=min(CHUNK, count - len(claimed)))
+                                          start_id=cursor, count=min(self.chunk, count - len(claimed)))
             cursor = _text(reply[0])
             entries, gone = _entries(reply[1])
             self.ack(gone)
@@ -118,11 +121,11 @@ class StreamConsumer:
         return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     def ack(self, ids: Iterable[str]) -> None:
-        """In calls of at most CHUNK ids, each its own round trip, so that other clients get their turn in
+        """In calls of at most `chunk` ids, each its own round trip, so that other clients get their turn in
         between."""
         ids = list(ids)
-        for i in range(0, len(ids), CHUNK):
-            self.redis.xack(self.key, self.group, *ids[i:i + CHUNK])
+        for i in range(0, len(ids), self.chunk):
+            self.redis.xack(self.key, self.group, *ids[i:i + self.chunk])
         self.refused.difference_update(ids)
 
     def dead_letter(self, items: list[tuple[str, dict, str]]) -> int:
