@@ -58,7 +58,8 @@ def aggregator_health() -> dict:
     import urllib.error
     import urllib.request
 
-    from aggregator import health, metrics
+    from aggregator import metrics
+    from visiontrack import readiness
     from visiontrack import config as config_module
 
     def free_port() -> int:
@@ -84,7 +85,7 @@ def aggregator_health() -> dict:
                              "aggregator_metrics": "visiontrack_aggregator_" in body}
     finally:
         server.shutdown()
-    return {"paths": answers, "check_timeout_seconds": health.CHECK_TIMEOUT_SECONDS}
+    return {"paths": answers, "check_timeout_seconds": readiness.CHECK_TIMEOUT_SECONDS}
 
 
 if __name__ == "__main__":

@@ -289,21 +289,22 @@ def test_the_aggregator_should_answer_its_probe_paths(aggregator_health):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_worker_and_beat_should_be_live_on_healthz_and_ready_on_readyz(render, mode, aggregator_health):
+def test_the_python_parts_should_be_live_on_healthz_and_ready_on_readyz(render, mode, aggregator_health):
     """Liveness must not follow the dependencies (an outage of Postgres or Redis would restart every
     worker); readiness must, and its timeout must cover the checks (each gives up after
-    check_timeout_seconds, one after the other)."""
+    check_timeout_seconds, one after the other: visiontrack.readiness, as in the APIs)."""
     seen = set()
     for comp, _part, _w, c in part_containers(render(mode)):
-        if comp not in ("worker", "beat"):
+        if comp not in ("worker", "beat", "registry", "query"):
             continue
         seen.add(comp)
+        port = "metrics" if comp in ("worker", "beat") else "http"
         for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
-            assert c[probe]["httpGet"] == {"path": path, "port": "metrics"}, f"{comp} {probe}"
+            assert c[probe]["httpGet"] == {"path": path, "port": port}, f"{comp} {probe}"
             assert path in aggregator_health["paths"]
         timeout = c["readinessProbe"].get("timeoutSeconds", 1)
         assert timeout >= 2 * aggregator_health["check_timeout_seconds"], f"{comp} readiness times out first"
-    assert seen == {"worker", "beat"}
+    assert seen == {"worker", "beat", "registry", "query"}
 
 
 # --- commands ------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ def test_readiness_should_follow_redis_down_and_up_while_liveness_stays(aggregat
 def test_a_check_should_give_up_within_its_timeout_on_a_server_that_never_answers():
     """In-process: a peer that accepts and then stays silent (a hung or half-open server) answers 503 in
     about the check timeout, instead of holding the probe."""
-    from aggregator import health
+    from visiontrack import readiness as health
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -134,7 +134,7 @@ def test_a_check_should_give_up_within_its_timeout_on_a_server_that_never_answer
     port = listener.getsockname()[1]
     config = type("Settings", (), {"database_url": f"postgresql://x@127.0.0.1:{port}/x",
                                    "redis_url": f"redis://127.0.0.1:{port}/0"})()
-    readiness = health.Readiness(health.dependency_checks(config, ("postgres", "redis")))
+    readiness = health.Readiness(health.dependency_checks(config, "aggregator", ("postgres", "redis")))
     started = time.monotonic()
     try:
         assert readiness() == ["postgres", "redis"]

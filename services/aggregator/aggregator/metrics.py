@@ -79,6 +79,8 @@ def serve(port: int, config, dependencies: tuple[str, ...] = ("postgres", "redis
     Returns the server (None when port is 0)."""
     if port == 0:
         return None
+    from visiontrack.readiness import Readiness, dependency_checks
+
     from . import health
 
     registry = REGISTRY
@@ -87,7 +89,7 @@ def serve(port: int, config, dependencies: tuple[str, ...] = ("postgres", "redis
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    readiness = health.Readiness(health.dependency_checks(config, dependencies))
+    readiness = Readiness(dependency_checks(config, "aggregator", dependencies))
     server = health.start(port, health.make_app(make_wsgi_app(registry), readiness))
     log.info("metrics on :%d/metrics, health on /healthz and /readyz (%s)", port, ", ".join(dependencies))
     return server

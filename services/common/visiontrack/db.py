@@ -107,14 +107,6 @@ class Database:
                 conn.autocommit = False
             pool.putconn(conn)
 
-    def ping(self) -> bool:
-        try:
-            with self.transaction() as cur:
-                cur.execute("SELECT 1")
-            return True
-        except psycopg2.Error:
-            return False
-
     def close(self) -> None:
         if self._pool is not None and self._pid == os.getpid():
             self._pool.closeall()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Iterable
+from typing import Iterable
 
 import redis
 from flask import Flask, jsonify
@@ -14,6 +14,7 @@ from .. import logs
 from ..config import Config
 from ..db import Database
 from ..errors import ApiError
+from ..readiness import RETRY_AFTER_SECONDS, Readiness, dependency_checks
 from . import errors, text_guard
 from .auth import OperatorAuth
 from .fields import IdConverter
@@ -67,7 +68,7 @@ def _metrics(app: Flask, part: str):
 
 
 def create_base_app(part: str, config: Config, blueprints: Iterable[Blueprint], openapi_prefix: str,
-                    title: str, extra_readiness: Callable[[Services], None] | None = None) -> Flask:
+                    title: str) -> Flask:
     logs.configure(config.log_level, config.log_format, part)
     app = Flask(part)
     app.config.update(
@@ -80,7 +81,7 @@ def create_base_app(part: str, config: Config, blueprints: Iterable[Blueprint], 
     )
     app.json.sort_keys = False
     app.url_map.converters["id"] = IdConverter
-    app.extensions["visiontrack"] = services = Services(config, part)
+    app.extensions["visiontrack"] = Services(config, part)
     api = Api(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})
     api.register_converter(IdConverter, lambda _: {"type": "integer", "format": "int64", "minimum": 1})
@@ -93,17 +94,14 @@ def create_base_app(part: str, config: Config, blueprints: Iterable[Blueprint], 
     def healthz():
         return jsonify(status="ok")
 
+    readiness = Readiness(dependency_checks(config, part, ("postgres", "redis")))
+
     @app.get("/readyz")
     def readyz():
-        problems = []
-        if not services.db.ping():
-            problems.append("postgres")
-        try:
-            services.redis.ping()
-        except redis.RedisError:
-            problems.append("redis")
-        if problems:
-            raise ApiError("unavailable", f"not ready: {', '.join(problems)} unreachable", retry_after=5)
+        failing = readiness()
+        if failing:
+            raise ApiError("unavailable", f"not ready: {', '.join(failing)} unreachable",
+                           retry_after=RETRY_AFTER_SECONDS)
         return jsonify(status="ready")
 
     app.extensions["visiontrack_metrics"] = _metrics(app, part)
