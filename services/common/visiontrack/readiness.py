@@ -1,4 +1,4 @@
-"""Readiness: whether the servers a process depends on answer, as /readyz reports it in every part.
+"""Readiness: whether the servers a Python part depends on answer, as its /readyz reports it.
 
 Each check opens its own connection, bounded by a short timeout, and closes it: a server that accepts and
 then hangs cannot hold a probe past the orchestrator's timeout, and a pool's state does not hide an outage.
