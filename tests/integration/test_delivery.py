@@ -145,6 +145,26 @@ def test_a_batch_is_read_and_acknowledged_in_chunks(isolated, db, monkeypatch):
     assert [e for e, _ in stream.read(1000, ">")] == ids[90:]
 
 
+def test_claimed_entries_are_counted_by_id_order_not_text_order(isolated):
+    """Delivery counts come from the pending range between the lowest and highest claimed id: "5-10" is
+    after "5-9", though not as text, and a range taken as text would be empty (every suspect fresh again).
+    Counted in pages of `chunk`, past this consumer's other pending entries in the range."""
+    client, key, _, cfg = isolated
+    ids = ["5-9", "5-10", "5-11"]
+    for entry_id in ["5-8", *ids]:
+        client.xadd(key, _entry(DEVICE_BASE + 6, [["t", 1, 1.0]]), id=entry_id)
+    gone = _pipeline(cfg.replace(claim_idle_ms=50, max_deliveries=2), client, name="gone:0").consumer
+    gone.read(10, ">")
+    for _ in range(2):
+        gone.read(10, "0")  # each read of its own pending entries is one more delivery: 3 in all
+    survivor = _pipeline(cfg.replace(claim_idle_ms=50, max_deliveries=2), client, name="alive:0").consumer
+    survivor.chunk = 2
+    time.sleep(0.1)
+    fresh, tired = survivor.claim(10)  # claiming delivers once more: 4 > 2 for every entry
+    assert fresh == [] and [e for e, _ in tired] == ["5-8", *ids]
+    assert survivor.delivery_counts(ids) == {i: 4 for i in ids}
+
+
 def test_stale_pending_entries_are_claimed_and_poison_suspects_dead_lettered(isolated, db):
     client, key, _, cfg = isolated
     now = int(time.time() * 1000)

@@ -116,9 +116,25 @@ class StreamConsumer:
         return fresh, tired
 
     def delivery_counts(self, ids: list[str]) -> dict[str, int]:
-        rows = self.redis.xpending_range(self.key, self.group, min=min(ids), max=max(ids), count=len(ids) * 2,
-                                         consumername=self.consumer)
-        return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
+        """How often each of `ids` (this consumer's pending entries) was delivered, from pages of at most
+        `chunk` pending entries between the lowest and the highest id (ordered as ids, not as text: "5-10"
+        comes after "5-9"). An id no longer pending is left out."""
+        wanted = set(ids)
+        ordered = sorted(wanted, key=_parse_id)
+        counts: dict[str, int] = {}
+        start, end = ordered[0], ordered[-1]
+        while wanted:
+            rows = self.redis.xpending_range(self.key, self.group, min=start, max=end, count=self.chunk,
+                                             consumername=self.consumer)
+            for row in rows:
+                entry_id = _text(row["message_id"])
+                if entry_id in wanted:
+                    counts[entry_id] = int(row["times_delivered"])
+                    wanted.discard(entry_id)
+            if len(rows) < self.chunk:
+                break
+            start = "(" + _text(rows[-1]["message_id"])  # exclusive: the page after this one
+        return counts
 
     def ack(self, ids: Iterable[str]) -> None:
         """In calls of at most `chunk` ids, each its own round trip, so that other clients get their turn in
