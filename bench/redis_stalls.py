@@ -3,8 +3,8 @@
 Redis runs one command at a time, so a writer's XADD waits for whatever command is running. A consumer
 drains a pre-filled stream of one-reading entries (as the ingestor writes them) with the aggregator's own
 StreamConsumer, reading and acknowledging in its calls of `chunk` entries, while a writer in another process
-times XADDs to another key, sent on a fixed schedule. Run for the aggregator's chunk and for calls of a whole batch (10,000
-entries, how it read before), both on the same Redis.
+times XADDs to another key, sent on a fixed schedule. Run for the aggregator's chunk and for calls of a
+whole batch (10,000 entries, how it read before), both on the same Redis.
 
 `python -m bench.redis_stalls URL STOP_FILE` is the writer: XADDs until STOP_FILE exists, then prints its
 latencies (ms) as one JSON line.
