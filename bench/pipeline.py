@@ -389,20 +389,22 @@ def measure_floor(env: dict, run_dir: Path, start_ms: int, end_ms: int) -> dict:
 def redis_stalls(url: str, run_dir: Path) -> tuple[str, str, str]:
     """The table row: writers' XADD latency while the aggregator's consumer drains one-reading entries, in
     its calls and in calls of a whole batch, in ABBA order; the medians of each."""
-    from aggregator.consumer import CHUNK
+    from aggregator.consumer import StreamConsumer
 
-    got: dict[int, list[dict]] = {CHUNK: [], WHOLE_BATCH: []}
-    for chunk in (CHUNK, WHOLE_BATCH, WHOLE_BATCH, CHUNK):
+    chunk_size = StreamConsumer.chunk
+    got: dict[int, list[dict]] = {chunk_size: [], WHOLE_BATCH: []}
+    for chunk in (chunk_size, WHOLE_BATCH, WHOLE_BATCH, chunk_size):
         log(f"draining {STALL_ENTRIES:,} one-reading entries in calls of {chunk:,} while a writer times XADDs")
         got[chunk].append(drain_with_writer(url, STALL_ENTRIES, chunk, run_dir))
 
     def med(chunk: int, what: str) -> float:
         return statistics.median(r[what] for r in got[chunk])
 
-    return (f"writers' XADD while the aggregator drains {STALL_ENTRIES:,} one-reading entries (calls of {CHUNK:,})",
-            f"p99 {med(CHUNK, 'p99'):.2f} ms, p99.9 {med(CHUNK, 'p999'):.2f} ms",
+    return (f"writers' XADD while the aggregator drains {STALL_ENTRIES:,} one-reading entries (calls of "
+            f"{chunk_size:,})",
+            f"p99 {med(chunk_size, 'p99'):.2f} ms, p99.9 {med(chunk_size, 'p999'):.2f} ms",
             f"in calls of a whole batch ({WHOLE_BATCH:,}): p99 {med(WHOLE_BATCH, 'p99'):.2f} ms, p99.9 "
-            f"{med(WHOLE_BATCH, 'p999'):.2f} ms; drained in {med(CHUNK, 'seconds'):.2f} s vs "
+            f"{med(WHOLE_BATCH, 'p999'):.2f} ms; drained in {med(chunk_size, 'seconds'):.2f} s vs "
             f"{med(WHOLE_BATCH, 'seconds'):.2f} s")
 
 

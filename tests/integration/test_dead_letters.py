@@ -78,7 +78,7 @@ def _pipeline(cfg, client, name: str):
     from aggregator.storage import TelemetryStorage
 
     return Pipeline(_consumer(cfg, client, name), TelemetryStorage(psycopg2.connect(cfg.database_url)),
-                    cfg.batch_entries, cfg.retention_days)
+                    cfg.batch_entries, cfg.retention_days, cfg.batch_readings)
 
 
 def _pending(client, key: str, group: str) -> list[str]:

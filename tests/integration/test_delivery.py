@@ -51,7 +51,7 @@ def _pipeline(cfg, client, name="test:0"):
                               claim_idle_ms=cfg.claim_idle_ms, max_deliveries=cfg.max_deliveries)
     consumer.ensure_group()
     return Pipeline(consumer, TelemetryStorage(psycopg2.connect(cfg.database_url)), cfg.batch_entries,
-                    cfg.retention_days)
+                    cfg.retention_days, cfg.batch_readings)
 
 
 def test_a_redelivered_batch_inserts_nothing_twice_and_counts_duplicates(isolated, db):
@@ -163,6 +163,8 @@ def test_claimed_entries_are_counted_by_id_order_not_text_order(isolated):
     fresh, tired = survivor.claim(10)  # claiming delivers once more: 4 > 2 for every entry
     assert fresh == [] and [e for e, _ in tired] == ["5-8", *ids]
     assert survivor.delivery_counts(ids) == {i: 4 for i in ids}
+    # Asked for the two ends only: the two entries between them fill a page and are passed over.
+    assert survivor.delivery_counts(["5-11", "5-8"]) == {"5-8": 4, "5-11": 4}
 
 
 def test_stale_pending_entries_are_claimed_and_poison_suspects_dead_lettered(isolated, db):

@@ -14,13 +14,6 @@ log = logging.getLogger("aggregator.consumer")
 
 Raw = tuple[str, dict]  # (entry id, fields)
 
-# Most entries one Redis call reads, claims or acknowledges. Redis runs a command to its end while every
-# other client waits: an XREADGROUP of 10,000 one-reading entries (a batch) held it 21-26 ms and the XACK of
-# their ids 5 ms. Writers sending 1,000 XADDs a second while such a backlog drained waited p99 71-90 ms in
-# calls of a whole batch, 27-30 ms in calls of 1,000, with the drain as fast (bench/redis_stalls.py). A
-# batch takes several calls instead.
-CHUNK = 1000
-
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
@@ -46,7 +39,12 @@ def _stream_reply(reply, key: str) -> list:
 
 
 class StreamConsumer:
-    chunk = CHUNK  # per instance only to measure what larger calls cost (bench/redis_stalls.py)
+    # Most entries one Redis call reads, claims or acknowledges. Redis runs a command to its end while every
+    # other client waits: an XREADGROUP of 10,000 one-reading entries (a batch) held it 21-26 ms, and the
+    # XACK of their ids 5 ms. Writers sending 1,000 XADDs a second while such a backlog drained waited p99
+    # 71-90 ms in calls of a whole batch, 27-30 ms in calls of 1,000, with the drain as fast
+    # (bench/redis_stalls.py, which sets it on an instance to measure the whole-batch calls).
+    chunk = 1000
 
     def __init__(self, client: redis.Redis, key: str, group: str, consumer: str, dead_letter_key: str,
                  claim_idle_ms: int, max_deliveries: int):

@@ -13,7 +13,7 @@ from socketserver import ThreadingMixIn
 from typing import Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from visiontrack.readiness import RETRY_AFTER_SECONDS
+from visiontrack.readiness import RETRY_AFTER_SECONDS, not_ready_message
 
 PATHS = ("/healthz", "/readyz")
 
@@ -44,7 +44,7 @@ def make_app(metrics_app, readiness: Callable[[], list[str]]):
         failing = readiness()
         if failing:
             return _json(start_response, "503 Service Unavailable",
-                         {"error": "unavailable", "message": f"not ready: {', '.join(failing)} unreachable",
+                         {"error": "unavailable", "message": not_ready_message(failing),
                           "details": []}, [("Retry-After", str(RETRY_AFTER_SECONDS))], head=head)
         return _json(start_response, "200 OK", {"status": "ready"}, head=head)
 

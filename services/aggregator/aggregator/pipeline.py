@@ -61,7 +61,7 @@ class Pipeline:
     storage: TelemetryStorage
     batch_entries: int  # most entries per batch
     retention_days: int
-    batch_readings: int = 100_000  # readings per batch aimed at, whatever the entries' size
+    batch_readings: int  # readings per batch aimed at, whatever the entries' size (VT_BATCH_READINGS)
     future_days: int = 1
     _own_pending_done: bool = field(default=False, init=False)
     _readings_per_entry: float = field(default=100.0, init=False)

@@ -25,6 +25,11 @@ CHECK_TIMEOUT_SECONDS = 2.0
 RETRY_AFTER_SECONDS = 5
 
 
+def not_ready_message(failing: Iterable[str]) -> str:
+    """What /readyz says in its 503, in every part."""
+    return f"not ready: {', '.join(failing)} unreachable"
+
+
 def postgres_answers(url: str, part: str, timeout: float = CHECK_TIMEOUT_SECONDS) -> None:
     """Connect and run SELECT 1 within `timeout` seconds in all (asynchronous libpq, so a server that
     accepts and then hangs cannot hold the check); raise when Postgres does not answer."""

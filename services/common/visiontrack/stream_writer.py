@@ -38,8 +38,9 @@ class StreamWriter:
         return value
 
     def check_room(self, device_id: int) -> None:
-        """Raise 503 when the device's shard is over its high-water mark: before a body is read, when the
-        device is known from its token, so an overloaded stream costs no parsing (as in the ingestor)."""
+        """Raise 503 when the device's shard is over its high-water mark. Call it before `append`, as early
+        as the device is known: before the body is read when its token names it, so an overloaded stream
+        costs no parsing (as in the ingestor)."""
         key = shard_key_for(self.base_key, self.shards, device_id)
         try:
             over = self._backlog(key) > self.high_water
@@ -52,8 +53,8 @@ class StreamWriter:
         return self._unavailable("the telemetry stream (Redis) is unreachable; retry later")
 
     def append(self, device_id: int, readings: Sequence[Reading], received_ms: int) -> str:
-        """XADD one entry; the returned id means Redis has it. Raise 503 when that cannot be promised."""
-        self.check_room(device_id)
+        """XADD one entry (after `check_room`); the returned id means Redis has it. Raise 503 when Redis
+        cannot take it."""
         key = shard_key_for(self.base_key, self.shards, device_id)
         try:
             entry_id = self.redis.xadd(key, encode_entry(device_id, readings, received_ms))

@@ -96,7 +96,7 @@ def _ingest(svc, writer, parsed: list[int]) -> int:
     if role == "reader":
         raise ApiError("forbidden", "reader tokens may only read")
     token_device = None if role == "admin" else _device_for_token(svc, token)
-    if token_device is not None:  # an admin's device is named in the body: checked when appending
+    if token_device is not None:  # backpressure before the body; an admin names the device in it
         writer.check_room(token_device)
     limits = Limits.from_config(svc.config)
     body = _read_body(limits.max_body_bytes)
@@ -107,5 +107,6 @@ def _ingest(svc, writer, parsed: list[int]) -> int:
     device_id = _named_device(messages, token_device)
     if token_device is None:
         _check_admin_device(svc, device_id)
+        writer.check_room(device_id)
     writer.append(device_id, readings, now_ms)
     return len(readings)

@@ -14,7 +14,7 @@ from .. import logs
 from ..config import Config
 from ..db import Database
 from ..errors import ApiError
-from ..readiness import RETRY_AFTER_SECONDS, Readiness, dependency_checks
+from ..readiness import RETRY_AFTER_SECONDS, Readiness, dependency_checks, not_ready_message
 from . import errors, text_guard
 from .auth import OperatorAuth
 from .fields import IdConverter
@@ -100,8 +100,7 @@ def create_base_app(part: str, config: Config, blueprints: Iterable[Blueprint], 
     def readyz():
         failing = readiness()
         if failing:
-            raise ApiError("unavailable", f"not ready: {', '.join(failing)} unreachable",
-                           retry_after=RETRY_AFTER_SECONDS)
+            raise ApiError("unavailable", not_ready_message(failing), retry_after=RETRY_AFTER_SECONDS)
         return jsonify(status="ready")
 
     app.extensions["visiontrack_metrics"] = _metrics(app, part)
