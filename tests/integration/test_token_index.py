@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import threading
 import uuid
+from types import SimpleNamespace
 
 import psycopg2
 import pytest
 
 from registry.device_store import DeviceStore
+from visiontrack import tokens
 from visiontrack.db import Database
 from visiontrack.tokens import (RebuildSkipped, changed_key, fill_scratch, index_value, lock_index_for_change,
                                 rebuild_index, record_change, swap_in, token_sha256)
@@ -177,6 +179,43 @@ def test_a_second_rebuild_while_one_is_under_way_is_skipped(db, redis_client, in
     holding.commit()
     first.result()
     assert redis_client.hget(index_key, sha) == index_value(device, "disabled")
+
+
+def test_a_fill_that_took_too_long_is_not_swapped_in(db, redis_client, index_key, connect, monkeypatch):
+    """Notes expire after CHANGED_TTL_SECONDS: a fill that took over half of that may have missed a change
+    whose note is gone, so its copy is dropped and the live index kept."""
+    _device_with_token(db, redis_client, index_key)
+    clock = iter([0.0, tokens.CHANGED_TTL_SECONDS / 2 + 1])
+    monkeypatch.setattr(tokens, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    conn = connect()
+    with pytest.raises(RebuildSkipped, match="took too long"):
+        with conn:
+            rebuild_index(conn, redis_client, index_key)
+    assert redis_client.hget(index_key, STALE) is not None, "the copy was swapped in"
+    assert list(redis_client.scan_iter(f"{index_key}:rebuild:*")) == []
+    monkeypatch.undo()
+    later = Rebuild(connect(), redis_client, index_key)  # the rebuild lock went with the transaction
+    later.start()
+    later.result()
+
+
+def test_a_rebuild_gives_up_on_a_change_holding_the_lock_too_long(db, redis_client, index_key, connect,
+                                                                monkeypatch):
+    """Registry changes must not wait behind a rebuild for long: past its lock timeout the rebuild skips
+    this round, leaving the change in flight and the index as they were."""
+    monkeypatch.setattr(tokens, "REBUILD_LOCK_TIMEOUT", "200ms")
+    device, sha = _device_with_token(db, redis_client, index_key)
+    holding = connect()
+    _change(holding, redis_client, index_key, "UPDATE devices SET status = 'disabled' WHERE id = %s", (device,),
+            set_={sha: index_value(device, "disabled")}, removed=[])
+    conn = connect()
+    with pytest.raises(RebuildSkipped, match="held the index lock too long"):
+        with conn:
+            rebuild_index(conn, redis_client, index_key)
+    assert redis_client.hget(index_key, sha) == index_value(device, "disabled")
+    assert redis_client.hget(index_key, STALE) is not None, "the copy was swapped in"
+    assert list(redis_client.scan_iter(f"{index_key}:rebuild:*")) == []
+    holding.commit()
 
 
 def test_every_registry_change_notes_its_hashes(postgres, redis_client, index_key):
