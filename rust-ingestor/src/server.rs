@@ -90,11 +90,7 @@ pub fn run(config: &Config, metrics: &PrometheusHandle) -> ExitCode {
         signals.recv().await;
         tracing::info!("shutdown signal received; draining");
     };
-    if !threads.supervise(&control, shutdown) {
-        return ExitCode::from(1);
-    }
-    tracing::info!("stopped after finishing in-flight requests");
-    ExitCode::SUCCESS
+    threads.supervise(&control, shutdown)
 }
 
 /// The server threads: told to stop through `stop`, each reporting on `stopped`
@@ -134,9 +130,12 @@ impl Threads {
     }
 
     /// Runs `control` until `shutdown` completes or a thread ends unasked,
-    /// whichever comes first, then stops every thread and waits for them. True
-    /// only after `shutdown` with every thread ending cleanly.
-    fn supervise(mut self, control: &Runtime, shutdown: impl Future<Output = ()>) -> bool {
+    /// whichever comes first, then stops every thread and waits for them. The
+    /// process's exit code: success only after `shutdown` with every thread
+    /// ending cleanly, else 1. Decided here, where the unit tests can reach it:
+    /// no outside event makes a server thread end (axum's serve loop retries
+    /// failed accepts, tokio catches panics in tasks), only a bug can.
+    fn supervise(mut self, control: &Runtime, shutdown: impl Future<Output = ()>) -> ExitCode {
         let unasked = control.block_on(async {
             tokio::select! {
                 () = shutdown => false,
@@ -147,7 +146,12 @@ impl Threads {
             }
         });
         let _ = self.stop.send(true);
-        join(self.handles) && !unasked
+        let all_clean = join(self.handles);
+        if unasked || !all_clean {
+            return ExitCode::from(1);
+        }
+        tracing::info!("stopped after finishing in-flight requests");
+        ExitCode::SUCCESS
     }
 }
 
@@ -311,25 +315,34 @@ mod tests {
         })
     }
 
+    /// A server thread that fails once asked to stop, as one whose draining went wrong.
+    fn failing_when_asked() -> Body {
+        Box::new(|mut stop| {
+            let runtime = Builder::new_current_thread().build()?;
+            let _ = runtime.block_on(stop.wait_for(|stop| *stop));
+            Err(io::Error::other("drain failed"))
+        })
+    }
+
     /// Starts and supervises the bodies, on a thread of its own so that a
     /// supervisor that never returns fails the test instead of hanging it; the
-    /// result and the log lines.
-    fn supervised(bodies: Vec<Body>, shutdown: impl Future<Output = ()> + Send + 'static) -> (bool, String) {
+    /// exit code and the log lines.
+    fn supervised(bodies: Vec<Body>, shutdown: impl Future<Output = ()> + Send + 'static) -> (ExitCode, String) {
         let log = Log(Arc::default());
         let writer = log.clone();
         let (done_tx, done) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
-            let ok = tracing::subscriber::with_default(subscriber, || {
+            let code = tracing::subscriber::with_default(subscriber, || {
                 let control = Builder::new_current_thread().build().unwrap();
                 Threads::start(bodies).unwrap().supervise(&control, shutdown)
             });
-            let _ = done_tx.send(ok);
+            let _ = done_tx.send(code);
         });
-        let ok = done.recv_timeout(Duration::from_secs(10));
+        let code = done.recv_timeout(Duration::from_secs(10));
         let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-        let ok = ok.unwrap_or_else(|e| panic!("the supervisor has not returned ({e}):\n{text}"));
-        (ok, text)
+        let code = code.unwrap_or_else(|e| panic!("the supervisor has not returned ({e}):\n{text}"));
+        (code, text)
     }
 
     #[derive(Clone)]
@@ -347,11 +360,11 @@ mod tests {
     }
 
     /// Supervises three servers of which the middle one ends unasked, as `ended`
-    /// does; checks that the process would fail and that the others were stopped.
+    /// does; checks that the process would exit 1 and that the others were stopped.
     fn stopped_unasked(ended: Body) -> String {
         let asked = Arc::new(AtomicUsize::new(0));
-        let (ok, log) = supervised(vec![serving(&asked), ended, serving(&asked)], std::future::pending());
-        assert!(!ok, "a server stopped unasked, yet a clean exit:\n{log}");
+        let (code, log) = supervised(vec![serving(&asked), ended, serving(&asked)], std::future::pending());
+        assert_eq!(code, ExitCode::from(1), "a server stopped unasked:\n{log}");
         assert_eq!(asked.load(Ordering::SeqCst), 2, "the other servers are asked to stop:\n{log}");
         assert!(log.contains("ERROR"), "{log}");
         assert!(log.contains("a server stopped unasked; stopping the others server=1"), "{log}");
@@ -380,9 +393,21 @@ mod tests {
     #[test]
     fn the_shutdown_signal_stops_every_server_cleanly() {
         let asked = Arc::new(AtomicUsize::new(0));
-        let (ok, log) = supervised((0..3).map(|_| serving(&asked)).collect(), std::future::ready(()));
-        assert!(ok, "{log}");
+        let (code, log) = supervised((0..3).map(|_| serving(&asked)).collect(), std::future::ready(()));
+        assert_eq!(code, ExitCode::SUCCESS, "{log}");
         assert_eq!(asked.load(Ordering::SeqCst), 3, "{log}");
         assert!(!log.contains("ERROR"), "{log}");
+        assert!(log.contains("stopped after finishing in-flight requests"), "{log}");
+    }
+
+    #[test]
+    fn a_server_that_fails_while_draining_fails_the_shutdown() {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let bodies = vec![serving(&asked), failing_when_asked(), serving(&asked)];
+        let (code, log) = supervised(bodies, std::future::ready(()));
+        assert_eq!(code, ExitCode::from(1), "{log}");
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "{log}");
+        assert!(log.contains("server failed server=1 error=drain failed"), "{log}");
+        assert!(!log.contains("stopped unasked"), "asked, so not unasked:\n{log}");
     }
 }
