@@ -2,6 +2,7 @@
 deleting a device purges its raw rows, rollups, latest values and alerts (real Postgres and Celery)."""
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import date, timedelta
@@ -96,3 +97,13 @@ def test_deleting_a_device_purges_its_rollups_latest_values_and_alerts(registry_
     client = Celery(broker=base_env["REDIS_URL"])
     client.send_task("aggregator.purge_deleted_devices", queue="visiontrack")
     poll(lambda: counts() == [0, 0, 0, 0, 0], timeout=30, what="the device's data purged")
+
+
+def test_the_scheduled_task_creates_partitions_ahead(db, base_env, worker):
+    """The task as the beat sends it, on a real worker: it recreates the furthest partition ahead, dropped
+    here (empty: it lies in the future)."""
+    furthest = max(t for t in _tables(db, "telemetry_2") if re.fullmatch(r"telemetry_\d{8}", t))
+    with db.cursor() as cur:
+        cur.execute(f"DROP TABLE {furthest}")
+    Celery(broker=base_env["REDIS_URL"]).send_task("aggregator.ensure_partitions", queue="visiontrack")
+    poll(lambda: furthest in _tables(db, "telemetry_2"), timeout=30, what=f"{furthest} created again")

@@ -15,8 +15,8 @@ log = logging.getLogger("aggregator.tasks.maintenance")
 
 @app.task(name="aggregator.ensure_partitions", ignore_result=True)
 def ensure_partitions() -> int:
-    with state.get().db.transaction() as cur:
-        created = ensure_partition_range(cur, 0, config.partitions_ahead_days)
+    with state.get().db.transaction() as cur, cur.connection.cursor() as plain:  # it reads rows as tuples
+        created = ensure_partition_range(plain, 0, config.partitions_ahead_days)
     if created:
         log.info("created %d telemetry partitions ahead", created)
     return created
