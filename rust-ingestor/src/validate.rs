@@ -32,7 +32,12 @@ const MSG_VALUES_TYPE: &str = "must be an object of metric names to values";
 const MSG_NO_METRIC: &str = "must hold at least one metric";
 const MSG_BAD_NAME: &str = "invalid metric name: must match ^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$";
 const MSG_BAD_VALUE: &str = "must be a finite number or a boolean";
+const MSG_VALUE_RANGE: &str = "must be a finite number between -1e300 and 1e300";
 const MSG_BAD_TS: &str = "must be an RFC 3339 time or integer epoch milliseconds";
+
+/// Largest accepted magnitude: the rollups sum values in doubles, and ~1.8e8 readings
+/// at this bound fit in one sum where two of 1e308 overflow it.
+const MAX_ABS_VALUE: f64 = 1e300;
 
 /// Step 1: the media type, up to `;`, trimmed, case-insensitive.
 pub fn check_media_type(content_type: Option<&str>) -> Result<(), ApiError> {
@@ -169,13 +174,13 @@ impl Checker {
     ) {
         let problem = if is_valid_metric_name(&name) {
             match metric_value(value) {
-                Some(v) => {
+                Ok(v) => {
                     if let (Some(&ts_ms), true) = (ts, details.is_empty()) {
                         readings.push(Reading { metric: name, ts_ms, value: v });
                     }
                     return;
                 }
-                None => MSG_BAD_VALUE,
+                Err(message) => message,
             }
         } else {
             MSG_BAD_NAME
@@ -217,12 +222,12 @@ pub fn is_valid_metric_name(name: &str) -> bool {
     }
 }
 
-fn metric_value(value: &Value) -> Option<f64> {
+fn metric_value(value: &Value) -> Result<f64, &'static str> {
     match value {
-        // The parser rejects non-finite numbers, so every number here is finite.
-        Value::Number(n) => n.as_f64().filter(|f| f.is_finite()),
-        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
-        _ => None,
+        // One comparison also refuses NaN and infinities (the parser already does).
+        Value::Number(n) => n.as_f64().filter(|f| f.abs() <= MAX_ABS_VALUE).ok_or(MSG_VALUE_RANGE),
+        Value::Bool(b) => Ok(if *b { 1.0 } else { 0.0 }),
+        _ => Err(MSG_BAD_VALUE),
     }
 }
 
@@ -262,6 +267,16 @@ mod tests {
         let r = ok(r#"{"a":1,"b":2,"a":3}"#);
         let got: Vec<(&str, f64)> = r.iter().map(|r| (r.metric.as_str(), r.value)).collect();
         assert_eq!(got, [("a", 3.0), ("b", 2.0)]);
+    }
+
+    #[test]
+    fn the_value_bound_is_inclusive() {
+        let above = f64::from_bits(MAX_ABS_VALUE.to_bits() + 1);
+        assert_eq!(metric_value(&Value::from(MAX_ABS_VALUE)), Ok(MAX_ABS_VALUE));
+        assert_eq!(metric_value(&Value::from(-MAX_ABS_VALUE)), Ok(-MAX_ABS_VALUE));
+        assert_eq!(metric_value(&Value::from(above)), Err(MSG_VALUE_RANGE));
+        assert_eq!(metric_value(&Value::from(-above)), Err(MSG_VALUE_RANGE));
+        assert_eq!(metric_value(&Value::from(true)), Ok(1.0));
     }
 
     #[test]

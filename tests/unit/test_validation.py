@@ -72,6 +72,35 @@ def test_every_bad_reading_is_reported_in_order():
     ]
 
 
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_a_double_is_accepted_exactly_when_within_1e300(x):
+    body = json.dumps({"values": {"v": x}}).encode()  # repr round-trips the double
+    if abs(x) <= 1e300:
+        assert run(body)[0].readings == [("v", NOW, x)]
+    else:
+        with pytest.raises(ApiError) as err:
+            run(body)
+        assert err.value.details == [{"index": 0, "field": "values.v",
+                                      "message": "must be a finite number between -1e300 and 1e300"}]
+
+
+def test_integers_are_bounded_as_doubles():
+    # Above the double 1e300 as an int, but 1e300 once parsed to a double, as the ingestor compares it.
+    just_above = int(1e300) + 1
+    assert just_above > 1e300
+    assert run(f'{{"a": {just_above}, "b": -{just_above}}}'.encode())[0].readings == [("a", NOW, 1e300),
+                                                                                      ("b", NOW, -1e300)]
+    with pytest.raises(ApiError) as err:
+        run(b'[{"a": 1%s}]' % (b"0" * 301))
+    assert err.value.details == [{"index": 0, "field": "a",
+                                  "message": "must be a finite number between -1e300 and 1e300"}]
+    # Past float() or past int()'s digit limit: refused while parsing, never an OverflowError.
+    for digits in (400, 5000):
+        with pytest.raises(ApiError) as err:
+            run(b'{"a": 1%s}' % (b"0" * digits))
+        assert err.value.code == "malformed_json"
+
+
 @pytest.mark.parametrize("raw,code", [
     (b"[1e400]", "malformed_json"), (b"[NaN]", "malformed_json"), (b'{"a": 1} x', "malformed_json"),
     (b"\xff", "malformed_json"), (b"1" + b"0" * 400, "malformed_json"), (b"[]", "validation_error"),

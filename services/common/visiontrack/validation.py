@@ -26,9 +26,13 @@ MSG_VALUES_NOT_OBJECT = "must be an object of metric names to values"
 MSG_UNKNOWN_FIELD = "unknown field"
 MSG_BAD_NAME = f"invalid metric name: must match {METRIC_PATTERN}"
 MSG_BAD_VALUE = "must be a finite number or a boolean"
+MSG_VALUE_RANGE = "must be a finite number between -1e300 and 1e300"
 MSG_BAD_TS = "must be an RFC 3339 time or integer epoch milliseconds"
 MSG_INVALID = "invalid readings; see details"
 _DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+# Largest accepted magnitude: the rollups sum values in doubles, and ~1.8e8 readings at this bound fit in one
+# sum where two of 1e308 overflow it.
+MAX_ABS_VALUE = 1e300
 
 
 @dataclass(frozen=True)
@@ -130,14 +134,21 @@ def _count_readings(messages: list, reserved: frozenset[str]) -> int:
     return count
 
 
-def _check_metric(name: str, value: Any, field_name: str, index: int, details: list) -> bool:
+def _check_metric(name: str, value: Any, field_name: str, index: int, details: list) -> float | None:
+    """The reading's value as a double, or None after adding its detail."""
     if not _METRIC_RE.fullmatch(name):
         details.append({"index": index, "field": field_name, "message": MSG_BAD_NAME})
-        return False
+        return None
     if not _is_reading_value(value):
         details.append({"index": index, "field": field_name, "message": MSG_BAD_VALUE})
-        return False
-    return True
+        return None
+    # Compare the double, not the int: the ingestor sees only the double. parse_body already refused
+    # integers that float() cannot hold.
+    number = float(value)
+    if not abs(number) <= MAX_ABS_VALUE:
+        details.append({"index": index, "field": field_name, "message": MSG_VALUE_RANGE})
+        return None
+    return number
 
 
 def _check_ts(raw: Any, index: int, now_ms: int, limits: Limits, details: list) -> int | None:
@@ -169,15 +180,15 @@ def _validate_message(msg: Any, index: int, now_ms: int, limits: Limits, reserve
         return out
     structured = "values" in msg
     ts_ms = now_ms
-    metrics: list[tuple[str, Any]] = []
+    metrics: list[tuple[str, float]] = []
     for key, value in msg.items():
         if key == "ts":
             ts_ms = _check_ts(value, index, now_ms, limits, details)
         elif key in reserved:
             out.device_id = value
         elif not structured:
-            if _check_metric(key, value, key, index, details):
-                metrics.append((key, value))
+            if (number := _check_metric(key, value, key, index, details)) is not None:
+                metrics.append((key, number))
         elif key == "values":
             if not isinstance(value, dict):
                 details.append({"index": index, "field": "values", "message": MSG_VALUES_NOT_OBJECT})
@@ -185,14 +196,14 @@ def _validate_message(msg: Any, index: int, now_ms: int, limits: Limits, reserve
                 details.append({"index": index, "field": "values", "message": MSG_NO_METRIC})
             else:
                 for name, v in value.items():
-                    if _check_metric(name, v, f"values.{name}", index, details):
-                        metrics.append((name, v))
+                    if (number := _check_metric(name, v, f"values.{name}", index, details)) is not None:
+                        metrics.append((name, number))
         else:
             details.append({"index": index, "field": key, "message": MSG_UNKNOWN_FIELD})
     if not structured and not any(key != "ts" and key not in reserved for key in msg):
         details.append({"index": index, "field": None, "message": MSG_NO_METRIC})
     if ts_ms is not None:
-        out.readings = [(name, ts_ms, float(v)) for name, v in metrics]
+        out.readings = [(name, ts_ms, v) for name, v in metrics]
     return out
 
 
