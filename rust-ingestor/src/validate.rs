@@ -270,6 +270,16 @@ mod tests {
     }
 
     #[test]
+    fn values_are_parsed_to_the_nearest_double() {
+        // Literals that serde_json's default (fast, approximate) float parsing puts one double
+        // away from the correctly rounded one that Rust's and Python's parsers give.
+        for literal in ["1.3e72", "2.2250738585072011e-308", "9.109383701528e-31", "8.988465674311579e299"] {
+            let got = ok(&format!(r#"{{"a":{literal}}}"#))[0].value;
+            assert_eq!(got.to_bits(), literal.parse::<f64>().unwrap().to_bits(), "{literal}");
+        }
+    }
+
+    #[test]
     fn the_value_bound_is_inclusive() {
         let above = f64::from_bits(MAX_ABS_VALUE.to_bits() + 1);
         assert_eq!(metric_value(&Value::from(MAX_ABS_VALUE)), Ok(MAX_ABS_VALUE));
