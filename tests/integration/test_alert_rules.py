@@ -101,3 +101,44 @@ def test_deleting_a_device_deletes_the_rules_scoped_to_it(registry_url):
     rule = _rule(registry_url, device_id=device["id"]).json()
     assert requests.delete(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN).status_code == 204
     assert requests.get(f"{registry_url}/api/alert-rules/{rule['id']}", headers=ADMIN).status_code == 404
+
+
+# A JSON body is taken at its JSON types: an integer is a JSON integer (not 1.5, which was truncated to 1, nor
+# 2.0, as the ingest path refuses it for ts and device_id), a number a JSON number, a boolean true or false.
+LOOSE = [
+    ({"for_seconds": 1.5}, "for_seconds"), ({"for_seconds": 2.0}, "for_seconds"), ({"for_seconds": "30"}, "for_seconds"),
+    ({"for_seconds": True}, "for_seconds"), ({"threshold": "1.5"}, "threshold"), ({"threshold": False}, "threshold"),
+    ({"device_id": "DEVICE"}, "device_id"), ({"device_id": "DEVICE.0"}, "device_id"), ({"enabled": "yes"}, "enabled"),
+    ({"enabled": 1}, "enabled"), ({"enabled": "true"}, "enabled"),
+    ({"kind": "inactivity", "op": None, "threshold": None, "after_seconds": 60.5}, "after_seconds"),
+    ({"kind": "inactivity", "op": None, "threshold": None, "after_seconds": "60"}, "after_seconds"),
+]
+
+
+@pytest.mark.parametrize("fields,field", LOOSE)
+def test_body_values_must_have_their_json_type(registry_url, db, fields, field):
+    if "device_id" in fields:  # a device that exists, as a string ("73") or a float (73.0)
+        device = requests.post(f"{registry_url}/api/devices/", json={"name": f"r-{uuid.uuid4().hex[:8]}"},
+                               headers=ADMIN).json()
+        fields = {"device_id": str(device["id"]) if fields["device_id"] == "DEVICE" else float(device["id"])}
+    name = f"loose-{uuid.uuid4().hex[:8]}"
+    resp = _rule(registry_url, name=name, **fields)
+    assert resp.status_code == 400 and resp.json()["error"] == "validation_error", resp.text
+    assert field in [d["field"] for d in resp.json()["details"]], resp.text
+    with db.cursor() as cur:
+        cur.execute("SELECT 1 FROM alert_rules WHERE name = %s", (name,))
+        assert cur.fetchone() is None
+    rule = _rule(registry_url).json()
+    url = f"{registry_url}/api/alert-rules/{rule['id']}"
+    resp = requests.patch(url, json=fields, headers=ADMIN)
+    assert resp.status_code == 400 and field in [d["field"] for d in resp.json()["details"]], resp.text
+    assert requests.get(url, headers=READER).json() == rule
+
+
+def test_json_numbers_of_either_kind_are_numbers(registry_url):
+    resp = _rule(registry_url, threshold=30, for_seconds=0, enabled=False)
+    assert resp.status_code == 201, resp.text
+    assert (resp.json()["threshold"], resp.json()["for_seconds"], resp.json()["enabled"]) == (30.0, 0, False)
+    resp = requests.patch(f"{registry_url}/api/alert-rules/{resp.json()['id']}", json={"threshold": -1.5e3},
+                          headers=ADMIN)
+    assert resp.status_code == 200 and resp.json()["threshold"] == -1500.0, resp.text

@@ -276,6 +276,22 @@ def test_post_checks_the_media_type_before_the_size(registry_url, query_url, red
     assert redis_client.xlen("vt:telemetry") == before
 
 
+@pytest.mark.parametrize("device_id", [2**63, 2**64, 10**30])
+def test_an_admin_device_id_beyond_a_bigint_is_a_400_naming_it(query_url, redis_client, device_id):
+    """As the id converters and the query arguments do (fields.ID_RANGE): no such id can exist, so the request is
+    malformed, not about a missing device (it was a 404)."""
+    before = redis_client.xlen("vt:telemetry")
+    resp = requests.post(f"{query_url}/api/telemetry/", json=[{"device_id": device_id, "values": {"t": 1}}],
+                         headers=ADMIN)
+    assert resp.status_code == 400 and resp.json()["error"] == "validation_error", resp.text
+    assert [(d["index"], d["field"]) for d in resp.json()["details"]] == [(0, "device_id")]
+    # the largest bigint is an id like any other: simply no such device
+    resp = requests.post(f"{query_url}/api/telemetry/", json={"device_id": 2**63 - 1, "values": {"t": 1}},
+                         headers=ADMIN)
+    assert resp.status_code == 404 and resp.json()["error"] == "not_found", resp.text
+    assert redis_client.xlen("vt:telemetry") == before
+
+
 # --- no 500 for bad input ---------------------------------------------------------------------------------------
 
 
@@ -298,6 +314,36 @@ def test_an_id_beyond_a_bigint_is_a_400_naming_device_id(query_url, path):
 @pytest.mark.parametrize("path", list(PATHS))
 def test_a_nul_in_the_metric_is_a_400_naming_metric(query_url, path):
     assert _field(_get(query_url, path, **{**PATHS[path], "device_id": 1, "metric": "a\x00b"})) == ["metric"]
+
+
+# int() and str.isdigit() take other scripts' digits ("\uff11\uff12" is 12 to them) and underscores ("1_0"): an
+# integer argument is ASCII digits, with an optional leading '-', and nothing else.
+NOT_ASCII_INTEGERS = ["\uff11\uff12", "\u0663", "1_0", "+5", " 5"]
+
+
+@pytest.mark.parametrize("value", NOT_ASCII_INTEGERS)
+@pytest.mark.parametrize("path,name", [("/api/telemetry/", "device_id"), ("/api/telemetry/", "limit"),
+                                       ("/api/alerts/", "device_id"), ("/api/alerts/", "rule_id"),
+                                       ("/api/alerts/", "limit")])
+def test_integer_arguments_are_ascii_digits(query_url, path, name, value):
+    assert _field(_get(query_url, path, **{name: value})) == [name]
+
+
+def _digits(text: str, zero: int) -> str:
+    """`text` with its ASCII digits written in another script's digits, from `zero` on."""
+    return "".join(chr(zero + int(c)) if c.isdigit() else c for c in text)
+
+
+@pytest.mark.parametrize("script", ["fullwidth", "arabic-indic", "underscores"])
+@pytest.mark.parametrize("path", ["/api/telemetry/", "/api/telemetry/aggregate", "/api/alerts/"])
+def test_epoch_milliseconds_are_ascii_digits(query_url, path, script):
+    hour_ago = str(int(time.time() * 1000) - 3_600_000)
+    value = {"fullwidth": _digits(hour_ago, 0xFF10), "arabic-indic": _digits(hour_ago, 0x0660),
+             "underscores": f"{hour_ago[:4]}_{hour_ago[4:]}"}[script]
+    params = {**PATHS[path], "device_id": 1, "metric": "t"} if path != "/api/alerts/" else {}
+    assert _field(_get(query_url, path, **params, **{"from": value})) == ["from"]
+    resp = _get(query_url, path, **params, **{"from": hour_ago})
+    assert resp.status_code == 200, resp.text
 
 
 @pytest.mark.parametrize("metric", ["9bad", "temp\n", "tempé", "a b", "x" * 65])

@@ -67,6 +67,29 @@ def test_bad_bodies_get_400_naming_the_field_and_change_nothing(registry_url, db
         assert cur.fetchone()[0] == before
 
 
+@pytest.mark.parametrize("body,field", [
+    ({"name": 5}, "name"), ({"type": 5}, "type"), ({"location": True}, "location"), ({"location": 1.5}, "location"),
+    ({"metadata": "{}"}, "metadata"), ({"metadata": [["k", 1]]}, "metadata"), ({"status": True}, "status"),
+    ({"status": 1}, "status"), ({"name": ["x"]}, "name"),
+])
+def test_device_body_values_must_have_their_json_type(registry_url, db, body, field):
+    """As for alert rules: no value is converted from another JSON type (a string is a JSON string)."""
+    device = _create(registry_url)
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM devices")
+        count = cur.fetchone()[0]
+    resp = requests.post(f"{registry_url}/api/devices/", json={"name": _name(), **body}, headers=ADMIN)
+    assert resp.status_code == 400 and resp.json()["error"] == "validation_error", resp.text
+    assert field in [d["field"] for d in resp.json()["details"]], resp.text
+    resp = requests.patch(f"{registry_url}/api/devices/{device['id']}", json=body, headers=ADMIN)
+    assert resp.status_code == 400 and field in [d["field"] for d in resp.json()["details"]], resp.text
+    assert requests.get(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN).json() == \
+        {k: v for k, v in device.items() if k != "token"}
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM devices")
+        assert cur.fetchone()[0] == count
+
+
 def test_operator_tokens_admin_writes_reader_reads(registry_url):
     assert requests.get(f"{registry_url}/api/devices/").status_code == 401
     assert requests.get(f"{registry_url}/api/devices/", headers={"Authorization": "Bearer wrong"}).status_code == 401

@@ -141,6 +141,35 @@ def test_ids_beyond_a_bigint_are_no_such_resource(registry_url, db):
         assert resp.status_code == 404 and resp.json()["error"] == "not_found", resp.text
 
 
+def _wide(number: int) -> str:
+    """`number` in fullwidth digits, which int() and a regex's \\d read as ASCII ones."""
+    return "".join(chr(0xFF10 + int(c)) for c in str(number))
+
+
+def test_ids_in_paths_are_ascii_digits(registry_url):
+    device = create_device(registry_url)
+    rule = create_rule(registry_url, **RULE)
+    for method, path in (("GET", f"/api/devices/{_wide(device['id'])}"),
+                         ("PATCH", f"/api/devices/{_wide(device['id'])}"),
+                         ("POST", f"/api/devices/{_wide(device['id'])}/token"),
+                         ("GET", f"/api/alert-rules/{_wide(rule['id'])}"),
+                         ("DELETE", f"/api/alert-rules/{_wide(rule['id'])}")):
+        resp = requests.request(method, f"{registry_url}{path}", json={"location": "x"}, headers=ADMIN)
+        assert resp.status_code == 404 and resp.json()["error"] == "not_found", (method, path, resp.text)
+    assert requests.get(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN).json()["location"] is None
+    assert requests.get(f"{registry_url}/api/alert-rules/{rule['id']}", headers=ADMIN).status_code == 200
+
+
+@pytest.mark.parametrize("value", [_wide(12), "\u0663", "1_0", "+5", " 5"])
+@pytest.mark.parametrize("path,name", [("/api/devices/", "limit"), ("/api/alert-rules/", "limit"),
+                                       ("/api/alert-rules/", "device_id")])
+def test_integer_arguments_are_ascii_digits(registry_url, path, name, value):
+    """int() reads other scripts' digits and underscores; an integer argument is ASCII digits only."""
+    resp = requests.get(f"{registry_url}{path}", params={name: value}, headers=READER)
+    assert resp.status_code == 400 and resp.json()["error"] == "validation_error", resp.text
+    assert _fields(resp) == [name]
+
+
 def test_a_nul_in_a_query_string_is_refused_naming_the_argument(registry_url):
     resp = requests.get(f"{registry_url}/api/devices/?q=a%00b", headers=READER)
     assert resp.status_code == 400 and resp.json()["error"] == "validation_error", resp.text

@@ -32,6 +32,47 @@ def test_times_in_are_rfc3339_or_epoch_ms():
         parse_time("yesterday")
 
 
+@pytest.mark.parametrize("raw", ["\uff11\uff12", "\u0663", "1\u0663", "1_000", "+12", "--12", "1 2", "12.5", ""])
+def test_only_ascii_digits_are_epoch_milliseconds(raw):
+    """str.isdigit() and int() take other scripts' digits (fullwidth "12" was read as 12 ms) and int() takes
+    underscores: anything but ASCII digits goes to the RFC 3339 parser, which refuses it."""
+    with pytest.raises(ValueError):
+        parse_time(raw)
+
+
+def test_epoch_milliseconds_may_be_negative():
+    assert parse_time("-12") == from_ms(-12)
+    assert parse_time("0") == from_ms(0)
+
+
+def test_body_fields_take_only_their_json_type():
+    """2.0 is no integer in a body (as ts and device_id on the ingest path); a JSON integer is a number."""
+    from marshmallow import ValidationError
+
+    from visiontrack.web.fields import StrictBoolean, StrictFloat, StrictInteger
+
+    cases = [(StrictInteger(), [7, 2**70], [1.5, 2.0, "7", True, None]),
+             (StrictFloat(), [1.5, 7, -0.0], ["1.5", True, "nan"]),
+             (StrictBoolean(), [True, False], ["yes", "true", 1, 0, None])]
+    for field, good, bad in cases:
+        for value in good:
+            assert field.deserialize(value) == value
+        for value in bad:
+            with pytest.raises(ValidationError):
+                field.deserialize(value)
+
+
+def test_integer_query_arguments_are_ascii_digits():
+    from marshmallow import ValidationError
+
+    from visiontrack.web.fields import QueryInteger
+
+    assert [QueryInteger().deserialize(v) for v in ("0", "12", "-3", "007")] == [0, 12, -3, 7]
+    for value in ("\uff11\uff12", "\u0663", "1_000", "+5", " 5", "5 ", "", "1.0", "1" * 5000):
+        with pytest.raises(ValidationError):
+            QueryInteger().deserialize(value)
+
+
 def test_microsecond_conversions_are_exact():
     from visiontrack.web.timefmt import from_micros, to_micros, to_ms
 

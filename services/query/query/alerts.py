@@ -6,7 +6,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from visiontrack.web.app import services
-from visiontrack.web.fields import ID_RANGE, TimeRangeArgs, Timestamp
+from visiontrack.web.fields import ID_RANGE, QueryInteger, TimeRangeArgs, Timestamp
 from visiontrack.web.pagination import decode_cursor, encode_cursor
 
 blp = Blueprint("alerts", __name__, url_prefix="/api/alerts", description="Alerts raised by the alert rules")
@@ -18,13 +18,13 @@ def _operators_only():
 
 
 class AlertListArgsSchema(TimeRangeArgs):
-    device_id = fields.Integer(load_default=None, validate=ID_RANGE)
-    rule_id = fields.Integer(load_default=None, validate=ID_RANGE)
+    device_id = QueryInteger(load_default=None, validate=ID_RANGE)
+    rule_id = QueryInteger(load_default=None, validate=ID_RANGE)
     state = fields.String(load_default=None, validate=validate.OneOf(["firing", "resolved"]))
     from_ = Timestamp(data_key="from", load_default=None,
                       metadata={"description": "Alerts started at or after this time."})
     to = Timestamp(load_default=None, metadata={"description": "Alerts started before this time."})
-    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    limit = QueryInteger(load_default=100, validate=validate.Range(1, 1000))
     cursor = fields.String(load_default=None)
 
 

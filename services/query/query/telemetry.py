@@ -15,7 +15,7 @@ from visiontrack.web.responses import json_response
 from visiontrack.web.timefmt import format_ts
 
 from . import telemetry_ingest
-from .schemas import AcceptedSchema, TelemetryListArgsSchema, TelemetryPageSchema
+from .schemas import TELEMETRY_BODY, AcceptedSchema, TelemetryListArgsSchema, TelemetryPageSchema
 from .telemetry_store import COLUMNS, RawQuery, fetch_raw
 
 blp = Blueprint("telemetry", __name__, url_prefix="/api/telemetry", description="Telemetry")
@@ -26,6 +26,10 @@ def _operators_read():
     """Reads take operator tokens. POST, the seed's writer, also takes device tokens and checks them itself."""
     if request.method != "POST":
         services().auth.require()
+
+
+_CSV_HEADERS = {"X-Next-Cursor": {"description": "CSV only: the cursor of the next page; absent on the last page.",
+                                   "schema": {"type": "string"}}}
 
 
 def _writer() -> StreamWriter:
@@ -52,7 +56,12 @@ def _csv_response(rows: list[tuple], next_cursor: str | None) -> Response:
 class Telemetry(MethodView):
     @blp.arguments(TelemetryListArgsSchema(), location="query")
     @blp.response(200, TelemetryPageSchema)
-    @blp.alt_response(200, content_type="text/csv", description="The same page as CSV; next cursor in X-Next-Cursor")
+    # Both media types under one 200: flask-smorest merges them, and without a schema the CSV entry added only
+    # its description, over the JSON one's. The description and headers are the status's, so they say both.
+    @blp.alt_response(200, content_type="text/csv", schema={"type": "string"}, headers=_CSV_HEADERS,
+                      example="device_id,metric,ts,value\n7,temperature,2026-11-27T03:00:00.123Z,21.5\n",
+                      description="A page of readings: JSON, or CSV when `Accept` prefers text/csv (the CSV page's "
+                                  "next cursor is in X-Next-Cursor).")
     def get(self, args):
         """Raw readings, newest first unless `order=asc`; `Accept: text/csv` for CSV."""
         svc = services()
@@ -70,7 +79,8 @@ class Telemetry(MethodView):
                  for device_id, metric, ts, value in page]
         return json_response({"items": items, "next_cursor": next_cursor})
 
-    @blp.response(202, AcceptedSchema)
+    @blp.doc(requestBody=TELEMETRY_BODY)  # documentation only: the body is read and checked by telemetry_ingest
+    @blp.response(202, AcceptedSchema, description="Every reading is durably in the stream.")
     def post(self):
         """Write readings: a device token for its own device, or an admin token with `device_id`."""
         return {"accepted": telemetry_ingest.ingest(services(), _writer())}

@@ -13,6 +13,7 @@ from visiontrack.errors import ApiError
 from visiontrack.tokens import parse_index_value, token_sha256
 from visiontrack.validation import Limits, Message, validate_telemetry
 from visiontrack.web.auth import bearer_token
+from visiontrack.web.fields import MAX_ID
 
 from . import metrics
 
@@ -52,8 +53,9 @@ def _named_device(messages: list[Message], token_device: int | None) -> int:
             if token_device is None:
                 details.append({"index": i, "field": "device_id", "message": "is required with an admin token"})
             continue
-        if type(value) is not int or value < 1:
-            details.append({"index": i, "field": "device_id", "message": "must be a positive integer"})
+        # Bounded like the id converters and query arguments: a larger id can name no device (it was a 404).
+        if type(value) is not int or not 1 <= value <= MAX_ID:
+            details.append({"index": i, "field": "device_id", "message": f"must be an integer from 1 to {MAX_ID}"})
             continue
         named.add(value)
     if details:

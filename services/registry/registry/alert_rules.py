@@ -13,7 +13,8 @@ from marshmallow import Schema, fields, validate
 
 from visiontrack.errors import ApiError
 from visiontrack.web.app import services
-from visiontrack.web.fields import ID_RANGE, METRIC, Timestamp
+from visiontrack.web.fields import (ID_RANGE, METRIC, QueryInteger, StrictBoolean, StrictFloat, StrictInteger,
+                                    Timestamp)
 from visiontrack.web.pagination import decode_cursor, encode_cursor
 
 from .schemas import json_body
@@ -38,22 +39,22 @@ class AlertRuleUpdateSchema(Schema):
     kind = fields.String(validate=validate.OneOf(KINDS))
     metric = fields.String(allow_none=True, validate=METRIC)
     op = fields.String(allow_none=True, validate=validate.OneOf(OPS))
-    threshold = fields.Float(allow_none=True, allow_nan=False)
-    for_seconds = fields.Integer(validate=validate.Range(0, _WEEK))
-    after_seconds = fields.Integer(allow_none=True, validate=validate.Range(1, 30 * 86_400))
-    device_id = fields.Integer(allow_none=True, validate=ID_RANGE)
+    threshold = StrictFloat(allow_none=True, allow_nan=False)
+    for_seconds = StrictInteger(validate=validate.Range(0, _WEEK))
+    after_seconds = StrictInteger(allow_none=True, validate=validate.Range(1, 30 * 86_400))
+    device_id = StrictInteger(allow_none=True, validate=ID_RANGE)
     device_type = fields.String(allow_none=True, validate=validate.Length(min=1, max=128))
     severity = fields.String(validate=validate.OneOf(SEVERITIES))
     webhook_url = fields.String(allow_none=True, validate=[validate.Length(max=2048), _URL])
-    enabled = fields.Boolean()
+    enabled = StrictBoolean()
 
 
 class AlertRuleCreateSchema(AlertRuleUpdateSchema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=128))
     kind = fields.String(load_default="threshold", validate=validate.OneOf(KINDS))
-    for_seconds = fields.Integer(load_default=0, validate=validate.Range(0, _WEEK))
+    for_seconds = StrictInteger(load_default=0, validate=validate.Range(0, _WEEK))
     severity = fields.String(load_default="warning", validate=validate.OneOf(SEVERITIES))
-    enabled = fields.Boolean(load_default=True)
+    enabled = StrictBoolean(load_default=True)
 
 
 class AlertRuleSchema(Schema):
@@ -75,11 +76,11 @@ class AlertRuleSchema(Schema):
 
 
 class AlertRuleListArgsSchema(Schema):
-    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    limit = QueryInteger(load_default=100, validate=validate.Range(1, 1000))
     cursor = fields.String(load_default=None)
     kind = fields.String(load_default=None, validate=validate.OneOf(KINDS))
     metric = fields.String(load_default=None, validate=METRIC)
-    device_id = fields.Integer(load_default=None, validate=ID_RANGE)
+    device_id = QueryInteger(load_default=None, validate=ID_RANGE)
     device_type = fields.String(load_default=None)
     severity = fields.String(load_default=None, validate=validate.OneOf(SEVERITIES))
     enabled = fields.Boolean(load_default=None)

@@ -7,7 +7,8 @@ from flask import request
 from marshmallow import Schema, fields, validate
 
 from visiontrack.errors import ApiError
-from visiontrack.web.fields import Timestamp
+from visiontrack.web.errors import ErrorSchema
+from visiontrack.web.fields import QueryInteger, Timestamp
 from visiontrack.web.text_guard import check_json_body
 
 
@@ -35,7 +36,8 @@ def json_body(blp, schema: type[Schema]):
             check_json_body()
             return parsed(*args, **kwargs)
 
-        return blp.alt_response(415, description="The body is not labelled application/json.")(wrapper)
+        return blp.alt_response(415, schema=ErrorSchema,
+                                description="The body is not labelled application/json.")(wrapper)
 
     return decorator
 
@@ -76,7 +78,7 @@ class DeviceWithTokenSchema(DeviceSchema):
 
 
 class DeviceListArgsSchema(Schema):
-    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    limit = QueryInteger(load_default=100, validate=validate.Range(1, 1000))
     cursor = fields.String(load_default=None)
     type = fields.String(load_default=None)
     status = fields.String(load_default=None, validate=validate.OneOf(["active", "disabled"]))

@@ -44,6 +44,12 @@ class _Parser(FlaskParser):
 Blueprint.ARGUMENTS_PARSER = _Parser()
 
 
+class _Api(Api):
+    # The error responses flask-smorest documents (argument errors, `default`) in the shape errors.py sends,
+    # not flask-smorest's own {code, status, message, errors}, which no answer has.
+    ERROR_SCHEMA = errors.ErrorSchema
+
+
 class Services:
     """The connections a request handler may use, one set per app."""
 
@@ -82,7 +88,7 @@ def create_base_app(part: str, config: Config, blueprints: Iterable[Blueprint], 
     app.json.sort_keys = False
     app.url_map.converters["id"] = IdConverter
     app.extensions["visiontrack"] = Services(config, part)
-    api = Api(app, spec_kwargs={"components": {"securitySchemes": {
+    api = _Api(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})
     api.register_converter(IdConverter, lambda _: {"type": "integer", "format": "int64", "minimum": 1})
     app.before_request(text_guard.check_query)  # cheap: app-wide, before authentication

@@ -3,18 +3,35 @@ from __future__ import annotations
 
 import logging
 
+import marshmallow as ma
 import psycopg2
 import psycopg2.errors
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from ..errors import ApiError
+from ..errors import STATUS, ApiError
 
 log = logging.getLogger("visiontrack.web")
 
 _HTTP_CODES = {400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
                415: "unsupported_media_type", 429: "rate_limited", 503: "unavailable"}
+
+
+class ErrorDetailSchema(ma.Schema):
+    index = ma.fields.Integer(allow_none=True,
+                              metadata={"description": "The message's position in a batch of readings, if any."})
+    field = ma.fields.String(allow_none=True,
+                             metadata={"description": "The field at fault, dotted (values.temperature)."})
+    message = ma.fields.String(required=True)
+
+
+class ErrorSchema(ma.Schema):
+    """Every answer that is not a success (API.md, "Errors"); only documents it: api_error_response sends it."""
+
+    error = ma.fields.String(required=True, validate=ma.validate.OneOf(list(STATUS)))
+    message = ma.fields.String(required=True)
+    details = ma.fields.List(ma.fields.Nested(ErrorDetailSchema), required=True)
 
 
 def api_error_response(err: ApiError):

@@ -1,6 +1,7 @@
 """marshmallow fields shared by the services."""
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
@@ -31,8 +32,62 @@ METRIC = _WholeMatch(METRIC_PATTERN, error="is not a metric name")
 class IdConverter(IntegerConverter):
     """`<id:name>` in a route: a positive id that fits a bigint; anything else is no such resource (404)."""
 
+    regex = r"[0-9]+"  # werkzeug's \d+ also matches other scripts' digits, which int() reads ("１２" is 12)
+
     def __init__(self, url_map):
         super().__init__(url_map, min=1, max=MAX_ID)
+
+
+# The only integers a query string holds: int() also takes other scripts' digits, underscores ("1_000"), a '+'
+# and surrounding blanks, which no client means.
+_ASCII_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
+
+
+class QueryInteger(fields.Integer):
+    """An integer query argument: ASCII digits with an optional leading '-'."""
+
+    default_error_messages = {"invalid": "must be an integer (ASCII digits)"}
+
+    def _validated(self, value):
+        if isinstance(value, str) and _ASCII_INTEGER.fullmatch(value) is None:
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+# JSON bodies are taken at their JSON types: marshmallow's own fields convert ("30" and 1.5 are integers, "1.5"
+# a number, "yes" and 1 booleans), so that a client's mistake is stored as something it did not send.
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer: not a string, a boolean, nor a float, even 2.0 (the ingest path refuses that for ts and
+    device_id too)."""
+
+    default_error_messages = {"invalid": "must be an integer"}
+
+    def __init__(self, **kwargs):
+        super().__init__(strict=True, **kwargs)
+
+
+class StrictFloat(fields.Float):
+    """A JSON number (integer or not): not a string nor a boolean."""
+
+    default_error_messages = {"invalid": "must be a number"}
+
+    def _validated(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON boolean: true or false, not "yes", "true" nor 1."""
+
+    default_error_messages = {"invalid": "must be true or false"}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
 
 
 class Timestamp(fields.Field):
