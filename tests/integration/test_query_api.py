@@ -329,6 +329,12 @@ def test_integer_arguments_are_ascii_digits(query_url, path, name, value):
     assert _field(_get(query_url, path, **{name: value})) == [name]
 
 
+@pytest.mark.parametrize("value", NOT_ASCII_INTEGERS)
+@pytest.mark.parametrize("path", ["/api/telemetry/latest", "/api/telemetry/aggregate"])
+def test_the_device_of_latest_and_aggregate_is_ascii_digits(query_url, path, value):
+    assert _field(_get(query_url, path, device_id=value, **PATHS[path])) == ["device_id"]
+
+
 def _digits(text: str, zero: int) -> str:
     """`text` with its ASCII digits written in another script's digits, from `zero` on."""
     return "".join(chr(zero + int(c)) if c.isdigit() else c for c in text)

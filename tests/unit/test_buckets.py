@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import bisect
+import sys
 from datetime import datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from query import buckets as B
+from visiontrack.validation import MAX_ABS_VALUE
 
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe",
          "America/Santiago", "Pacific/Chatham", "America/St_Johns", "Asia/Tehran"]
@@ -91,3 +93,12 @@ def test_a_day_without_a_midnight_starts_at_the_transition():
                              _ms("2026-09-07T12:00:00+00:00"))
     assert starts == [_ms("2026-09-05T04:00:00+00:00"), _ms("2026-09-06T04:00:00+00:00"),
                       _ms("2026-09-07T03:00:00+00:00")]
+
+
+def test_no_bucket_holds_readings_enough_for_its_sum_to_overflow():
+    """Raw readings are unique per device, metric and millisecond, and bounded to 1e300: the longest bucket
+    (a day, 25 hours when clocks go back) holds at most 9e7 of them, and their sum stays a finite double. A
+    longer interval or a looser bound needs saturating sums: Postgres refuses a float8 sum that overflows, and
+    the aggregator's batch with it."""
+    most_readings = max(B.INTERVALS.values()) + B.HOUR  # one a millisecond
+    assert most_readings * MAX_ABS_VALUE < sys.float_info.max

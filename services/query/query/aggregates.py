@@ -11,7 +11,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates
 from visiontrack import prepared
 from visiontrack.errors import ApiError
 from visiontrack.web.app import services
-from visiontrack.web.fields import ID_RANGE, METRIC, Timestamp
+from visiontrack.web.fields import ID_RANGE, METRIC, QueryInteger, Timestamp
 from visiontrack.web.responses import json_response
 from visiontrack.web.timefmt import format_ts, from_ms, to_ms
 
@@ -38,7 +38,7 @@ def _bad(field: str, message: str) -> ApiError:
 
 
 class AggregateArgsSchema(Schema):
-    device_id = fields.Integer(required=True, validate=ID_RANGE)
+    device_id = QueryInteger(required=True, validate=ID_RANGE)
     metric = fields.String(required=True, validate=METRIC)
     from_ = Timestamp(data_key="from", load_default=None,
                       metadata={"description": "Inclusive start (default: `to` minus one day)."})
@@ -84,7 +84,7 @@ class AggregateSchema(Schema):
 
 
 class LatestArgsSchema(Schema):
-    device_id = fields.Integer(required=True, validate=ID_RANGE)
+    device_id = QueryInteger(required=True, validate=ID_RANGE)
     metric = fields.String(load_default=None, validate=METRIC)
 
 
