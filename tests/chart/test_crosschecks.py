@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import (MODES, PART_OF, PYTHONPATH, ROOT, by_kind, component, container_env, find, introspect,
-                      matches, part_containers, pod_labels, pod_spec, workloads)
+from .helpers import (CHART, MODES, NAMESPACE, PART_OF, PYTHONPATH, RELEASE, ROOT, by_kind, component, container_env,
+                      find, introspect, load_yaml_all, matches, part_containers, pod_labels, pod_spec, run,
+                      workloads)
 
 LOOPBACK = re.compile(r"(127\.0\.0\.1|localhost|\[::1\])")
 
@@ -251,6 +252,36 @@ def test_api_md_paths_should_all_be_routed(render):
     for kind in ("Ingress", "HTTPRoute"):
         got = {path: backend(objs, svc, port)[0] for k, path, svc, port in routes_of(objs) if k == kind}
         assert got == want, kind
+
+
+def _nginx_size(size: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([kKmMgG]?)", size).groups()
+    return int(number) << {"": 0, "k": 10, "m": 20, "g": 30}[unit.lower()]
+
+
+def _ingress_body_limit(objs: list[dict]) -> int:
+    """ingress-nginx's limit for the Ingress (its default when the annotation is absent)."""
+    annotations = by_kind(objs, "Ingress")[0]["metadata"].get("annotations") or {}
+    return _nginx_size(annotations.get("nginx.ingress.kubernetes.io/proxy-body-size", "1m"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_ingress_body_limit_should_be_the_ingestor_one(render, mode, rust_settings):
+    """The ingestor answers 413 from Content-Length and closes without reading the body: a proxy that passes
+    a larger body gets a broken pipe and answers 502 instead. So ingress-nginx must refuse it itself."""
+    objs = render(mode)
+    if not by_kind(objs, "Ingress"):
+        pytest.skip(f"no Ingress in mode {mode}")
+    (_comp, _part, _w, ingestor), = [x for x in part_containers(objs) if x[0] == "ingestor"]
+    limit = container_env(objs, ingestor).get("VT_MAX_BODY_BYTES", {}).get("value") \
+        or rust_settings["VT_MAX_BODY_BYTES"].replace("_", "")
+    assert _ingress_body_limit(objs) == int(limit)
+
+
+def test_the_ingress_body_limit_should_follow_the_ingestor_setting(helm):
+    text = run([helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--show-only",
+                "templates/ingress.yaml", "--set-string", "config.VT_MAX_BODY_BYTES=4096"]).stdout
+    assert _ingress_body_limit(load_yaml_all(text)) == 4096
 
 
 @pytest.mark.parametrize("mode", MODES)
