@@ -1,10 +1,11 @@
 //! `POST /api/ingest`: authenticate, check cheap headers, check backpressure,
 //! read the body (capped), validate, XADD, and only then answer 202.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
@@ -14,7 +15,8 @@ use crate::state::AppState;
 use crate::{auth, metrics, stream, validate};
 
 pub async fn ingest(State(state): State<AppState>, request: Request) -> Response {
-    match handle(&state, request).await {
+    let (parts, mut body) = request.into_parts();
+    match handle(&state, &parts, &mut body).await {
         Ok(accepted) => {
             metrics::accepted(accepted);
             let body = format!("{{\"accepted\":{accepted}}}");
@@ -22,9 +24,35 @@ pub async fn ingest(State(state): State<AppState>, request: Request) -> Response
         }
         Err(Rejection { error, readings }) => {
             metrics::rejected(error.code(), readings);
+            let most = DRAIN_FACTOR * state.config.limits.max_body_bytes;
+            if !body.is_end_stream() && content_length(&parts.headers).is_none_or(|n| n <= most) {
+                tokio::spawn(drain(body, most));
+            }
             error.into_response()
         }
     }
+}
+
+/// A refusal before the body was read (token, media type, Content-Length,
+/// backlog) would close the connection on unread bytes, and the reset makes a
+/// proxy still sending them lose the answer (nginx then answers 502). So the
+/// rest is read and dropped beside the answer, which goes out at once, within
+/// bounds: this many times the body limit (a longer declared body is not
+/// waited for), and `DRAIN_TIME`.
+const DRAIN_FACTOR: usize = 4;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+async fn drain(mut body: Body, most: usize) {
+    let read = async {
+        let mut seen = 0;
+        while seen <= most {
+            match body.frame().await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, Bytes::len),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }
 
 /// An error and how many readings it cost (0 when the body was not parsed).
@@ -40,8 +68,7 @@ impl From<ApiError> for Rejection {
     }
 }
 
-async fn handle(state: &AppState, request: Request) -> Result<usize, Rejection> {
-    let (parts, body) = request.into_parts();
+async fn handle(state: &AppState, parts: &Parts, body: &mut Body) -> Result<usize, Rejection> {
     let device = auth::authenticate(state, parts.headers.get(header::AUTHORIZATION)).await?;
 
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
@@ -73,7 +100,7 @@ fn content_length(headers: &HeaderMap) -> Option<usize> {
 }
 
 /// The whole body, or 413 as soon as it grows past `max` (whatever Content-Length said).
-async fn read_capped(mut body: Body, max: usize) -> Result<Bytes, ApiError> {
+async fn read_capped(body: &mut Body, max: usize) -> Result<Bytes, ApiError> {
     let mut first: Option<Bytes> = None;
     let mut rest: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
