@@ -154,6 +154,7 @@ def test_unknown_ids_and_routes_answer_in_the_error_format(registry_url):
     assert resp.status_code == 404 and resp.json()["error"] == "not_found"
     resp = requests.put(f"{registry_url}/api/devices/1", json={}, headers=ADMIN)
     assert resp.status_code == 405 and resp.json()["error"] == "method_not_allowed"
+    assert set(resp.headers["Allow"].split(", ")) >= {"GET", "PATCH", "DELETE"}, "a 405 names what is allowed"
 
 
 def test_openapi_document_is_served(registry_url):

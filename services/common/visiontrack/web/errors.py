@@ -75,7 +75,10 @@ def _http_error(exc: HTTPException):
         log.error("unexpected HTTP error %s: %s", exc.code, exc.description)
         return api_error_response(ApiError("internal_error", "internal error"))
     message = {404: "no such resource", 405: "method not allowed for this resource"}.get(exc.code, exc.description)
-    return api_error_response(ApiError(code, message))
+    response = api_error_response(ApiError(code, message))
+    if exc.code == 405 and getattr(exc, "valid_methods", None):
+        response.headers["Allow"] = ", ".join(exc.valid_methods)  # required on a 405 (RFC 9110 15.5.6)
+    return response
 
 
 def _database_down(exc: Exception):
