@@ -191,3 +191,15 @@ def test_the_raw_list_documents_json_and_csv(docs):
     assert ok["content"]["text/csv"]["schema"]["type"] == "string"
     assert _deref(doc, ok["headers"]["X-Next-Cursor"])["schema"]["type"] == "string"
     assert "400" in doc["paths"]["/api/telemetry/"]["get"]["responses"]
+
+
+@pytest.mark.parametrize("service", list(DOCS))
+def test_every_parameter_and_timestamp_has_a_type(docs, service):
+    """A parameter without a type lets a client send anything: `from` and `to` were documented as `{}`."""
+    doc = docs[service]
+    untyped = [f"{method.upper()} {path} {param['name']}" for path, method, op in _operations(doc)
+               for param in op.get("parameters", ()) if "type" not in _deref(doc, param).get("schema", {})]
+    assert untyped == []
+    for name, schema in doc["components"]["schemas"].items():
+        for prop, sub in schema.get("properties", {}).items():
+            assert sub != {}, f"{name}.{prop} has no type"

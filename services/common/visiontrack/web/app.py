@@ -17,7 +17,7 @@ from ..errors import ApiError
 from ..readiness import RETRY_AFTER_SECONDS, Readiness, dependency_checks, not_ready_message
 from . import errors, text_guard
 from .auth import OperatorAuth
-from .fields import IdConverter
+from .fields import IdConverter, Timestamp
 
 
 class _Parser(FlaskParser):
@@ -91,6 +91,8 @@ def create_base_app(part: str, config: Config, blueprints: Iterable[Blueprint], 
     api = _Api(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})
     api.register_converter(IdConverter, lambda _: {"type": "integer", "format": "int64", "minimum": 1})
+    # Typed in the documents: a Timestamp is a string (RFC 3339, or epoch milliseconds in a query string).
+    api.register_field(Timestamp, "string", None)
     app.before_request(text_guard.check_query)  # cheap: app-wide, before authentication
     for bp in blueprints:
         api.register_blueprint(bp)
