@@ -25,7 +25,7 @@ from tests.integration.api import READER
 
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe",
-         "America/Santiago", "Pacific/Chatham", "America/St_Johns"]
+         "America/Santiago", "Pacific/Chatham", "America/St_Johns", "America/Havana", "Atlantic/Azores"]
 
 
 def _ms(text: str) -> int:

@@ -5,6 +5,7 @@ import bisect
 import sys
 from datetime import datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +13,8 @@ from query import buckets as B
 from visiontrack.validation import MAX_ABS_VALUE
 
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe",
-         "America/Santiago", "Pacific/Chatham", "America/St_Johns", "Asia/Tehran"]
+         "America/Santiago", "Pacific/Chatham", "America/St_Johns", "Asia/Tehran",
+         "America/Havana", "Atlantic/Azores"]  # these two fall back to local midnight itself
 START = int(datetime.fromisoformat("2026-01-01T00:00:00+00:00").timestamp() * 1000)
 
 
@@ -93,6 +95,17 @@ def test_a_day_without_a_midnight_starts_at_the_transition():
                              _ms("2026-09-07T12:00:00+00:00"))
     assert starts == [_ms("2026-09-05T04:00:00+00:00"), _ms("2026-09-06T04:00:00+00:00"),
                       _ms("2026-09-07T03:00:00+00:00")]
+
+
+@pytest.mark.parametrize("zone,transition", [("America/Havana", "2026-11-01T05:00:00+00:00"),
+                                             ("Atlantic/Azores", "2026-10-25T01:00:00+00:00")])
+def test_a_fall_back_to_local_midnight_keeps_the_day_whole(zone, transition):
+    # Clocks go from 01:00 back to 00:00: the instant after the change is local midnight again, yet the same
+    # day (and 6-hour block) as the hour before it. It used to start a bucket of its own.
+    cut = _ms(transition)
+    for interval in (B.DAY, 6 * B.HOUR):
+        starts = B.bucket_starts(B.Zone(zone), interval, cut - 2 * B.DAY, cut + 2 * B.DAY)
+        assert cut not in starts, interval
 
 
 def test_no_bucket_holds_readings_enough_for_its_sum_to_overflow():

@@ -98,13 +98,17 @@ def boundaries(zone: Zone, interval: int, start: int, end: int) -> tuple[list[in
     segments = zone.segments(start, end)
     prev_off: int | None = None
     for seg_start, seg_end, off in segments:
-        if prev_off is not None and label(interval, seg_start - 1, prev_off) != label(interval, seg_start, off):
+        continues = prev_off is not None and label(interval, seg_start - 1, prev_off) == label(interval, seg_start, off)
+        if prev_off is not None and not continues:
             out.append(seg_start)
             if seg_start % MINUTE:
                 off_minute.append(seg_start)
             if seg_start % HOUR:
                 off_hour.append(seg_start)
-        grid = range(seg_start + (-(seg_start + off)) % interval, seg_end, interval)
+        first = seg_start + (-(seg_start + off)) % interval
+        if first == seg_start and continues:  # clocks fell back to a boundary (local midnight): same bucket
+            first += interval
+        grid = range(first, seg_end, interval)
         out.extend(grid)
         # Grid points of one segment share their remainder: all on whole minutes (hours) or none.
         if grid and grid[0] % MINUTE:
