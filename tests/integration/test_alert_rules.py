@@ -53,7 +53,8 @@ def test_an_inactivity_rule_for_a_device_type(registry_url):
 @pytest.mark.parametrize("fields,field", [
     ({"op": "=>"}, "op"), ({"threshold": None}, "threshold"), ({"metric": "9bad"}, "metric"),
     ({"severity": "fatal"}, "severity"), ({"for_seconds": -1}, "for_seconds"),
-    ({"webhook_url": "ftp://x"}, "webhook_url"), ({"device_id": 1, "device_type": "x"}, "device_type"),
+    ({"webhook_url": "ftp://x"}, "webhook_url"), ({"webhook_url": "http://localhost:99999/x"}, "webhook_url"),
+    ({"webhook_url": "http://localhost:0/x"}, "webhook_url"), ({"device_id": 1, "device_type": "x"}, "device_type"),
     ({"device_id": 987654321}, "device_id"), ({"after_seconds": 5}, "after_seconds"),
     ({"kind": "inactivity"}, "after_seconds"), ({"name": ""}, "name"), ({"kind": "sometimes"}, "kind"),
 ])

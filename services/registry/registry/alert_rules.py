@@ -6,10 +6,12 @@ webhooks and removes the row.
 """
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import psycopg2.errors
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from visiontrack.errors import ApiError
 from visiontrack.web.app import services
@@ -29,6 +31,18 @@ _COLUMNS = ("id, name, kind, metric, op, threshold, for_seconds, after_seconds, 
 _WRITABLE = ("name", "kind", "metric", "op", "threshold", "for_seconds", "after_seconds", "device_id",
              "device_type", "severity", "webhook_url", "enabled")
 _URL = validate.URL(schemes={"http", "https"}, require_tld=False, error="must be an http or https URL")
+
+
+def _port_in_range(url: str) -> None:
+    """marshmallow's URL check takes any digits as a port; a rule whose port cannot exist never delivers."""
+    try:
+        port = urlsplit(url).port
+    except ValueError:  # above 65535
+        port = 0
+    if port == 0:
+        raise ValidationError("must be an http or https URL with a port from 1 to 65535")
+
+
 _WEEK = 7 * 86_400
 # A deleted rule keeps its row until the aggregator has resolved its alerts; every query here skips it.
 _LIVE = "deleted_at IS NULL"
@@ -45,7 +59,7 @@ class AlertRuleUpdateSchema(Schema):
     device_id = StrictInteger(allow_none=True, validate=ID_RANGE)
     device_type = fields.String(allow_none=True, validate=validate.Length(min=1, max=128))
     severity = fields.String(validate=validate.OneOf(SEVERITIES))
-    webhook_url = fields.String(allow_none=True, validate=[validate.Length(max=2048), _URL])
+    webhook_url = fields.String(allow_none=True, validate=[validate.Length(max=2048), _URL, _port_in_range])
     enabled = StrictBoolean()
 
 
