@@ -203,3 +203,15 @@ def test_every_parameter_and_timestamp_has_a_type(docs, service):
     for name, schema in doc["components"]["schemas"].items():
         for prop, sub in schema.get("properties", {}).items():
             assert sub != {}, f"{name}.{prop} has no type"
+
+
+def test_times_in_arguments_document_the_shapes_they_take(docs):
+    """`from=` (empty) is a 400; a document typing `from` as any string invites it."""
+    times = [(path, _deref(doc, param)["schema"]) for doc in docs.values() for path, _, op in _operations(doc)
+             for param in op.get("parameters", ()) if _deref(doc, param)["name"] in ("from", "to")]
+    assert len(times) >= 6
+    for path, schema in times:
+        pattern = re.compile(schema["pattern"])
+        assert all(pattern.search(t) for t in ("2026-11-27T03:00:00.123Z", "2026-11-27T04:00:00+01:00",
+                                               "1795748400000")), path
+        assert not any(pattern.search(t) for t in ("", "yesterday", "2026-11-27", "１２")), path

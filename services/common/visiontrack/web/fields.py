@@ -94,6 +94,13 @@ class Timestamp(fields.Field):
     """RFC 3339 UTC with milliseconds out; RFC 3339 (any offset) or epoch milliseconds in."""
 
     default_error_messages = {"invalid": "must be an RFC 3339 time or integer epoch milliseconds"}
+    # For the documents: the shapes parse_time takes (the calendar is checked beyond it).
+    PATTERN = (r"^(-?[0-9]+|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+               r"([Zz]|[+-][0-9]{2}:[0-9]{2}))$")
+
+    def __init__(self, **kwargs):
+        kwargs["metadata"] = {"pattern": self.PATTERN, **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
 
     def _serialize(self, value: datetime | None, attr, obj, **kwargs):
         return None if value is None else format_ts(value)
