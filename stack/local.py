@@ -1,7 +1,9 @@
 """`make up` / `make down` / `make status`: the whole stack on one machine, no containers.
 
 Everything lives under run/ in the checkout: data (Postgres, Redis), logs, pid files. `up` is
-idempotent (a part already running is left alone); `down` stops exactly what `up` started.
+idempotent (a part already running is left alone); `down` stops exactly what `up` started. If `up` fails
+part-way, it stops what that run had started (what an earlier `up` started keeps running), names the part
+that failed with the end of its log, and exits 1.
 """
 from __future__ import annotations
 
@@ -10,15 +12,18 @@ import hashlib
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 from . import prometheus as prom
 from .nginx import Nginx
-from .servers import Postgres, Redis, StackError
+from .servers import Postgres, Redis, StackError, _tail
 from .services import INGESTOR_BINARY, ROOT, Process
 
 RUN = Path(os.environ.get("VT_RUN_DIR", ROOT / "run"))
@@ -26,23 +31,46 @@ LOGS = RUN / "logs"
 PIDS = RUN / "pids"
 
 
-def _port(name: str, default: int) -> int:
+# The local stack's fixed ports (field of Ports: its environment variable, its default). All of them lie below
+# 32768, outside Linux's ephemeral range (32768-60999 by default, net.ipv4.ip_local_port_range) and the IANA one
+# (49152-65535): a port inside it can be taken at any moment as the local end of some outgoing connection (a
+# Redis client's, say), and the server meant for it then fails with "address already in use". The scheme: each
+# part's usual port plus 10000 (Postgres 15432, Redis 16379, Prometheus 19090, the exporters 19121 and 19187),
+# VisionTrack's own services 18001-18003 (ingestor, registry, query) and the Celery metrics 19101-19102. The
+# ingress stays on 8080; the simulator's webhook receiver is on 18090 (stack/simulator.py).
+PORT_SETTINGS: dict[str, tuple[str, int]] = {
+    "http": ("VT_HTTP_PORT", 8080),
+    "postgres": ("VT_PG_PORT", 15432),
+    "redis": ("VT_REDIS_PORT", 16379),
+    "ingestor": ("VT_INGESTOR_PORT", 18001),
+    "registry": ("VT_REGISTRY_PORT", 18002),
+    "query": ("VT_QUERY_PORT", 18003),
+    "worker_metrics": ("VT_WORKER_METRICS_PORT", 19101),
+    "beat_metrics": ("VT_BEAT_METRICS_PORT", 19102),
+    "prometheus": ("VT_PROMETHEUS_PORT", 19090),
+    "redis_exporter": ("VT_REDIS_EXPORTER_PORT", 19121),
+    "postgres_exporter": ("VT_POSTGRES_EXPORTER_PORT", 19187),
+}
+
+
+def _port(field_name: str) -> int:
+    name, default = PORT_SETTINGS[field_name]
     return int(os.environ.get(name, default))
 
 
 @dataclass(frozen=True)
 class Ports:
-    http: int = _port("VT_HTTP_PORT", 8080)
-    postgres: int = _port("VT_PG_PORT", 55432)
-    redis: int = _port("VT_REDIS_PORT", 56379)
-    ingestor: int = _port("VT_INGESTOR_PORT", 58001)
-    registry: int = _port("VT_REGISTRY_PORT", 58002)
-    query: int = _port("VT_QUERY_PORT", 58003)
-    worker_metrics: int = _port("VT_WORKER_METRICS_PORT", 59101)
-    beat_metrics: int = _port("VT_BEAT_METRICS_PORT", 59102)
-    prometheus: int = _port("VT_PROMETHEUS_PORT", 59090)
-    redis_exporter: int = _port("VT_REDIS_EXPORTER_PORT", 59121)
-    postgres_exporter: int = _port("VT_POSTGRES_EXPORTER_PORT", 59187)
+    http: int = _port("http")
+    postgres: int = _port("postgres")
+    redis: int = _port("redis")
+    ingestor: int = _port("ingestor")
+    registry: int = _port("registry")
+    query: int = _port("query")
+    worker_metrics: int = _port("worker_metrics")
+    beat_metrics: int = _port("beat_metrics")
+    prometheus: int = _port("prometheus")
+    redis_exporter: int = _port("redis_exporter")
+    postgres_exporter: int = _port("postgres_exporter")
 
 
 def say(msg: str) -> None:
@@ -86,15 +114,112 @@ def _alive(name: str) -> int | None:
         return None
     pid = int(pid_file.read_text())
     try:
-        os.kill(pid, 0)
-        return pid
+        # A part this process started and stopped is a zombie until reaped, and signal 0 still reaches it.
+        exited = os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        exited = False  # not a child of this process: started by an earlier `make up`
+    try:
+        if not exited:
+            os.kill(pid, 0)
+            return pid
     except ProcessLookupError:
-        pid_file.unlink()
-        return None
+        pass
+    pid_file.unlink(missing_ok=True)
+    return None
 
 
 def _record(name: str, pid: int) -> None:
     (PIDS / f"{name}.pid").write_text(str(pid))
+
+
+# Every part `up` may start, in the order it starts them.
+_PARTS = ["postgres", "redis", "registry", "query", "ingestor", "worker", "beat", "redis-exporter",
+          "postgres-exporter", "prometheus", "nginx", "simulator"]
+
+
+def _running(name: str) -> bool:
+    if name == "postgres":
+        return Postgres((RUN / "pg").resolve(), Ports().postgres, LOGS / "postgres.log").running()
+    return _alive(name) is not None
+
+
+def _stop(name: str) -> bool:
+    """Stop a part recorded in run/pids (its whole process group): SIGTERM, then SIGKILL after 30 s."""
+    if name == "postgres":
+        pg = Postgres((RUN / "pg").resolve(), Ports().postgres, LOGS / "postgres.log")
+        if not pg.running():
+            return False
+        pg.stop()
+        return True
+    pid = _alive(name)
+    if not pid:
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        (PIDS / f"{name}.pid").unlink(missing_ok=True)
+        return False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(name):
+        time.sleep(0.1)
+    if _alive(name):
+        os.killpg(pid, signal.SIGKILL)
+    (PIDS / f"{name}.pid").unlink(missing_ok=True)
+    return True
+
+
+class PartFailed(StackError):
+    """A part of the stack did not start: which one, why, and the end of its log."""
+
+    def __init__(self, part: str, log: Path | None, reason: str):
+        tail = "" if "--- last lines of" in reason else _tail(log)
+        super().__init__(f"{part} did not start: {reason}{tail}")
+        self.part = part
+
+
+@contextmanager
+def _starting(part: str, log: Path | None) -> Iterator[None]:
+    """Any failure inside names `part`, with the end of its log."""
+    try:
+        yield
+    except PartFailed:
+        raise
+    except StackError as exc:
+        raise PartFailed(part, log, str(exc)) from None
+    except Exception as exc:
+        raise PartFailed(part, log, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _launch(started: list[str], name: str, log: Path, part, start: Callable[[], object]) -> None:
+    """`start()` spawns `part.proc` and waits until it answers. Its pid is recorded (run/pids and `started`) as
+    soon as the process exists, so a part that never got ready is stopped all the same."""
+    try:
+        with _starting(name, log):
+            start()
+    finally:
+        if part.proc is not None:
+            _record(name, part.proc.pid)
+            started.append(name)
+
+
+def _port_taken(port: int) -> bool:
+    """Whether something else holds 127.0.0.1:port; bound as the servers bind (SO_REUSEADDR: TIME-WAIT is no bar)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _check_ports(wanted: dict[str, tuple[str, int]]) -> None:
+    """Refuse before starting anything when a port of a part to start is taken: otherwise that part fails late,
+    or worse looks ready because whatever holds its port answers."""
+    taken = [f"  {part}: 127.0.0.1:{port} (set {PORT_SETTINGS[field][0]} to move it)"
+             for part, (field, port) in wanted.items() if _port_taken(port)]
+    if taken:
+        raise StackError("ports in use by another program (see `ss -ltnp`):\n" + "\n".join(taken))
 
 
 def _env(pg: Postgres, redis: Redis, admin: str) -> dict[str, str]:
@@ -107,14 +232,15 @@ def _env(pg: Postgres, redis: Redis, admin: str) -> dict[str, str]:
     }
 
 
-def _start(name: str, part: str, env: dict, ready_port: int, ready_path: str = "/readyz") -> None:
+def _start(started: list[str], name: str, part: str, env: dict, ready_port: int,
+           ready_path: str = "/readyz") -> None:
     if _alive(name):
         say(f"{name} already running")
         return
-    proc = Process(name, part, env, LOGS / f"{name}.log").start(RUN)
-    _record(name, proc.pid)
-    proc.wait_http(ready_port, ready_path, timeout=60)
-    say(f"{name} started (pid {proc.pid}, log {LOGS / (name + '.log')})")
+    proc = Process(name, part, env, LOGS / f"{name}.log")
+    _launch(started, name, proc.log, proc,
+            lambda: (proc.start(RUN), proc.wait_http(ready_port, ready_path, timeout=60)))
+    say(f"{name} started (pid {proc.pid}, log {proc.log})")
 
 
 def up(args: argparse.Namespace) -> int:
@@ -122,41 +248,80 @@ def up(args: argparse.Namespace) -> int:
         d.mkdir(parents=True, exist_ok=True)
     os.chmod(RUN, 0o755)
     ports = Ports()
+    started: list[str] = []  # what this run started, in order: a failure part-way stops exactly these
+    try:
+        _up(ports, started)
+    except BaseException as exc:
+        print("interrupted" if isinstance(exc, KeyboardInterrupt) else f"error: {exc}", file=sys.stderr, flush=True)
+        _undo(started, exc.part if isinstance(exc, PartFailed) else None)
+        if isinstance(exc, StackError):
+            return 1
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        raise
+    return 0
+
+
+def _undo(started: list[str], failed: str | None) -> None:
+    """Stop what this run started, last first; what was running before it keeps running."""
+    for name in reversed(started):
+        if _stop(name):
+            say(f"stopped {name}")
+    left = [name for name in started if _running(name)]
+    before = [name for name in _PARTS if name not in started and _running(name)]
+    print(f"error: `make up` failed{f' at {failed}' if failed else ''}; "
+          + (f"it had started {', '.join(started)}: " if started else "it had started nothing")
+          + ((f"could not stop {', '.join(left)}" if left else "all stopped") if started else "")
+          + (f"; left running from an earlier `make up`: {', '.join(before)}" if before else ""),
+          file=sys.stderr, flush=True)
+
+
+def _up(ports: Ports, started: list[str]) -> None:
     admin = _admin_token()
     pg = Postgres(_postgres_data_dir(), ports.postgres, LOGS / "postgres.log")
     redis = Redis(RUN / "redis", ports.redis, LOGS / "redis.log")
+    port_of = {"postgres": "postgres", "redis": "redis", "registry": "registry", "query": "query",
+               "ingestor": "ingestor", "worker": "worker_metrics", "beat": "beat_metrics",
+               "redis-exporter": "redis_exporter", "postgres-exporter": "postgres_exporter",
+               "prometheus": "prometheus", "nginx": "http"}  # part: field of Ports
+    _check_ports({part: (field, getattr(ports, field)) for part, field in port_of.items()
+                  if not _running(part) and (part != "ingestor" or INGESTOR_BINARY.exists())})
     if pg.running():
         say("Postgres already running")
     else:
         say(f"starting Postgres on 127.0.0.1:{ports.postgres}")
-        pg.start()
+        started.append("postgres")  # before pg_ctl: it may leave a server behind though it failed
+        with _starting("postgres", pg.log):
+            pg.start()
     if _alive("redis"):
         say("Redis already running")
     else:
         say(f"starting Redis on 127.0.0.1:{ports.redis} (AOF everysec, noeviction)")
-        redis.start()
-        _record("redis", redis.proc.pid)
+        _launch(started, "redis", redis.log, redis, redis.start)
     env = _env(pg, redis, admin)
     say("applying migrations")
-    Process("migrate", "migrate", env, LOGS / "migrate.log").run_to_end(RUN)
-    _start("registry", "registry", {**env, "VT_HTTP_BIND": f"127.0.0.1:{ports.registry}"}, ports.registry)
-    _start("query", "query", {**env, "VT_HTTP_BIND": f"127.0.0.1:{ports.query}"}, ports.query)
+    with _starting("migrate", LOGS / "migrate.log"):
+        Process("migrate", "migrate", env, LOGS / "migrate.log").run_to_end(RUN)
+    _start(started, "registry", "registry", {**env, "VT_HTTP_BIND": f"127.0.0.1:{ports.registry}"}, ports.registry)
+    _start(started, "query", "query", {**env, "VT_HTTP_BIND": f"127.0.0.1:{ports.query}"}, ports.query)
     upstreams = {"registry": ports.registry, "query": ports.query}
     if INGESTOR_BINARY.exists():
-        _start("ingestor", "ingestor", {**env, "VT_LISTEN_ADDR": f"127.0.0.1:{ports.ingestor}"}, ports.ingestor)
+        _start(started, "ingestor", "ingestor", {**env, "VT_LISTEN_ADDR": f"127.0.0.1:{ports.ingestor}"},
+               ports.ingestor)
         upstreams["ingestor"] = ports.ingestor
     else:
         say(f"WARNING: {INGESTOR_BINARY} is not built; /api/ingest is off (run `make ingestor-build`)")
     # Worker and beat serve /metrics once started: that is their readiness.
-    _start("worker", "worker", {**env, "VT_METRICS_PORT": str(ports.worker_metrics)}, ports.worker_metrics, "/metrics")
-    _start("beat", "beat", {**env, "VT_METRICS_PORT": str(ports.beat_metrics)}, ports.beat_metrics, "/metrics")
-    _start_monitoring(ports, env, upstreams)
+    _start(started, "worker", "worker", {**env, "VT_METRICS_PORT": str(ports.worker_metrics)},
+           ports.worker_metrics, "/metrics")
+    _start(started, "beat", "beat", {**env, "VT_METRICS_PORT": str(ports.beat_metrics)}, ports.beat_metrics,
+           "/metrics")
+    _start_monitoring(ports, env, upstreams, started)
     if _alive("nginx"):
         say("nginx already running")
     else:
         nginx = Nginx(ports.http, upstreams, RUN / "nginx", LOGS)
-        nginx.start()
-        _record("nginx", nginx.proc.pid)
+        _launch(started, "nginx", LOGS / "nginx-error.log", nginx, nginx.start)
         say(f"nginx routing the ingress paths on 127.0.0.1:{ports.http}")
     base = f"http://127.0.0.1:{ports.http}"
     if os.environ.get("SIM", "1") != "0":
@@ -165,25 +330,29 @@ def up(args: argparse.Namespace) -> int:
         if _alive("simulator"):
             say("simulator already running")
         else:
-            log = open(LOGS / "simulator.log", "ab")
-            proc = subprocess.Popen([sys.executable, "-m", "stack.simulator"], env={**os.environ, **sim_env},
-                                    stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+            with open(LOGS / "simulator.log", "ab") as log:
+                proc = subprocess.Popen([sys.executable, "-m", "stack.simulator"], env={**os.environ, **sim_env},
+                                        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
             _record("simulator", proc.pid)
+            started.append("simulator")
             say(f"simulator feeding {sim_env['SIM_DEVICES']} devices (log {LOGS / 'simulator.log'})")
-    _summary(base, admin)
-    return 0
+    _summary(base, admin, ports)
 
 
-def _start_monitoring(ports: Ports, env: dict, upstreams: dict[str, int]) -> None:
+def _start_monitoring(ports: Ports, env: dict, upstreams: dict[str, int], started: list[str]) -> None:
     """The Redis and Postgres exporters, then Prometheus scraping every process with the chart's rules."""
     stream_key = os.environ.get("VT_STREAM_KEY", "vt:telemetry")
-    for daemon in (prom.redis_exporter(ports.redis_exporter, env["REDIS_URL"], stream_key, LOGS / "redis-exporter.log"),
-                   prom.postgres_exporter(ports.postgres_exporter, env["DATABASE_URL"], LOGS / "postgres-exporter.log")):
-        if _alive(daemon.name):
-            say(f"{daemon.name} already running")
+    for name, make in (
+            ("redis-exporter", lambda: prom.redis_exporter(ports.redis_exporter, env["REDIS_URL"], stream_key,
+                                                           LOGS / "redis-exporter.log")),
+            ("postgres-exporter", lambda: prom.postgres_exporter(ports.postgres_exporter, env["DATABASE_URL"],
+                                                                 LOGS / "postgres-exporter.log"))):
+        if _alive(name):
+            say(f"{name} already running")
             continue
-        daemon.start()
-        _record(daemon.name, daemon.pid)
+        with _starting(name, LOGS / f"{name}.log"):
+            daemon = make()
+        _launch(started, name, daemon.log, daemon, daemon.start)
         say(f"{daemon.name} on {daemon.url}/metrics (pid {daemon.pid})")
     if _alive("prometheus"):
         say("Prometheus already running")
@@ -196,17 +365,18 @@ def _start_monitoring(ports: Ports, env: dict, upstreams: dict[str, int]) -> Non
         "visiontrack-postgres-exporter": [f"127.0.0.1:{ports.postgres_exporter}"],
         "prometheus": [f"127.0.0.1:{ports.prometheus}"],
     })
-    daemon = prom.start_prometheus(prom.prometheus(ports.prometheus, RUN / "prometheus", targets,
-                                                   LOGS / "prometheus.log"))
-    _record("prometheus", daemon.pid)
+    log = LOGS / "prometheus.log"
+    with _starting("prometheus", log):
+        daemon = prom.prometheus(ports.prometheus, RUN / "prometheus", targets, log)
+    _launch(started, "prometheus", log, daemon, lambda: prom.start_prometheus(daemon))
     say(f"Prometheus on {daemon.url} scraping {len(targets)} jobs with {prom.RULES.relative_to(ROOT)}")
 
 
-def _summary(base: str, admin: str) -> None:
+def _summary(base: str, admin: str, ports: Ports) -> None:
     print(f"""
 VisionTrack is up.
   API (ingress)   {base}
-  Prometheus      http://127.0.0.1:{Ports().prometheus}   (targets: /targets, alerts: /alerts)
+  Prometheus      http://127.0.0.1:{ports.prometheus}   (targets: /targets, alerts: /alerts)
   OpenAPI         {base}/api/devices/openapi.json   {base}/api/telemetry/openapi.json
   admin token     {admin}
   logs            {LOGS}/
@@ -225,26 +395,10 @@ Try it:
 
 def down(args: argparse.Namespace) -> int:
     order = ["simulator", "prometheus", "redis-exporter", "postgres-exporter", "nginx", "ingestor", "registry",
-             "query", "beat", "worker", "redis"]
+             "query", "beat", "worker", "redis", "postgres"]
     for name in order:
-        pid = _alive(name)
-        if not pid:
-            continue
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _alive(name):
-            time.sleep(0.1)
-        if _alive(name):
-            os.killpg(pid, signal.SIGKILL)
-        (PIDS / f"{name}.pid").unlink(missing_ok=True)
-        say(f"stopped {name}")
-    pg = Postgres((RUN / "pg").resolve(), Ports().postgres, LOGS / "postgres.log")
-    if pg.running():
-        pg.stop()
-        say("stopped Postgres")
+        if _stop(name):
+            say(f"stopped {'Postgres' if name == 'postgres' else name}")
     return 0
 
 
@@ -254,8 +408,7 @@ def status(args: argparse.Namespace) -> int:
     for name in names:
         pid = _alive(name)
         print(f"{name:17} {'running (pid %d)' % pid if pid else 'stopped'}")
-    pg = Postgres((RUN / "pg").resolve(), Ports().postgres, LOGS / "postgres.log")
-    print(f"{'postgres':17} {'running' if pg.running() else 'stopped'}")
+    print(f"{'postgres':17} {'running' if _running('postgres') else 'stopped'}")
     return 0
 
 

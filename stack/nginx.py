@@ -21,6 +21,9 @@ ROUTES = {
 # reading it: nginx, still sending, would get a broken pipe and answer 503. So nginx holds the same limit
 # there and refuses first. (gunicorn reads what its app left unread first: see post_request in gunicorn_conf.)
 BODY_LIMITED = ("/api/ingest",)
+# The methods of the API's resources, all parts together (Flask adds HEAD and OPTIONS to every route): the Allow
+# header of the 405 nginx answers itself.
+ALLOWED_METHODS = ("GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS")
 
 
 def max_body_bytes(environ=None) -> int:
@@ -110,6 +113,9 @@ http {{
             return 404 '{{"error": "not_found", "message": "no such resource", "details": []}}';
         }}
         location @not_allowed {{
+            # Required on a 405 (RFC 9110 15.5.6). nginx refuses TRACE (and CONNECT) itself for every path, so
+            # this names every method the API's resources take; a part's own 405 names its route's.
+            add_header Allow "{allow}" always;
             return 405 '{{"error": "method_not_allowed", "message": "method not allowed for this resource", "details": []}}';
         }}
         location @too_large {{
@@ -138,7 +144,7 @@ def render(port: int, upstream_ports: dict[str, int], run_dir: Path, log_dir: Pa
         for prefix, part in ROUTES.items() if part in upstream_ports)
     too_large = "\n".join(f'        ~^{prefix} "body exceeds {body_limit} bytes";' for prefix in BODY_LIMITED)
     return _TEMPLATE.format(run=run_dir, logs=log_dir, port=port, upstreams=upstreams, locations=locations,
-                            too_large=too_large)
+                            too_large=too_large, allow=", ".join(ALLOWED_METHODS))
 
 
 @dataclass

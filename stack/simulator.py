@@ -7,7 +7,7 @@ Rust ingestor); if it is not there, through the query service's POST /api/teleme
 The alert demo: the first two devices run hot (temperature over 30) for SIM_HOT_SECONDS (40) of every
 SIM_HOT_PERIOD (180 s), half a period apart. The simulator makes sure the demo rule exists (temperature > 30
 for 10 s on sim-thermo devices, created once, found by name afterwards), receives its webhook on
-127.0.0.1:SIM_WEBHOOK_PORT (58090; 0: no webhook) and logs every alert firing and resolving.
+127.0.0.1:SIM_WEBHOOK_PORT (18090; 0: no webhook) and logs every alert firing and resolving.
 """
 from __future__ import annotations
 
@@ -75,6 +75,8 @@ DEMO_RULE = {"name": "demo: sim-thermo over 30 for 10 s", "metric": "temperature
              "for_seconds": 10, "device_type": "sim-thermo", "severity": "warning"}
 HOT_PERIOD = float(os.environ.get("SIM_HOT_PERIOD", "180"))
 HOT_SECONDS = float(os.environ.get("SIM_HOT_SECONDS", "40"))
+# Below Linux's ephemeral ports (32768-60999) like the stack's others (see Ports in stack/local.py).
+DEFAULT_WEBHOOK_PORT = 18090
 
 
 def hot(i: int, t: float) -> bool:
@@ -125,6 +127,13 @@ def ensure_demo_rule(api: Api, admin: str, webhook: str | None) -> int | None:
         return None
     for rule in page["items"]:
         if rule["name"] == DEMO_RULE["name"]:
+            if webhook and rule.get("webhook_url") != webhook:  # created when the receiver was elsewhere
+                status, changed = api.call("PATCH", f"/api/alert-rules/{rule['id']}", admin, {"webhook_url": webhook})
+                if status == 200:
+                    log.info("alert rule %d now posts to %s", rule["id"], webhook)
+                else:
+                    log.warning("cannot point the demo alert rule at %s (%s %s)", webhook, status,
+                                changed.get("message"))
             return rule["id"]
     status, rule = api.call("POST", "/api/alert-rules/", admin, {**DEMO_RULE, "webhook_url": webhook})
     if status != 201:
@@ -158,7 +167,7 @@ def main() -> int:
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     devices = register(api, admin, count, state_path)
-    webhook_port = int(os.environ.get("SIM_WEBHOOK_PORT", "58090"))
+    webhook_port = int(os.environ.get("SIM_WEBHOOK_PORT", DEFAULT_WEBHOOK_PORT))
     rule_id = ensure_demo_rule(api, admin, serve_webhook(webhook_port) if webhook_port else None)
     alerts: dict[int, str] = {}
     last_alert_check = 0.0

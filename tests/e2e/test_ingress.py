@@ -216,6 +216,9 @@ def test_a_method_nginx_refuses_itself_gets_405_in_the_error_format(ingress):
     assert resp.status_code == 405
     assert _api_error(405, resp.headers, resp.content) == {
         "error": "method_not_allowed", "message": "method not allowed for this resource", "details": []}
+    # A 405 must name the methods the resource takes (RFC 9110 15.5.6): nginx names every method of the API.
+    assert [m.strip() for m in resp.headers.get("Allow", "").split(",")] == [
+        "GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"]
     resp = requests.put(f"{ingress}/api/devices/", headers=ADMIN)  # the registry's own 405, passed through
     assert resp.status_code == 405 and resp.json()["error"] == "method_not_allowed"
 

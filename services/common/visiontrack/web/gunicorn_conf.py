@@ -30,6 +30,9 @@ accesslog = None
 errorlog = "-"
 loglevel = _cfg.log_level
 proc_name = "visiontrack"
+# No gunicornc control socket (gunicorn 25.1+): nothing uses it, locally or in a pod, and its per-user default path
+# (~/.gunicorn/gunicorn.ctl) made the registry's and the query's gunicorns take it from each other.
+control_socket_disable = True
 
 # A body the app answered without reading (a 401 or 415 comes before it) stays on the socket, and gunicorn
 # drains only 64 KiB before closing: closing on unread bytes resets the connection under a proxy still
