@@ -217,3 +217,200 @@ def test_readiness_is_503_naming_what_is_unreachable(base_env, down):
     finally:
         svc.db.close()
         svc.redis.close()
+
+
+
+# --- concurrent changes of one device: one lock order, so no deadlock and no 503 ------------------------------
+
+ROUNDS = 30
+INDEX = "vt:device-tokens"
+
+
+def _race(*calls: tuple) -> list[requests.Response]:
+    """Send these (method, url[, json body]) calls at once, one thread each, released together by a barrier."""
+    import threading
+
+    barrier = threading.Barrier(len(calls))
+    answers: list = [None] * len(calls)
+
+    def send(i: int, method: str, url: str, body=None) -> None:
+        try:
+            barrier.wait(timeout=10)
+            answers[i] = requests.request(method, url, json=body, headers=ADMIN, timeout=30)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            answers[i] = exc
+
+    threads = [threading.Thread(target=send, args=(i, *call), daemon=True) for i, call in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    for answer in answers:
+        assert isinstance(answer, requests.Response), f"a racing call got no answer: {answer!r}"
+    return answers
+
+
+def _answer(resp: requests.Response) -> str:
+    return (f"{resp.request.method} {resp.status_code} {resp.text.strip()[:120]} "
+            f"(Retry-After {resp.headers.get('Retry-After')})")
+
+
+def _sha(token: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _token_row(db, device_id: int) -> str | None:
+    with db.cursor() as cur:
+        cur.execute("SELECT token_sha256 FROM device_tokens WHERE device_id = %s", (device_id,))
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
+def test_deleting_a_device_while_its_token_rotates_never_deadlocks(registry_url, redis_client, db):
+    """DELETE and POST .../token of one device at once, many times: the delete always succeeds (204), first or
+    after the rotation; the rotation answers 200 (before the delete) or 404 (after it); never 503. Then the
+    device is gone and no token of it, old or new, is left in the index."""
+    bad = []
+    for n in range(ROUNDS):
+        device = _create(registry_url)
+        url = f"{registry_url}/api/devices/{device['id']}"
+        deleted, rotated = _race(("DELETE", url), ("POST", f"{url}/token"))
+        problems = []
+        if deleted.status_code != 204:
+            problems.append(_answer(deleted))
+        if rotated.status_code not in (200, 404) or \
+                (rotated.status_code == 404 and rotated.json()["error"] != "not_found"):
+            problems.append(_answer(rotated))
+        shas = [_sha(device["token"])] + ([_sha(rotated.json()["token"])] if rotated.status_code == 200 else [])
+        left = [sha for sha in shas if redis_client.hget(INDEX, sha) is not None]
+        if left:
+            problems.append(f"still in the token index: {left}")
+        with db.cursor() as cur:
+            cur.execute("SELECT (SELECT count(*) FROM devices WHERE id = %(d)s), "
+                        "(SELECT count(*) FROM device_tokens WHERE device_id = %(d)s), "
+                        "(SELECT count(*) FROM device_purges WHERE device_id = %(d)s)", {"d": device["id"]})
+            rows = cur.fetchone()
+        if rows != (0, 0, 1):
+            problems.append(f"devices/device_tokens/device_purges rows: {rows}")
+        if problems:
+            bad.append((n, problems))
+            requests.delete(url, headers=ADMIN)  # not left behind by a refused delete
+    assert not bad, f"{len(bad)} of {ROUNDS} rounds went wrong; the first ones: {bad[:3]}"
+
+
+def test_status_changes_racing_a_rotation_or_a_delete_keep_the_index_in_step(registry_url, redis_client, db):
+    """A status change at once with a rotation: both succeed and the new token is indexed with the new status,
+    the old one gone. Then a status change at once with the delete: 204, and 200 or 404; nothing left indexed."""
+    bad = []
+    for n in range(ROUNDS // 2):
+        device = _create(registry_url)
+        url = f"{registry_url}/api/devices/{device['id']}"
+        patched, rotated = _race(("PATCH", url, {"status": "disabled"}), ("POST", f"{url}/token"))
+        problems = [_answer(r) for r in (patched, rotated) if r.status_code != 200]
+        shas = [_sha(device["token"])]
+        if not problems:
+            shas.append(_sha(rotated.json()["token"]))
+            sha = _token_row(db, device["id"])
+            if sha != shas[1] or redis_client.hget(INDEX, sha) != f"{device['id']}:disabled":
+                problems.append(f"after rotate and disable: token {sha} indexed as {redis_client.hget(INDEX, sha)}")
+            if redis_client.hget(INDEX, shas[0]) is not None:
+                problems.append("the old token is still indexed")
+        patched, deleted = _race(("PATCH", url, {"status": "active"}), ("DELETE", url))
+        if deleted.status_code != 204:
+            problems.append(_answer(deleted))
+        if patched.status_code not in (200, 404):
+            problems.append(_answer(patched))
+        if requests.get(url, headers=ADMIN).status_code != 404 or _token_row(db, device["id"]) is not None or \
+                any(redis_client.hget(INDEX, sha) is not None for sha in shas):
+            problems.append("the device or a token of it is left after the delete")
+        if problems:
+            bad.append((n, problems))
+            requests.delete(url, headers=ADMIN)
+    assert not bad, f"{len(bad)} of {ROUNDS // 2} rounds went wrong; the first ones: {bad[:3]}"
+
+
+def test_a_transaction_rolled_back_as_a_deadlock_victim_is_run_again(postgres, redis_client, db, caplog):
+    """Another transaction taking the device's locks in the opposite order (its token row, then its devices
+    row) deadlocks with a rotation; the rotation, which waits first and so is the one Postgres rolls back,
+    runs again once the other commits, and succeeds."""
+    import threading
+    import time
+
+    import psycopg2
+
+    from registry.device_store import DeviceStore
+    from visiontrack.db import Database
+
+    key = f"test:token-index:{uuid.uuid4().hex[:8]}"
+    store = DeviceStore(Database(postgres.url), redis_client, key)
+    try:
+        device = store.create({"name": _name("victim"), "type": None, "location": None, "metadata": {}})
+        other = psycopg2.connect(postgres.url)
+        try:
+            with other.cursor() as cur:
+                cur.execute("SELECT 1 FROM device_tokens WHERE device_id = %s FOR UPDATE", (device["id"],))
+            outcome: dict = {}
+
+            def rotate():
+                try:
+                    outcome["token"] = store.rotate_token(device["id"])
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    outcome["error"] = exc
+
+            with caplog.at_level("WARNING", logger="registry.device_store"):
+                rotating = threading.Thread(target=rotate, daemon=True)
+                rotating.start()
+                time.sleep(0.3)  # the rotation holds the devices row and waits for the token row
+                with other.cursor() as cur:
+                    cur.execute("SELECT 1 FROM devices WHERE id = %s FOR UPDATE", (device["id"],))
+                other.commit()
+                rotating.join(15)
+            assert "error" not in outcome and "token" in outcome, outcome
+            assert any("40P01" in r.getMessage() for r in caplog.records if r.name == "registry.device_store"), \
+                "the rotation was not the deadlock victim, so it was not run again"
+        finally:
+            other.close()
+        new = _sha(outcome["token"])
+        assert _token_row(db, device["id"]) == new
+        assert redis_client.hget(key, new) == f"{device['id']}:active"
+        assert redis_client.hget(key, _sha(device["token"])) is None
+        store.delete(device["id"])
+    finally:
+        store.db.close()
+        redis_client.delete(key, f"{key}:changed")
+
+
+@pytest.mark.parametrize("name,code", [("DeadlockDetected", "40P01"), ("SerializationFailure", "40001")])
+def test_a_transaction_conflict_is_a_503_that_does_not_say_the_database_is_down(name, code, caplog):
+    """In process, no server: a deadlock or serialization failure (TransactionRollbackError, an
+    OperationalError) is reported as the conflict it is, retried after 1 s, logged as a WARNING; any other
+    OperationalError is still "unreachable", logged as an ERROR."""
+    import psycopg2
+    import psycopg2.errors
+    from flask import Flask
+
+    from visiontrack.web import errors
+
+    app = Flask("t")
+    errors.register(app)
+
+    @app.get("/raise/<name>")
+    def raise_(name):
+        raise psycopg2.OperationalError("server closed the connection") if name == "OperationalError" else \
+            getattr(psycopg2.errors, name)(f"{name.lower()}\nDETAIL: Process 1 waits for ShareLock")
+
+    client = app.test_client()
+    resp = client.get(f"/raise/{name}")
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
+    assert resp.json == {"error": "unavailable", "details": [],
+                         "message": "a concurrent change conflicted with this request; retry"}
+    assert [r.levelname for r in caplog.records if r.name == "visiontrack.web"] == ["WARNING"]
+    assert isinstance(getattr(psycopg2.errors, name)(), psycopg2.errors.TransactionRollbackError)
+    assert psycopg2.errors.lookup(code) is getattr(psycopg2.errors, name)
+    caplog.clear()
+    resp = client.get("/raise/OperationalError")
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
+    assert resp.json["message"] == "the database is unreachable; retry later"
+    assert [r.levelname for r in caplog.records if r.name == "visiontrack.web"] == ["ERROR"]

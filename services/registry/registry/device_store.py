@@ -4,8 +4,30 @@ The Redis change happens inside the Postgres transaction: if Redis fails, the tr
 the caller gets 503, so the index never lags a committed revocation. The aggregator's periodic rebuild
 repairs the rare opposite case (Redis changed, commit failed); the change holds the index lock
 (visiontrack.tokens) until its commit so that a rebuild never undoes it.
+
+Lock order. Every transaction here that writes a device takes its locks in one order, so no two of them
+(and none of them with the aggregator) can wait for each other in a cycle:
+
+1. the device's `devices` row: the INSERT (create), the UPDATE (update), SELECT ... FOR UPDATE (delete,
+   rotate_token), before anything else of the device is read for change or locked;
+2. its `device_tokens` row (INSERT, upsert or DELETE; update only reads it, stable under the row lock);
+3. its `alert_rules` and `device_purges` rows (delete only);
+4. the index lock, shared (`_index`), last: after it only Redis and the commit, never a wait on a row.
+
+The aggregator's index rebuild takes the index lock exclusively but never waits for a row lock, and its
+last-seen update locks `devices` rows only (in id order), nothing of 2-4. An alert rule's insert or
+device change locks the rule, then the device's row (FOR KEY SHARE, its trigger): a delete waiting for
+that rule matches it only if it is already the deleted device's, whose row the rule change then does
+not lock. A deadlock is still possible where no lock order helps (two devices swapping names at once,
+each waiting on the other's unique-index entry), and a serialization failure under a stricter isolation
+level: Postgres rolled the whole transaction back, so it is run again (`_retried`). The Redis writes
+come last and set or remove given entries, so a re-run of one that got that far writes the same again.
 """
 from __future__ import annotations
+
+import logging
+import random
+import time
 
 import psycopg2.errors
 import psycopg2.extras
@@ -15,6 +37,25 @@ from visiontrack.errors import ApiError
 from visiontrack.tokens import index_value, lock_index_for_change, new_device_token, record_change, token_sha256
 
 _COLUMNS = "id, name, type, location, metadata, status, created_at, updated_at, last_seen_at"
+# A transaction Postgres chose to roll back as a whole (40P01, 40001): safe to run again as it is.
+_RETRYABLE = (psycopg2.errors.DeadlockDetected, psycopg2.errors.SerializationFailure)
+_ATTEMPTS = 3
+
+log = logging.getLogger("registry.device_store")
+
+
+def _retried(run):
+    """run() again, up to _ATTEMPTS in all, while Postgres rolls it back for a deadlock or a serialization
+    failure; the last such error goes to the caller (errors.py answers 503, "a concurrent change conflicted")."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            return run()
+        except _RETRYABLE as exc:
+            if attempt == _ATTEMPTS:
+                raise
+            log.warning("transaction rolled back by Postgres (%s), running it again (attempt %d of %d)",
+                        exc.pgcode, attempt + 1, _ATTEMPTS)
+            time.sleep(random.uniform(0, 0.02 * attempt))  # the two no longer in step
 
 
 def _conflict_on_name() -> ApiError:
@@ -47,6 +88,9 @@ class DeviceStore:
     def create(self, fields: dict) -> dict:
         token = new_device_token()
         sha = token_sha256(token)
+        return {**_retried(lambda: self._create(fields, sha)), "token": token}
+
+    def _create(self, fields: dict, sha: str) -> dict:
         try:
             with self.db.transaction() as cur:
                 cur.execute(f"""INSERT INTO devices (name, type, location, metadata)
@@ -59,7 +103,7 @@ class DeviceStore:
                 self._index(cur, lambda p: p.hset(self.index_key, sha, index_value(device["id"], "active")), sha)
         except psycopg2.errors.UniqueViolation:
             raise _conflict_on_name() from None
-        return {**device, "token": token}
+        return device
 
     def get(self, device_id: int) -> dict:
         with self.db.transaction() as cur:
@@ -92,6 +136,9 @@ class DeviceStore:
     def update(self, device_id: int, changes: dict) -> dict:
         if not changes:
             return self.get(device_id)
+        return _retried(lambda: self._update(device_id, changes))
+
+    def _update(self, device_id: int, changes: dict) -> dict:
         sets = ", ".join(f"{col} = %({col})s" for col in changes)
         params = {**changes, "id": device_id}
         if "metadata" in params:
@@ -115,14 +162,20 @@ class DeviceStore:
         return device
 
     def delete(self, device_id: int) -> None:
+        _retried(lambda: self._delete(device_id))
+
+    def _delete(self, device_id: int) -> None:
         with self.db.transaction() as cur:
-            cur.execute("DELETE FROM device_tokens WHERE device_id = %s RETURNING token_sha256", (device_id,))
-            token = cur.fetchone()
-            cur.execute("DELETE FROM devices WHERE id = %s RETURNING id", (device_id,))
+            # The device's row first (the module's lock order), as its DELETE would lock it (no upgrade):
+            # a rotation or status change under way finishes first; one after this waits, then finds no device.
+            cur.execute("SELECT id FROM devices WHERE id = %s FOR UPDATE", (device_id,))
             if cur.fetchone() is None:
                 raise _not_found(device_id)
+            cur.execute("DELETE FROM device_tokens WHERE device_id = %s RETURNING token_sha256", (device_id,))
+            token = cur.fetchone()
+            cur.execute("DELETE FROM devices WHERE id = %s", (device_id,))
             # Its rules are marked deleted, as DELETE /api/alert-rules/ does: the aggregator resolves their
-            # firing alerts with webhooks, then removes them. After the device's delete, which waits for a
+            # firing alerts with webhooks, then removes them. After the device's row lock, which waits for a
             # rule being created for it (the rule's device check locks the row), so that rule is marked too.
             cur.execute("UPDATE alert_rules SET deleted_at = now(), enabled = false "
                         "WHERE device_id = %s AND deleted_at IS NULL", (device_id,))
@@ -133,6 +186,10 @@ class DeviceStore:
     def rotate_token(self, device_id: int) -> str:
         token = new_device_token()
         sha = token_sha256(token)
+        _retried(lambda: self._rotate_token(device_id, sha))
+        return token
+
+    def _rotate_token(self, device_id: int, sha: str) -> None:
         with self.db.transaction() as cur:
             cur.execute("SELECT status FROM devices WHERE id = %s FOR UPDATE", (device_id,))
             device = cur.fetchone()
@@ -152,4 +209,3 @@ class DeviceStore:
                 pipe.hset(self.index_key, sha, index_value(device_id, device["status"]))
 
             self._index(cur, apply, *([old] if old else []), sha)
-        return token

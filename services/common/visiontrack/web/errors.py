@@ -86,6 +86,16 @@ def _database_down(exc: Exception):
     return api_error_response(ApiError("unavailable", "the database is unreachable; retry later", retry_after=5))
 
 
+def _transaction_conflict(exc: Exception):
+    # A deadlock (40P01) or serialization failure (40001): Postgres rolled the transaction back because a
+    # concurrent one conflicted with it. An OperationalError, but the database is up and running: the
+    # request may be sent again at once. Stores that can re-run their transactions already did.
+    log.warning("transaction rolled back by the database (%s): %s", getattr(exc, "pgcode", None),
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    return api_error_response(ApiError("unavailable", "a concurrent change conflicted with this request; retry",
+                                       retry_after=1))
+
+
 # The data exceptions (SQLSTATE class 22) that mean a value was refused as input: out of range, malformed for
 # its type, too long, not representable. The rest of the class (a division by zero, a bad regular expression,
 # a subscript error, ...) says our own SQL is wrong: a 500, logged with the traceback.
@@ -117,6 +127,7 @@ def register(app: Flask) -> None:
     app.register_error_handler(ApiError, api_error_response)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(psycopg2.OperationalError, _database_down)
+    app.register_error_handler(psycopg2.errors.TransactionRollbackError, _transaction_conflict)  # more specific
     for exc in BAD_INPUT_VALUES:  # any other DataError falls through to _unexpected: a 500
         app.register_error_handler(exc, _bad_value)
     app.register_error_handler(Exception, _unexpected)
