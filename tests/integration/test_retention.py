@@ -99,6 +99,35 @@ def test_deleting_a_device_purges_its_rollups_latest_values_and_alerts(registry_
     poll(lambda: counts() == [0, 0, 0, 0, 0], timeout=30, what="the device's data purged")
 
 
+def test_a_deletion_is_not_held_back_by_earlier_ones_waiting_out_their_grace(registry_url, db, postgres, base_env,
+                                                                            worker):
+    """A burst of deletions (here 25 empty purges, older and still in their ten minutes of grace) used to fill
+    every round's ten places: a later device's telemetry stayed until their grace ran out."""
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO device_purges (device_id, requested_at) SELECT 10^12 + n, now() - interval '1 minute' "
+                    "FROM generate_series(1, 25) AS n")
+    device = requests.post(f"{registry_url}/api/devices/", json={"name": f"later-{uuid.uuid4().hex[:8]}"},
+                           headers=ADMIN).json()
+    conn = psycopg2.connect(postgres.url)
+    try:
+        now = int(time.time() * 1000)
+        TelemetryStorage(conn).store([encode_entry(Entry("1-0", device["id"], [["t", now - 1000, 1.0]], now),
+                                                   -10**9, 10**9)])
+    finally:
+        conn.close()
+    assert requests.delete(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN).status_code == 204
+
+    def left() -> int:
+        with db.cursor() as cur:
+            cur.execute("SELECT count(*) FROM telemetry_latest WHERE device_id = %s", (device["id"],))
+            return cur.fetchone()[0]
+
+    Celery(broker=base_env["REDIS_URL"]).send_task("aggregator.purge_deleted_devices", queue="visiontrack")
+    poll(lambda: left() == 0, timeout=30, what="the later device's data purged")
+    with db.cursor() as cur:
+        cur.execute("DELETE FROM device_purges WHERE device_id > 10^12")
+
+
 def test_the_scheduled_task_creates_partitions_ahead(db, base_env, worker):
     """The task as the beat sends it, on a real worker: it recreates the furthest partition ahead, dropped
     here (empty: it lies in the future)."""

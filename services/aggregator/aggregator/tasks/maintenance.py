@@ -36,6 +36,9 @@ def repair_token_index() -> int:
     return count
 
 
+_PURGES_PER_ROUND = 10  # one transaction's worth
+
+
 @app.task(name="aggregator.purge_deleted_devices", ignore_result=True)
 def purge_deleted_devices(batch_rows: int = 50_000) -> int:
     """Delete the telemetry (raw, rollups, latest values) and alerts of deleted devices, a bounded chunk
@@ -44,12 +47,14 @@ def purge_deleted_devices(batch_rows: int = 50_000) -> int:
     Firing alerts are resolved first (aggregator.alerting, "resolved" webhooks through the outbox) and
     only resolved ones are deleted: an alert that fired while the device was being deleted waits for the
     next round, so none goes unannounced. A purge is kept for a grace period after it empties, so readings
-    of the device still in the stream when it was deleted are removed too.
+    of the device still in the stream when it was deleted are removed too. Purges take turns, the never
+    visited first, so those waiting out their grace hold no later deletion back.
     """
     st = state.get()
     with st.db.transaction() as cur:
-        cur.execute("SELECT device_id, requested_at < now() - interval '10 minutes' AS settled "
-                    "FROM device_purges ORDER BY requested_at LIMIT 10")
+        cur.execute("SELECT device_id, requested_at < now() - interval '10 minutes' AS settled, "
+                    "visited_at IS NULL AS fresh "
+                    "FROM device_purges ORDER BY visited_at NULLS FIRST, requested_at LIMIT %s", (_PURGES_PER_ROUND,))
         purges = cur.fetchall()
     if not purges:
         return 0
@@ -72,6 +77,8 @@ def purge_deleted_devices(batch_rows: int = 50_000) -> int:
             cur.execute("DELETE FROM alert_events WHERE device_id = %s AND state = 'resolved'", (device_id,))
             deleted += cur.rowcount
             removed += deleted
+            # Its turn taken: the next rounds visit the others first (migration 0008).
+            cur.execute("UPDATE device_purges SET visited_at = now() WHERE device_id = %s", (device_id,))
             if deleted == 0 and purge["settled"]:
                 # An alert left is firing: the purge waits for it to be resolved and announced next round.
                 cur.execute("""DELETE FROM device_purges WHERE device_id = %(d)s
@@ -79,6 +86,8 @@ def purge_deleted_devices(batch_rows: int = 50_000) -> int:
                             {"d": device_id})
                 if cur.rowcount:
                     log.info("purged the telemetry of deleted device %d", device_id)
-    if removed >= batch_rows:
+    # Again at once while there is more to do: rows left, or purges never visited yet (a burst of deletions),
+    # which come first in the order above. Purges only waiting out their grace wait for the schedule.
+    if removed >= batch_rows or (len(purges) == _PURGES_PER_ROUND and purges[-1]["fresh"]):
         purge_deleted_devices.apply_async(countdown=1)
     return removed
