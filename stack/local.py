@@ -132,9 +132,11 @@ def _record(name: str, pid: int) -> None:
     (PIDS / f"{name}.pid").write_text(str(pid))
 
 
-# Every part `up` may start, in the order it starts them.
-_PARTS = ["postgres", "redis", "registry", "query", "ingestor", "worker", "beat", "redis-exporter",
-          "postgres-exporter", "prometheus", "nginx", "simulator"]
+# Every part `up` may start, in the order it starts them (`down` stops them the other way round), with the
+# field of Ports it listens on (the simulator listens on none of the stack's).
+_PARTS = {"postgres": "postgres", "redis": "redis", "registry": "registry", "query": "query", "ingestor": "ingestor",
+          "worker": "worker_metrics", "beat": "beat_metrics", "redis-exporter": "redis_exporter",
+          "postgres-exporter": "postgres_exporter", "prometheus": "prometheus", "nginx": "http", "simulator": None}
 
 
 def _running(name: str) -> bool:
@@ -269,23 +271,20 @@ def _undo(started: list[str], failed: str | None) -> None:
             say(f"stopped {name}")
     left = [name for name in started if _running(name)]
     before = [name for name in _PARTS if name not in started and _running(name)]
-    print(f"error: `make up` failed{f' at {failed}' if failed else ''}; "
-          + (f"it had started {', '.join(started)}: " if started else "it had started nothing")
-          + ((f"could not stop {', '.join(left)}" if left else "all stopped") if started else "")
-          + (f"; left running from an earlier `make up`: {', '.join(before)}" if before else ""),
-          file=sys.stderr, flush=True)
+    what = "it had started nothing"
+    if started:
+        what = f"it had started {', '.join(started)}: " + (f"could not stop {', '.join(left)}" if left else "all stopped")
+    if before:
+        what += f"; left running from an earlier `make up`: {', '.join(before)}"
+    print(f"error: `make up` failed{f' at {failed}' if failed else ''}; {what}", file=sys.stderr, flush=True)
 
 
 def _up(ports: Ports, started: list[str]) -> None:
     admin = _admin_token()
     pg = Postgres(_postgres_data_dir(), ports.postgres, LOGS / "postgres.log")
     redis = Redis(RUN / "redis", ports.redis, LOGS / "redis.log")
-    port_of = {"postgres": "postgres", "redis": "redis", "registry": "registry", "query": "query",
-               "ingestor": "ingestor", "worker": "worker_metrics", "beat": "beat_metrics",
-               "redis-exporter": "redis_exporter", "postgres-exporter": "postgres_exporter",
-               "prometheus": "prometheus", "nginx": "http"}  # part: field of Ports
-    _check_ports({part: (field, getattr(ports, field)) for part, field in port_of.items()
-                  if not _running(part) and (part != "ingestor" or INGESTOR_BINARY.exists())})
+    _check_ports({part: (field, getattr(ports, field)) for part, field in _PARTS.items()
+                  if field and not _running(part) and (part != "ingestor" or INGESTOR_BINARY.exists())})
     if pg.running():
         say("Postgres already running")
     else:
@@ -394,9 +393,7 @@ Try it:
 
 
 def down(args: argparse.Namespace) -> int:
-    order = ["simulator", "prometheus", "redis-exporter", "postgres-exporter", "nginx", "ingestor", "registry",
-             "query", "beat", "worker", "redis", "postgres"]
-    for name in order:
+    for name in reversed(_PARTS):
         if _stop(name):
             say(f"stopped {'Postgres' if name == 'postgres' else name}")
     return 0

@@ -84,31 +84,12 @@ http {{
         # A request line nginx refuses leaves no URI, and nginx redirects to a named location only with one:
         # those refusals go to internal URIs (404 from outside). 494 is nginx's own code for a header line or
         # headers over large_client_header_buffers (otherwise sent as 400).
-        error_page 400 /_ingress/400;
+{request_refusals}
         error_page 404 @not_found;
         error_page 405 @not_allowed;
         error_page 413 @too_large;
-        error_page 414 /_ingress/414;
         error_page 494 =431 @header_too_large;
-        error_page 501 /_ingress/501;
         error_page 502 503 504 =503 @unavailable;
-        error_page 505 /_ingress/505;
-        location = /_ingress/400 {{
-            internal;
-            return 400 '{{"error": "validation_error", "message": "malformed HTTP request", "details": []}}';
-        }}
-        location = /_ingress/414 {{
-            internal;
-            return 414 '{{"error": "validation_error", "message": "request line longer than 8190 bytes", "details": []}}';
-        }}
-        location = /_ingress/501 {{
-            internal;
-            return 501 '{{"error": "validation_error", "message": "unsupported Transfer-Encoding", "details": []}}';
-        }}
-        location = /_ingress/505 {{
-            internal;
-            return 505 '{{"error": "validation_error", "message": "HTTP version not supported", "details": []}}';
-        }}
         location @not_found {{
             return 404 '{{"error": "not_found", "message": "no such resource", "details": []}}';
         }}
@@ -133,6 +114,19 @@ http {{
 """
 
 
+# Refusals of a request line nginx could not take (no URI, so served from internal URIs): status, message.
+_REQUEST_REFUSALS = {400: "malformed HTTP request", 414: "request line longer than 8190 bytes",
+                     501: "unsupported Transfer-Encoding", 505: "HTTP version not supported"}
+
+
+def _request_refusals() -> str:
+    return "\n".join(
+        f"        error_page {code} /_ingress/{code};\n"
+        f"        location = /_ingress/{code} {{ internal; return {code} "
+        f"'{{\"error\": \"validation_error\", \"message\": \"{message}\", \"details\": []}}'; }}"
+        for code, message in _REQUEST_REFUSALS.items())
+
+
 def render(port: int, upstream_ports: dict[str, int], run_dir: Path, log_dir: Path, body_limit: int) -> str:
     upstreams = "\n".join(
         f"    upstream {part} {{ server 127.0.0.1:{p}; keepalive 64; }}" for part, p in upstream_ports.items())
@@ -144,7 +138,8 @@ def render(port: int, upstream_ports: dict[str, int], run_dir: Path, log_dir: Pa
         for prefix, part in ROUTES.items() if part in upstream_ports)
     too_large = "\n".join(f'        ~^{prefix} "body exceeds {body_limit} bytes";' for prefix in BODY_LIMITED)
     return _TEMPLATE.format(run=run_dir, logs=log_dir, port=port, upstreams=upstreams, locations=locations,
-                            too_large=too_large, allow=", ".join(ALLOWED_METHODS))
+                            too_large=too_large, allow=", ".join(ALLOWED_METHODS),
+                            request_refusals=_request_refusals())
 
 
 @dataclass

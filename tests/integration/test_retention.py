@@ -67,8 +67,9 @@ def worker(base_env, run_dir):
     agg.stop()
 
 
-def test_deleting_a_device_purges_its_rollups_latest_values_and_alerts(registry_url, db, postgres, base_env, worker):
-    device = requests.post(f"{registry_url}/api/devices/", json={"name": f"purge-{uuid.uuid4().hex[:8]}"},
+def _device_with_a_reading(registry_url, postgres, prefix: str) -> dict:
+    """A registered device with one reading stored (raw row, rollups, latest value)."""
+    device = requests.post(f"{registry_url}/api/devices/", json={"name": f"{prefix}-{uuid.uuid4().hex[:8]}"},
                            headers=ADMIN).json()
     conn = psycopg2.connect(postgres.url)
     try:
@@ -77,6 +78,15 @@ def test_deleting_a_device_purges_its_rollups_latest_values_and_alerts(registry_
                                                    -10**9, 10**9)])
     finally:
         conn.close()
+    return device
+
+
+def _send_purge(base_env) -> None:
+    Celery(broker=base_env["REDIS_URL"]).send_task("aggregator.purge_deleted_devices", queue="visiontrack")
+
+
+def test_deleting_a_device_purges_its_rollups_latest_values_and_alerts(registry_url, db, postgres, base_env, worker):
+    device = _device_with_a_reading(registry_url, postgres, "purge")
     rule = requests.post(f"{registry_url}/api/alert-rules/", json={"name": "p", "metric": "t", "op": ">",
                                                                     "threshold": 0}, headers=ADMIN).json()
     with db.cursor() as cur:
@@ -94,8 +104,7 @@ def test_deleting_a_device_purges_its_rollups_latest_values_and_alerts(registry_
 
     assert counts() == [1, 1, 1, 1, 1]
     assert requests.delete(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN).status_code == 204
-    client = Celery(broker=base_env["REDIS_URL"])
-    client.send_task("aggregator.purge_deleted_devices", queue="visiontrack")
+    _send_purge(base_env)
     poll(lambda: counts() == [0, 0, 0, 0, 0], timeout=30, what="the device's data purged")
 
 
@@ -106,26 +115,20 @@ def test_a_deletion_is_not_held_back_by_earlier_ones_waiting_out_their_grace(reg
     with db.cursor() as cur:
         cur.execute("INSERT INTO device_purges (device_id, requested_at) SELECT 10^12 + n, now() - interval '1 minute' "
                     "FROM generate_series(1, 25) AS n")
-    device = requests.post(f"{registry_url}/api/devices/", json={"name": f"later-{uuid.uuid4().hex[:8]}"},
-                           headers=ADMIN).json()
-    conn = psycopg2.connect(postgres.url)
     try:
-        now = int(time.time() * 1000)
-        TelemetryStorage(conn).store([encode_entry(Entry("1-0", device["id"], [["t", now - 1000, 1.0]], now),
-                                                   -10**9, 10**9)])
+        device = _device_with_a_reading(registry_url, postgres, "later")
+        assert requests.delete(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN).status_code == 204
+
+        def left() -> int:
+            with db.cursor() as cur:
+                cur.execute("SELECT count(*) FROM telemetry_latest WHERE device_id = %s", (device["id"],))
+                return cur.fetchone()[0]
+
+        _send_purge(base_env)
+        poll(lambda: left() == 0, timeout=30, what="the later device's data purged")
     finally:
-        conn.close()
-    assert requests.delete(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN).status_code == 204
-
-    def left() -> int:
         with db.cursor() as cur:
-            cur.execute("SELECT count(*) FROM telemetry_latest WHERE device_id = %s", (device["id"],))
-            return cur.fetchone()[0]
-
-    Celery(broker=base_env["REDIS_URL"]).send_task("aggregator.purge_deleted_devices", queue="visiontrack")
-    poll(lambda: left() == 0, timeout=30, what="the later device's data purged")
-    with db.cursor() as cur:
-        cur.execute("DELETE FROM device_purges WHERE device_id > 10^12")
+            cur.execute("DELETE FROM device_purges WHERE device_id > 10^12")
 
 
 def test_the_scheduled_task_creates_partitions_ahead(db, base_env, worker):

@@ -15,7 +15,10 @@ from .errors import ApiError
 
 METRIC_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$"
 _METRIC_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
-_RFC3339_RE = re.compile(
+# An integer written in ASCII digits: int() and str.isdigit() also take other scripts' digits ("１２"),
+# underscores ("1_000"), a '+' and surrounding blanks, which no client means.
+ASCII_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
+RFC3339_RE = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
     re.ASCII,  # \d is [0-9] only
 )
@@ -67,7 +70,7 @@ def _days_from_civil(year: int, month: int, day: int) -> int:
 
 def parse_rfc3339_ms(text: str) -> int | None:
     """Epoch milliseconds of a strict RFC 3339 time (fraction truncated), or None."""
-    m = _RFC3339_RE.fullmatch(text)
+    m = RFC3339_RE.fullmatch(text)
     if not m:
         return None
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])

@@ -1,13 +1,12 @@
 """marshmallow fields shared by the services."""
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from werkzeug.routing import IntegerConverter
 
-from ..validation import METRIC_PATTERN
+from ..validation import ASCII_INTEGER, METRIC_PATTERN, RFC3339_RE
 from .timefmt import format_ts, parse_time
 
 MAX_ID = 2**63 - 1  # Postgres bigint: a larger id could only fail in the database, as a 500
@@ -38,9 +37,6 @@ class IdConverter(IntegerConverter):
         super().__init__(url_map, min=1, max=MAX_ID)
 
 
-# The only integers a query string holds: int() also takes other scripts' digits, underscores ("1_000"), a '+'
-# and surrounding blanks, which no client means.
-_ASCII_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
 
 
 class QueryInteger(fields.Integer):
@@ -49,7 +45,7 @@ class QueryInteger(fields.Integer):
     default_error_messages = {"invalid": "must be an integer (ASCII digits)"}
 
     def _validated(self, value):
-        if isinstance(value, str) and _ASCII_INTEGER.fullmatch(value) is None:
+        if isinstance(value, str) and ASCII_INTEGER.fullmatch(value) is None:
             raise self.make_error("invalid")
         return super()._validated(value)
 
@@ -94,9 +90,9 @@ class Timestamp(fields.Field):
     """RFC 3339 UTC with milliseconds out; RFC 3339 (any offset) or epoch milliseconds in."""
 
     default_error_messages = {"invalid": "must be an RFC 3339 time or integer epoch milliseconds"}
-    # For the documents: the shapes parse_time takes (the calendar is checked beyond it).
-    PATTERN = (r"^(-?[0-9]+|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
-               r"([Zz]|[+-][0-9]{2}:[0-9]{2}))$")
+    # For the documents: the shapes parse_time takes, from its own expressions (the calendar is checked beyond
+    # them). Both read the same in ECMA-262 regular expressions (\d is ASCII there).
+    PATTERN = f"^(?:{ASCII_INTEGER.pattern}|{RFC3339_RE.pattern})$"
 
     def __init__(self, **kwargs):
         kwargs["metadata"] = {"pattern": self.PATTERN, **kwargs.get("metadata", {})}

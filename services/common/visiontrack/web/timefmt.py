@@ -1,16 +1,14 @@
 """Times in and out of the HTTP API: RFC 3339 UTC with milliseconds out; RFC 3339 or epoch ms in."""
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta, timezone
 
-from ..validation import parse_rfc3339_ms
+from ..validation import ASCII_INTEGER, parse_rfc3339_ms
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 _UTC_OFFSET = timedelta(0)
-_EPOCH_MS = re.compile(r"-?[0-9]+", re.ASCII)
 
 
 def format_ts(dt: datetime) -> str:
@@ -23,7 +21,7 @@ def format_ts(dt: datetime) -> str:
 
 def parse_time(raw: str) -> datetime:
     """A query-string time: RFC 3339 or integer epoch milliseconds in ASCII digits (ValueError otherwise)."""
-    if _EPOCH_MS.fullmatch(raw):  # not str.isdigit() nor int(): they take other scripts' digits ("１２" was 12 ms)
+    if ASCII_INTEGER.fullmatch(raw):  # not str.isdigit(): "１２" was 12 ms
         ms = int(raw)
     else:
         ms = parse_rfc3339_ms(raw)
