@@ -46,20 +46,30 @@ kind-up: $(KIND) $(HELM) ## Create the kind cluster (ports 80/443 on localhost) 
 	  $(KIND) create cluster --name $(KIND_CLUSTER) --config k8s/kind-config.yaml; \
 	fi
 	$(KUBECTL) config use-context kind-$(KIND_CLUSTER)
-	$(HELM) upgrade --install traefik traefik --repo https://traefik.github.io/charts \
-	  --version $(TRAEFIK_CHART_VERSION) --namespace traefik --create-namespace \
-	  -f k8s/traefik-values.yaml -f k8s/traefik-kind-values.yaml --wait --timeout 5m
+	$(MAKE) --no-print-directory traefik TRAEFIK_VALUES="k8s/traefik-values.yaml k8s/traefik-kind-values.yaml"
 	@echo "==> kind cluster ready; next: make images load deploy K8S_CLUSTER=kind"
 
 .PHONY: minikube-up
 minikube-up: $(HELM) ## Start minikube (Calico, so NetworkPolicies are enforced) with Traefik as ingress controller
 	$(MINIKUBE) start --profile $(MINIKUBE_PROFILE) --cpus 4 --memory 8g --cni calico
 	$(KUBECTL) config use-context $(MINIKUBE_PROFILE)
-	$(HELM) upgrade --install traefik traefik --repo https://traefik.github.io/charts \
-	  --version $(TRAEFIK_CHART_VERSION) --namespace traefik --create-namespace \
-	  -f k8s/traefik-values.yaml --wait --timeout 5m
+	$(MAKE) --no-print-directory traefik TRAEFIK_VALUES=k8s/traefik-values.yaml
 	@echo "==> minikube ready; run 'minikube tunnel --profile $(MINIKUBE_PROFILE)' in another terminal for the ingress,"
 	@echo "    next: make images load deploy K8S_CLUSTER=minikube"
+
+# Traefik's chart: from TRAEFIK_CHART (a packaged chart, for machines that cannot reach the chart
+# repository) or else from the repository at the pinned version.
+TRAEFIK_CHART ?=
+TRAEFIK_VALUES ?= k8s/traefik-values.yaml
+TRAEFIK_CHART_REF = $(if $(TRAEFIK_CHART),$(TRAEFIK_CHART),traefik --repo https://traefik.github.io/charts --version $(TRAEFIK_CHART_VERSION))
+
+.PHONY: traefik
+traefik: $(HELM) ## Install Traefik, the ingress controller (TRAEFIK_CHART: a local chart file instead of the repository)
+	@if [ -n "$(TRAEFIK_CHART)" ] && [ ! -f "$(TRAEFIK_CHART)" ]; then \
+	  echo "make traefik: TRAEFIK_CHART=$(TRAEFIK_CHART) is not a file"; exit 1; fi
+	$(HELM) upgrade --install traefik $(TRAEFIK_CHART_REF) --namespace traefik --create-namespace \
+	  $(foreach f,$(TRAEFIK_VALUES),-f $(f)) --wait --timeout 5m \
+	  || { echo "make traefik: failed; without access to https://traefik.github.io/charts, set TRAEFIK_CHART to traefik-$(TRAEFIK_CHART_VERSION).tgz"; exit 1; }
 
 .PHONY: images
 images: ## Build the four images, visiontrack/<part>:IMAGE_TAG (default dev), with Docker

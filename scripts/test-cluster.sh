@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# `make test-cluster`: VisionTrack on the cluster kubectl points at (the local one, kind, minikube).
+# Stages, each timed: images into the cluster, install (helm --wait), helm test, the e2e suite through
+# the ingress controller, NetworkPolicies both ways, the HTTPRoute through a Gateway, helm upgrade to
+# another image tag under a steady ingest load, uninstall. A summary of stage times ends the run; a
+# failing stage prints the cluster's state and stops the run.
+# Environment (the Makefile passes these): HELM, KUBECTL, K8S_CLUSTER, IMAGE_TAG, K8S_NAMESPACE, K8S_RELEASE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+HELM=${HELM:-helm}
+KUBECTL=${KUBECTL:-kubectl}
+K8S_CLUSTER=${K8S_CLUSTER:-local}
+IMAGE_TAG=${IMAGE_TAG:-dev}
+NEXT_TAG=${IMAGE_TAG}-next
+NAMESPACE=${K8S_NAMESPACE:-visiontrack}
+RELEASE=${K8S_RELEASE:-visiontrack}
+PYTEST=(.venv/bin/python -m pytest -q -p no:cacheprovider)
+export VT_CLUSTER_TESTS=1 VT_TEST_NAMESPACE=$NAMESPACE VT_TEST_RELEASE=$RELEASE KUBECTL HELM
+
+TIMES=()
+started_all=$SECONDS
+stage() {
+    local name=$1 started=$SECONDS
+    shift
+    echo "==> [test-cluster] $name"
+    if ! "$@"; then
+        TIMES+=("$(printf '%-34s %5d s  FAILED' "$name" $((SECONDS - started)))")
+        diagnose
+        summary
+        exit 1
+    fi
+    TIMES+=("$(printf '%-34s %5d s' "$name" $((SECONDS - started)))")
+}
+summary() {
+    echo "---- test-cluster: time per stage"
+    printf '  %s\n' "${TIMES[@]}"
+    echo "  total $((SECONDS - started_all)) s"
+}
+diagnose() {
+    echo "---- cluster state at the failure"
+    $KUBECTL get pods -A -o wide || true
+    $KUBECTL -n "$NAMESPACE" get events --sort-by=.lastTimestamp 2>/dev/null | tail -n 30 || true
+    local pod
+    for pod in $($KUBECTL -n "$NAMESPACE" get pods -o name 2>/dev/null); do
+        echo "---- $pod"
+        $KUBECTL -n "$NAMESPACE" logs "$pod" --all-containers --tail 20 2>/dev/null || true
+    done
+}
+
+images() {
+    make --no-print-directory images load IMAGE_TAG="$IMAGE_TAG" K8S_CLUSTER="$K8S_CLUSTER"
+    # The upgrade stage rolls every part to another tag of the same build.
+    make --no-print-directory retag-images load FROM_TAG="$IMAGE_TAG" IMAGE_TAG="$NEXT_TAG" K8S_CLUSTER="$K8S_CLUSTER"
+}
+
+install() {
+    $HELM upgrade --install "$RELEASE" charts/visiontrack --namespace "$NAMESPACE" --create-namespace \
+        --set imageDefaults.tag="$IMAGE_TAG" --wait --timeout 10m
+}
+
+helm_test() { $HELM test "$RELEASE" --namespace "$NAMESPACE" --logs --timeout 5m; }
+
+pytest_stage() { "${PYTEST[@]}" "$@"; }
+
+uninstall() {
+    $HELM uninstall "$RELEASE" --namespace "$NAMESPACE" --wait --timeout 5m
+    $KUBECTL delete namespace "$NAMESPACE" --wait=true --timeout=5m
+    pytest_stage tests/cluster/test_uninstall.py
+}
+
+stage "images into the cluster" images
+stage "install (helm --wait)" install
+stage "helm test" helm_test
+stage "e2e suite through the ingress" pytest_stage tests/cluster/test_e2e_suite.py
+stage "NetworkPolicies both ways" pytest_stage tests/cluster/test_network_policies.py
+stage "HTTPRoute through the Gateway" pytest_stage tests/cluster/test_gateway_route.py
+stage "upgrade under load" pytest_stage tests/cluster/test_upgrade_under_load.py
+stage "uninstall leaves nothing" uninstall
+summary

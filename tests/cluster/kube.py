@@ -1,0 +1,121 @@
+"""Talking to the cluster the tests run on: kubectl, the release's tokens, the ingress controller's
+address, and short-lived probe pods that try connections from a chosen namespace."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import uuid
+from dataclasses import dataclass
+
+KUBECTL = os.environ.get("KUBECTL", "kubectl")
+HELM = os.environ.get("HELM", "helm")
+NAMESPACE = os.environ.get("VT_TEST_NAMESPACE", "visiontrack")
+RELEASE = os.environ.get("VT_TEST_RELEASE", "visiontrack")
+# The ingress controller's namespace and Service (k8s/traefik-values.yaml).
+TRAEFIK_NAMESPACE = "traefik"
+# The image the chart's helm test runs: it has curl, and every cluster that ran the chart has it.
+PROBE_IMAGE = os.environ.get("VT_PROBE_IMAGE", "docker.io/curlimages/curl:8.17.0")
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> str:
+    done = subprocess.run([KUBECTL, *args], input=input, capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def kubectl_json(*args: str) -> dict:
+    return json.loads(kubectl(*args, "-o", "json"))
+
+
+def release_tokens() -> tuple[str, str]:
+    """The first admin and reader tokens of the release's Secret."""
+    data = kubectl_json("-n", NAMESPACE, "get", "secret", f"{RELEASE}-secrets")["data"]
+
+    def first(key: str) -> str:
+        return base64.b64decode(data[key]).decode().split(",")[0].strip()
+
+    return first("VT_ADMIN_TOKENS"), first("VT_READER_TOKENS")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def ingress_url() -> str:
+    """Where REST goes in: VT_E2E_URL when set; else Traefik's load balancer address (minikube
+    tunnel, cloud); else its Service address when this machine reaches it (the local cluster); else
+    localhost (kind maps the node's port 80 there)."""
+    if os.environ.get("VT_E2E_URL"):
+        return os.environ["VT_E2E_URL"].rstrip("/")
+    service = kubectl_json("-n", TRAEFIK_NAMESPACE, "get", "service", "traefik")
+    for entry in service.get("status", {}).get("loadBalancer", {}).get("ingress", []) or []:
+        return f"http://{entry.get('ip') or entry['hostname']}"
+    cluster_ip = service["spec"].get("clusterIP")
+    if cluster_ip and cluster_ip != "None" and _reachable(cluster_ip, 80):
+        return f"http://{cluster_ip}"
+    return "http://localhost"
+
+
+def service_host(component: str) -> str:
+    return f"{RELEASE}-{component}.{NAMESPACE}.svc.cluster.local"
+
+
+@dataclass
+class ProbePod:
+    """A pod that only sleeps, from which connections are tried with `kubectl exec`."""
+    namespace: str
+    name: str
+
+    def connects(self, host: str, port: int, timeout: float = 3) -> bool:
+        """Whether a TCP connection to host:port is established from this pod. curl's exit code 28 at
+        the connect timeout means no answer at all, which is what a policy's drop looks like; any
+        other outcome (an HTTP answer, a refused or non-HTTP reply) means the connection was made."""
+        done = subprocess.run(
+            [KUBECTL, "-n", self.namespace, "exec", self.name, "--", "curl", "-s", "-o", "/dev/null",
+             "--connect-timeout", str(timeout), "-m", str(timeout + 5), f"http://{host}:{port}/"],
+            capture_output=True, text=True, timeout=timeout + 30)
+        if done.returncode in (6, 7):  # name not resolved, connection refused: not a policy question
+            raise AssertionError(f"{host}:{port} from {self.namespace}: curl exit {done.returncode} "
+                                 f"{done.stderr.strip()}")
+        return done.returncode != 28
+
+    def delete(self) -> None:
+        kubectl("-n", self.namespace, "delete", "pod", self.name, "--wait=false", "--grace-period=0",
+                "--force", check=False)
+
+
+def start_probe(namespace: str, labels: dict[str, str] | None = None) -> ProbePod:
+    name = f"vt-probe-{uuid.uuid4().hex[:8]}"
+    pod = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"visiontrack.io/probe": "true", **(labels or {})}},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "probe", "image": PROBE_IMAGE, "imagePullPolicy": "IfNotPresent",
+                "command": ["sleep", "3600"],
+                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(pod))
+    kubectl("-n", namespace, "wait", "--for=condition=Ready", f"pod/{name}", "--timeout=120s", timeout=150)
+    return ProbePod(namespace, name)
+
+
+def ensure_namespace(name: str) -> bool:
+    """Create the namespace if missing; return whether this call created it."""
+    if kubectl("get", "namespace", name, check=False).strip():
+        return False
+    kubectl("create", "namespace", name)
+    return True
