@@ -1,11 +1,12 @@
 """The test harness: real Postgres, Redis, gunicorn, Celery and nginx on free ports, started per session.
 
 Layers (markers): unit (no servers), integration (real servers and processes), e2e (over HTTP through
-nginx, routed like the Ingress), chart (the Helm chart, rendered and validated offline), bench (the
-benchmark harnesses at toy sizes).
+nginx, routed like the Ingress; or through a deployment's ingress, see tests/e2e/conftest.py), chart (the
+Helm chart, rendered and validated offline), bench (the benchmark harnesses at toy sizes).
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import uuid
@@ -20,6 +21,9 @@ sys.path.insert(0, str(ROOT))
 from stack.nginx import Nginx  # noqa: E402
 from stack.servers import Postgres, Redis, free_port, scratch_dir  # noqa: E402
 from stack.services import INGESTOR_BINARY, Process  # noqa: E402
+
+# tests/cluster runs against a live cluster, from `make test-cluster` (VT_CLUSTER_TESTS=1), never in `make test`.
+collect_ignore = [] if os.environ.get("VT_CLUSTER_TESTS") else ["cluster"]
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 READER_TOKEN = "test-reader-token-0123456789"
@@ -176,21 +180,34 @@ def aggregator_factory(base_env, run_dir):
         agg.stop()
 
 
+def listen_port(proc: Process) -> int:
+    """The port a process started by these fixtures listens on (the ingestor's VT_LISTEN_ADDR)."""
+    return int(proc.env["VT_LISTEN_ADDR"].rsplit(":", 1)[1])
+
+
 @pytest.fixture(scope="session")
-def ingestor_url(base_env, run_dir):
+def ingestor_process(base_env, run_dir):
+    """The session's ingestor. Drills may stop it and start it again (`start(run_dir)`, then
+    `wait_http(listen_port(proc))`): same environment, same port, so nginx finds it again."""
     if not INGESTOR_BINARY.exists():
         pytest.skip(f"ingestor binary not built ({INGESTOR_BINARY}); run `make ingestor-build`")
     port = free_port()
     env = {**base_env, "VT_LISTEN_ADDR": f"127.0.0.1:{port}"}
     proc = Process("ingestor", "ingestor", env, run_dir / "logs" / "ingestor.log").start(run_dir)
     proc.wait_http(port)
-    yield f"http://127.0.0.1:{port}"
+    yield proc
     proc.stop()
 
 
 @pytest.fixture(scope="session")
-def ingress(request, registry_url, query_url, run_dir):
-    """nginx routing the Ingress paths; includes the ingestor when it is built."""
+def ingestor_url(ingestor_process):
+    return f"http://127.0.0.1:{listen_port(ingestor_process)}"
+
+
+@pytest.fixture(scope="session")
+def nginx_ingress(request, registry_url, query_url, run_dir):
+    """nginx routing the Ingress paths; includes the ingestor when it is built. The e2e tests reach it
+    through their `ingress` fixture (tests/e2e/conftest.py), which can point at a deployment instead."""
     ports = {"registry": int(registry_url.rsplit(":", 1)[1]), "query": int(query_url.rsplit(":", 1)[1])}
     if INGESTOR_BINARY.exists():
         ports["ingestor"] = int(request.getfixturevalue("ingestor_url").rsplit(":", 1)[1])

@@ -118,8 +118,10 @@ node_up() {
     start containerd containerd --config "$ETC_DIR/containerd.toml"
     wait_for 60 "containerd's socket" test -S "$CONTAINERD_SOCK"
     "$LOCAL_DIR/images.sh" load-cluster
+    # --containerd: where cAdvisor reads container statistics (the resource metrics behind HPAs).
     start kubelet "$K8S_BIN/kubelet" --config "$ETC_DIR/kubelet.yaml" --kubeconfig "$CLUSTER_DIR/kubelet.kubeconfig" \
-        --root-dir "$CLUSTER_DIR/kubelet" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v 1
+        --root-dir "$CLUSTER_DIR/kubelet" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v 1 \
+        --containerd "$CONTAINERD_SOCK"
     start kube-proxy "$K8S_BIN/kube-proxy" --config "$ETC_DIR/kube-proxy.yaml"
     wait_for 180 "the node Ready" node_ready
 }

@@ -187,6 +187,22 @@ def part_containers(objs: list[dict]):
                 yield comp, PART_OF[comp], w, c
 
 
+def init_containers(objs: list[dict]):
+    """(component, part, workload, container) of every init container of a VisionTrack pod. They run the
+    shared package's `visiontrack wait-for-schema`, whose settings are migrate's: the part is migrate."""
+    for w in workloads(objs):
+        comp = component(w)
+        if comp in PART_OF:
+            for c in pod_spec(w).get("initContainers", []):
+                yield comp, "migrate", w, c
+
+
+def all_part_containers(objs: list[dict]):
+    """part_containers, then init_containers."""
+    yield from part_containers(objs)
+    yield from init_containers(objs)
+
+
 # --- what the code says about itself -------------------------------------------------------------
 
 def introspect(*args: str):

@@ -2,7 +2,8 @@
 Celery app. Run in a fresh interpreter by the chart cross-checks (tests/chart/), so importing the apps
 cannot leak into the test process. Creating the apps opens no connection (pools are lazy).
 
-Usage: python tests/chart/introspect.py settings|urlmap <module:factory>|celery <module>|aggregator-health
+Usage: python tests/chart/introspect.py settings|urlmap <module:factory>|celery <module>|aggregator-health|
+       cli <visiontrack arguments>
 """
 from __future__ import annotations
 
@@ -50,6 +51,21 @@ def celery(module: str) -> dict:
             "beat_tasks": sorted({entry["task"] for entry in (app.conf.beat_schedule or {}).values()})}
 
 
+def cli(args: list[str]) -> dict:
+    """Parse `visiontrack <args>` with the command's own parser: its options, or the parser's complaint."""
+    import contextlib
+    import io
+
+    from visiontrack import cli as cli_module
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return {"args": vars(cli_module.parser().parse_args(args))}
+    except SystemExit:
+        return {"error": err.getvalue().strip()}
+
+
 def aggregator_health() -> dict:
     """Start the aggregator's metrics server (aggregator.metrics.serve) with Postgres and Redis on closed
     ports, and GET what the chart probes: each path's status, Retry-After and JSON body (or whether the
@@ -91,5 +107,5 @@ def aggregator_health() -> dict:
 if __name__ == "__main__":
     what, *args = sys.argv[1:]
     result = {"settings": lambda: settings(), "parse": lambda: parse(args), "urlmap": lambda: urlmap(args[0]),
-              "celery": lambda: celery(args[0]), "aggregator-health": aggregator_health}[what]()
+              "celery": lambda: celery(args[0]), "aggregator-health": aggregator_health, "cli": lambda: cli(args)}[what]()
     json.dump(result, sys.stdout)

@@ -3,7 +3,7 @@
 - every Ingress/HTTPRoute path reaches a Service port whose container serves it (Flask url maps, Rust
   routes), and every public route of the code is reachable;
 - every container command exists in the code (console scripts, module:callable, the Celery app), and is
-  the command the local harness runs;
+  the command the local harness runs; every pod that uses Postgres waits for its schema first;
 - selectors, ports and NetworkPolicies fit together.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import (CHART, MODES, NAMESPACE, PART_OF, PYTHONPATH, RELEASE, ROOT, by_kind, component, container_env,
-                      find, introspect, load_yaml_all, matches, part_containers, pod_labels, pod_spec, run,
-                      workloads)
+from .helpers import (CHART, MODES, NAMESPACE, PART_OF, PYTHONPATH, RELEASE, ROOT, all_part_containers, by_kind,
+                      component, container_env, find, init_containers, introspect, load_yaml_all, matches,
+                      part_containers, pod_labels, pod_spec, run, workloads)
 
 LOOPBACK = re.compile(r"(127\.0\.0\.1|localhost|\[::1\])")
 
@@ -56,7 +56,7 @@ def reads(part: str, name: str, python_settings: dict, rust_settings: dict) -> b
 def test_every_variable_the_chart_gives_a_part_should_be_read_by_that_part(render, mode, python_settings, rust_settings):
     objs = render(mode)
     problems = []
-    for comp, part, _w, c in part_containers(objs):
+    for comp, part, _w, c in all_part_containers(objs):
         for name, src in container_env(objs, c).items():
             if src["source"] == "configmap":
                 continue  # shared by every part: checked below against all of them
@@ -82,16 +82,20 @@ def test_every_shared_setting_should_parse_with_the_code_own_parser(render, mode
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_the_migration_job_should_get_the_shared_settings_migrate_reads(render, mode, python_settings):
-    """The Job carries its settings inline (no ConfigMap before install): the same values as the
-    ConfigMap, for every setting the migrate part reads."""
+def test_the_migration_job_and_the_schema_waits_should_read_the_release_config(render, mode):
+    """The Job runs with the release's other objects: it and the init containers read the release ConfigMap
+    (no inline copy to drift) and the parts' own DATABASE_URL."""
     objs = render(mode)
-    cm = find(objs, "ConfigMap", "vt-visiontrack-config")["data"]
-    job = find(objs, "Job", "vt-visiontrack-migrate")
-    env = {e["name"]: e.get("value") for e in pod_spec(job)["containers"][0]["env"]}
-    for name, value in cm.items():
-        if name in python_settings and "migrate" in python_settings[name]["parts"]:
-            assert env.get(name) == value, f"the migrate Job lacks {name}={value}"
+    config = find(objs, "ConfigMap", "vt-visiontrack-config")["metadata"]["name"]
+    database_url = {container_env(objs, c)["DATABASE_URL"]["secret"] for comp, _p, _w, c in part_containers(objs)
+                    if comp in ("registry", "query", "worker", "beat")}
+    schema_side = [c for comp, _p, _w, c in part_containers(objs) if comp == "migrate"]
+    schema_side += [c for _comp, _p, _w, c in init_containers(objs)]
+    assert len(schema_side) == 5, "the Job and four init containers"
+    for c in schema_side:
+        assert c["envFrom"] == [{"configMapRef": {"name": config}}], c["name"]
+        env = container_env(objs, c)
+        assert {env["DATABASE_URL"]["secret"]} == database_url and env["DATABASE_URL"]["key"] == "DATABASE_URL"
 
 
 def needed(part: str, python_settings: dict, rust_settings: dict) -> set[str]:
@@ -111,7 +115,7 @@ def test_every_setting_a_part_needs_should_be_set(render, mode, python_settings,
     objs = render(mode)
     seen = set()
     problems = []
-    for comp, part, _w, c in part_containers(objs):
+    for comp, part, _w, c in all_part_containers(objs):
         seen.add(part)
         missing = needed(part, python_settings, rust_settings) - set(container_env(objs, c))
         if missing:
@@ -123,7 +127,7 @@ def test_every_setting_a_part_needs_should_be_set(render, mode, python_settings,
 @pytest.mark.parametrize("mode", MODES)
 def test_the_parts_should_not_get_secrets_they_do_not_read(render, mode, python_settings, rust_settings):
     objs = render(mode)
-    for comp, part, _w, c in part_containers(objs):
+    for comp, part, _w, c in all_part_containers(objs):
         for name, src in container_env(objs, c).items():
             if src["source"] == "secret":
                 assert reads(part, name, python_settings, rust_settings), f"{comp} gets secret {name} it never reads"
@@ -135,7 +139,7 @@ def test_the_chart_secret_should_hold_every_key_the_pods_read_with_valid_values(
     secrets = {s["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in (s.get("data") or {}).items()}
                for s in by_kind(objs, "Secret")}
     for w in workloads(objs):
-        for c in pod_spec(w)["containers"]:
+        for c in pod_spec(w).get("initContainers", []) + pod_spec(w)["containers"]:
             for _name, src in container_env(objs, c).items():
                 if src["source"] == "secret":
                     assert src["secret"] in secrets, f"{w['metadata']['name']} reads missing Secret {src['secret']}"
@@ -368,7 +372,7 @@ def module_file(module: str) -> Path | None:
 def test_every_container_command_should_exist_in_the_code(render, mode):
     objs = render(mode)
     common = pyproject("common")
-    for comp, _part, _w, c in part_containers(objs):
+    for comp, _part, _w, c in all_part_containers(objs):
         argv = c.get("command", []) + c.get("args", [])
         if comp == "ingestor":
             cargo = tomllib.loads((ROOT / "rust-ingestor" / "Cargo.toml").read_text())
@@ -381,7 +385,9 @@ def test_every_container_command_should_exist_in_the_code(render, mode):
         if program == "visiontrack":
             target = common["project"]["scripts"]["visiontrack"]
             assert module_file(target.split(":")[0]), target
-            assert rest == ["migrate"]
+            parsed = introspect("cli", *rest)  # the command's own parser: subcommand and options exist
+            assert "args" in parsed, f"{comp}/{c['name']}: visiontrack {' '.join(rest)}: {parsed.get('error')}"
+            assert parsed["args"]["command"] == ("migrate" if comp == "migrate" else "wait-for-schema")
         elif program == "gunicorn":
             assert "gunicorn" in requirement_names(comp)
             config = rest[rest.index("--config") + 1]
@@ -423,11 +429,11 @@ def local_bin(name: str) -> str:
 
 def test_each_python_command_should_load_its_app_with_the_chart_environment(render, tmp_path):
     """The chart's commands, dry: gunicorn --check-config loads the config module and the app, celery
-    report loads the Celery app and its tasks, visiontrack migrate --help parses; all through
-    vt-entrypoint and with the chart's own environment (secrets included)."""
+    report loads the Celery app and its tasks, visiontrack migrate and wait-for-schema --help parse; all
+    through vt-entrypoint and with the chart's own environment (secrets included)."""
     objs = render("default")
     checked = set()
-    for comp, _part, _w, c in part_containers(objs):
+    for comp, _part, w, c in all_part_containers(objs):
         if comp == "ingestor":
             continue
         argv = (c.get("command", []) + c.get("args", []))
@@ -442,8 +448,9 @@ def test_each_python_command_should_load_its_app_with_the_chart_environment(rend
                "PYTHONPATH": PYTHONPATH, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
         assert proc.returncode == 0, f"{comp}: {' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-        checked.add(comp)
-    assert checked == {"registry", "query", "worker", "beat", "migrate"}
+        checked.add(comp if c in pod_spec(w)["containers"] else f"{comp}/{c['name']}")
+    assert checked == {"registry", "query", "worker", "beat", "migrate"} | \
+        {f"{comp}/wait-for-schema" for comp in ("registry", "query", "worker", "beat")}
 
 
 def test_the_celery_app_should_register_every_task_beat_schedules():
@@ -467,10 +474,54 @@ def test_the_chart_should_run_the_commands_the_local_harness_runs(render):
     for comp, _part, _w, c in part_containers(objs):
         argv = c.get("command", []) + c.get("args", [])
         chart[comp] = argv[1:] if argv[0] == "vt-entrypoint" else argv
+        if comp == "migrate":  # the Job starts beside the in-chart Postgres; locally Postgres is up first
+            chart[comp] = chart[comp][:chart[comp].index("--wait-for-postgres")]
         if "PROMETHEUS_MULTIPROC_DIR" in container_env(objs, c):
             multiproc.add(comp)
     assert chart == COMMANDS
     assert multiproc == set(USES_MULTIPROC_DIR)
+
+
+# --- the schema: migrated by the Job, waited for by every pod that uses Postgres ----------------------
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_pod_that_uses_postgres_should_wait_for_its_schema_first(render, mode):
+    """An init container runs `visiontrack wait-for-schema` from the pod's own image (the migrations it waits
+    for are those the part ships) against the part's DATABASE_URL, so no part starts before its tables. The
+    ingestor (Redis only) and the Job that migrates have none."""
+    objs = render(mode)
+    waiting = set()
+    for comp, _part, w, c in part_containers(objs):
+        inits = pod_spec(w).get("initContainers", [])
+        if comp == "migrate" or "DATABASE_URL" not in container_env(objs, c):
+            assert not inits, f"{comp} waits for something: {[i['name'] for i in inits]}"
+            continue
+        [init] = inits
+        assert init["image"] == c["image"], f"{comp} waits for another image's migrations"
+        assert init["command"] == ["vt-entrypoint"] and init["args"][:2] == ["visiontrack", "wait-for-schema"]
+        assert container_env(objs, init)["DATABASE_URL"] == container_env(objs, c)["DATABASE_URL"], comp
+        waiting.add(comp)
+    assert waiting == {"registry", "query", "worker", "beat"}
+
+
+def _template(helm: str, *args: str) -> list[dict]:
+    return load_yaml_all(run([helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args]).stdout)
+
+
+def test_the_schema_wait_should_follow_its_values(helm):
+    waits = [c for w in _template(helm, "--set", "migrate.waitForSchema.timeoutSeconds=42") if w["kind"] == "Deployment"
+             for c in pod_spec(w).get("initContainers", [])]
+    assert len(waits) == 4 and all(c["args"][-2:] == ["--timeout", "42"] for c in waits)
+    objs = _template(helm, "--set", "migrate.waitForSchema.enabled=false")
+    assert not [w for w in workloads(objs) if pod_spec(w).get("initContainers")]
+
+
+def test_the_migration_job_should_wait_for_postgres_as_long_as_it_may_run(render):
+    """It starts with the in-chart Postgres: it waits for it (up to its deadline) instead of failing and
+    backing off."""
+    [job] = by_kind(render("default"), "Job")
+    parsed = introspect("cli", *pod_spec(job)["containers"][0]["args"][1:])["args"]
+    assert parsed["wait_for_postgres"] == job["spec"]["activeDeadlineSeconds"]
 
 
 # --- selectors, ports and network policies ----------------------------------------------------------
@@ -509,14 +560,16 @@ def admits(policy: dict, labels: dict, port_name: str, container: dict) -> bool:
 def test_network_policies_should_let_exactly_the_parts_that_use_a_database_reach_it(render, mode):
     objs = render(mode)
     uses = {"postgres": "DATABASE_URL", "redis": "REDIS_URL"}
-    pods = [(component(w), pod_labels(w), c) for w in workloads(objs) for c in pod_spec(w)["containers"]
-            if component(w) in PART_OF]
+    # A policy admits pods, not containers: a pod must reach a database when any of its containers (its
+    # wait-for-schema init container too) reads that database's URL.
+    pods = [(component(w), pod_labels(w), pod_spec(w).get("initContainers", []) + pod_spec(w)["containers"])
+            for w in workloads(objs) if component(w) in PART_OF]
     for db, variable in uses.items():
         policy = next(p for p in by_kind(objs, "NetworkPolicy") if component(p) == db)
         server = next(w for w in workloads(objs) if component(w) == db)
         server_container = pod_spec(server)["containers"][0]
-        for comp, labels, c in pods:
-            wants = variable in container_env(objs, c)
+        for comp, labels, containers in pods:
+            wants = any(variable in container_env(objs, c) for c in containers)
             assert admits(policy, labels, db, server_container) == wants, \
                 f"{db} policy {'refuses' if wants else 'admits'} {comp}"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import (MODES, PART_OF, by_kind, component, find, pod_labels, pod_spec, values_args,
+from .helpers import (CHART, MODES, PART_OF, by_kind, component, find, pod_labels, pod_spec, values_args,
                       workloads)
 
 FULL = "vt-visiontrack"
@@ -18,7 +18,7 @@ def test_the_default_release_should_hold_every_object_of_the_system(render):
     objs = render("default")
     assert names(objs, "Deployment") == {f"{FULL}-{c}" for c in ("ingestor", "registry", "query", "worker", "beat")}
     assert names(objs, "StatefulSet") == {f"{FULL}-postgres", f"{FULL}-redis"}
-    assert names(objs, "Job") == {f"{FULL}-migrate"}
+    assert names(objs, "Job") == {f"{FULL}-migrate-1"}  # helm template renders revision 1
     assert names(objs, "Service") >= {f"{FULL}-{c}" for c in ("ingestor", "registry", "query", "postgres", "redis")}
     assert names(objs, "HorizontalPodAutoscaler") == {f"{FULL}-{c}" for c in ("ingestor", "registry", "query", "worker")}
     assert names(objs, "PodDisruptionBudget") >= {f"{FULL}-{c}" for c in ("ingestor", "registry", "query", "worker")}
@@ -71,7 +71,7 @@ def test_every_pod_should_run_as_non_root_with_a_read_only_root_and_no_capabilit
 @pytest.mark.parametrize("mode", MODES)
 def test_every_container_should_have_requests_and_a_memory_limit(render, mode):
     for w in workloads(render(mode)):
-        for c in pod_spec(w)["containers"]:
+        for c in pod_spec(w).get("initContainers", []) + pod_spec(w)["containers"]:
             res = c.get("resources", {})
             assert res.get("requests", {}).get("cpu") and res["requests"].get("memory"), f"{w['metadata']['name']}/{c['name']}"
             assert res.get("limits", {}).get("memory"), f"{w['metadata']['name']}/{c['name']}"
@@ -117,8 +117,36 @@ def test_visiontrack_pods_should_roll_when_config_or_secrets_change(render, mode
         assert len(annotations.get("checksum/secret", "")) == 64, w["metadata"]["name"]
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_generated_secrets_should_be_the_same_in_every_template_of_a_render(render, mode):
+    """A value generated per template made every pod's checksum/secret differ on install and all of them
+    (postgres-0 and redis-0 too) restart at the first upgrade, when the values are read back instead."""
+    objs = render(mode)
+    checksums = {w["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
+                 for w in workloads(objs) if w["kind"] in ("Deployment", "StatefulSet")}
+    assert len(checksums) == 1
+    secret = find(objs, "Secret", f"{FULL}-secrets")
+    sources = find(objs, "Secret", f"{FULL}-grafana-datasources")
+    if secret and sources and "POSTGRES_PASSWORD" in secret["data"]:
+        import base64
+        password = base64.b64decode(secret["data"]["POSTGRES_PASSWORD"]).decode()
+        assert f"password: {password}" in str(sources["stringData"]).replace("'", "").replace('"', "")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_apis_should_keep_serving_until_the_ingress_has_taken_them_out(render, mode):
+    """Without a preStop pause a rolling update answered 502 for the requests the ingress controller
+    still routed to a stopping pod (seen on a real cluster under load)."""
+    for w in by_kind(render(mode), "Deployment"):
+        if component(w) not in ("ingestor", "registry", "query"):
+            continue
+        spec = pod_spec(w)
+        sleep = spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert 0 < sleep < spec.get("terminationGracePeriodSeconds", 30) - 10, w["metadata"]["name"]
+
+
 def test_changing_a_setting_should_change_the_config_checksum(helm):
-    from .helpers import CHART, load_yaml_all, run
+    from .helpers import load_yaml_all, run
 
     def checksum(*args):
         out = run([helm, "template", "vt", str(CHART), "--show-only", "templates/query.yaml", *args]).stdout
@@ -138,14 +166,29 @@ def test_beat_should_run_exactly_once_and_be_replaced_not_rolled(render, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_the_migration_should_be_a_hook_job_that_runs_before_upgrades(render, mode):
-    job = find(render(mode), "Job", "vt-visiontrack-migrate")
-    hooks = set(job["metadata"]["annotations"]["helm.sh/hook"].split(","))
-    assert "pre-upgrade" in hooks
-    in_chart_postgres = any(component(o) == "postgres" for o in by_kind(render(mode), "StatefulSet"))
-    # An in-chart database cannot exist before install; an external one can.
-    assert hooks & {"pre-install", "post-install"} == ({"post-install"} if in_chart_postgres else {"pre-install"})
+def test_the_migration_should_be_a_release_job_named_per_revision(render, mode):
+    """Not a hook: the pods wait for its schema in their init containers and `helm install --wait` waits for
+    the pods, so a post-install hook would never start (and a pre-install one finds no in-chart Postgres).
+    A Job's template cannot be patched: each revision gets its own Job, named after it."""
+    [job] = by_kind(render(mode), "Job")
+    assert job["metadata"]["name"] == f"{FULL}-migrate-1"
+    assert '"migrate-%d" (int .Release.Revision)' in (CHART / "templates" / "_helpers.tpl").read_text()
+    assert "helm.sh/hook" not in (job["metadata"].get("annotations") or {})
     assert pod_spec(job)["restartPolicy"] == "Never"
+    # helm --wait watches the Job: it must outlive helm's default --timeout (5m).
+    assert job["spec"]["ttlSecondsAfterFinished"] >= 300
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_only_the_helm_test_pod_should_be_a_hook(render, mode):
+    """A migration hook runs before the release's objects exist (no in-chart Postgres, no ConfigMap) or after
+    `helm --wait` saw every pod Ready (the APIs served before their tables; with the init containers it
+    would never run). External Postgres needs no hook Secret either: the release Secret is there."""
+    objs = render(mode)
+    hooks = [(o["kind"], o["metadata"]["annotations"]["helm.sh/hook"]) for o in objs
+             if "helm.sh/hook" in (o["metadata"].get("annotations") or {})]
+    assert hooks == [("Pod", "test")]
+    assert not [s for s in by_kind(objs, "Secret") if component(s) == "migrate"]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -166,7 +209,7 @@ def test_object_names_should_fit_in_a_dns_label(render, mode):
 
 
 def test_a_long_release_name_should_still_give_valid_names(helm):
-    from .helpers import CHART, load_yaml_all, run
+    from .helpers import load_yaml_all, run
 
     release = "a-release-name-that-is-quite-long-for-a-release-of-anything-really"[:53]
     objs = load_yaml_all(run([helm, "template", release, str(CHART)]).stdout)

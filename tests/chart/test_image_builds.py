@@ -70,5 +70,17 @@ def test_the_builder_stage_should_produce_a_virtualenv_that_runs_the_chart_comma
         proc = subprocess.run([str(venv / "bin" / "vt-entrypoint"), str(venv / "bin" / program), *check],
                               env=run_env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, f"{name}: {proc.stdout[-1500:]}\n{proc.stderr[-3000:]}"
-    if part == "aggregator":  # the migration Job runs from this image too
-        assert (venv / "bin" / "visiontrack").exists()
+    # Every Deployment's wait-for-schema init container runs from its own image (the migration Job from the
+    # aggregator's): the command is there and the image ships the migrations it waits for.
+    for name in deployments:
+        init, = pod_spec(find(render("default"), "Deployment", f"vt-visiontrack-{name}"))["initContainers"]
+        program, *rest = init["args"]
+        proc = subprocess.run([str(venv / "bin" / "vt-entrypoint"), str(venv / "bin" / program), *rest, "--help"],
+                              env={"PATH": f"{venv / 'bin'}{os.pathsep}/usr/bin:/bin", "HOME": str(tmp_path)},
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"{name}/{init['name']}: {proc.stdout[-1500:]}\n{proc.stderr[-3000:]}"
+    shipped = subprocess.run([str(venv / "bin" / "python"), "-c",
+                              "from visiontrack import migrate; print(len(migrate.available()))"],
+                             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+    assert shipped.returncode == 0 and int(shipped.stdout) > 0, shipped.stderr

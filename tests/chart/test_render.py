@@ -11,7 +11,7 @@ import pytest
 from .helpers import (CHART, INSTALL, KUBERNETES_VERSION, MODES, NAMESPACE, RELEASE,
                        SHARED_SCHEMAS, TOOLS, load_yaml, run, tool, values_args)
 
-MIN_KUBERNETES = "1.29.0"
+MIN_KUBERNETES = "1.30.0"  # preStop sleep actions (beta, on by default, from 1.30)
 
 CR_KINDS = {"ServiceMonitor": "monitoring.coreos.com_servicemonitors.yaml",
             "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml"}
@@ -182,6 +182,10 @@ def test_the_default_values_should_satisfy_their_own_schema():
     (["--set", "query.autoscaling.requestRate.averageValue=lots"], "averageValue"),
     (["--set", "registry.autoscaling.requestRate.metricName="], "metricName"),
     (["--set", "registry.autoscaling.minReplicas=0"], "minReplicas"),
+    # the migration: a Job of the release (no hook phases to choose), watched by helm --wait
+    (["--set", "migrate.hook=post-install"], "hook"),
+    (["--set", "migrate.ttlSecondsAfterFinished=0"], "ttlSecondsAfterFinished"),
+    (["--set", "migrate.waitForSchema.timeoutSeconds=0"], "timeoutSeconds"),
 ])
 def test_the_chart_should_refuse_values_that_cannot_work(helm, args, message):
     proc = run([helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args], check=False)

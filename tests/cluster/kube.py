@@ -32,13 +32,15 @@ def kubectl_json(*args: str) -> dict:
 
 
 def release_tokens() -> tuple[str, str]:
-    """The first admin and reader tokens of the release's Secret."""
+    """The first admin and reader tokens of the release's Secret; with no reader token (the chart
+    generates none), the admin token reads."""
     data = kubectl_json("-n", NAMESPACE, "get", "secret", f"{RELEASE}-secrets")["data"]
 
     def first(key: str) -> str:
-        return base64.b64decode(data[key]).decode().split(",")[0].strip()
+        return base64.b64decode(data.get(key, "")).decode().split(",")[0].strip()
 
-    return first("VT_ADMIN_TOKENS"), first("VT_READER_TOKENS")
+    admin = first("VT_ADMIN_TOKENS")
+    return admin, first("VT_READER_TOKENS") or admin
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -114,8 +116,40 @@ def start_probe(namespace: str, labels: dict[str, str] | None = None) -> ProbePo
 
 
 def ensure_namespace(name: str) -> bool:
-    """Create the namespace if missing; return whether this call created it."""
-    if kubectl("get", "namespace", name, check=False).strip():
+    """Create the namespace if missing (after one being deleted is gone); return whether this call
+    created it."""
+    phase = kubectl("get", "namespace", name, "-o", "jsonpath={.status.phase}", "--ignore-not-found").strip()
+    if phase == "Terminating":
+        kubectl("wait", "--for=delete", f"namespace/{name}", "--timeout=120s", timeout=150)
+    elif phase:
         return False
     kubectl("create", "namespace", name)
     return True
+
+
+def node_address() -> str:
+    """The node's InternalIP: on the local cluster this machine itself, which pods reach."""
+    node = kubectl_json("get", "nodes")["items"][0]
+    return next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+
+
+def e2e_environment(webhook_port: int | None = None) -> dict[str, str]:
+    """What tests/e2e needs to run against this release (tests/e2e/conftest.py): the ingress URL, the
+    tokens and, when given a port, a webhook URL on this machine as the pods see it (the local cluster
+    runs on this machine, so its node address is this machine's)."""
+    admin, reader = release_tokens()
+    env = {"VT_E2E_URL": ingress_url(), "VT_E2E_ADMIN_TOKEN": admin, "VT_E2E_READER_TOKEN": reader}
+    if webhook_port:
+        env["VT_E2E_WEBHOOK_URL"] = f"http://{node_address()}:{webhook_port}/"
+    return env
+
+
+if __name__ == "__main__":  # `python -m tests.cluster.kube e2e-env [WEBHOOK_PORT]`: shell exports
+    import shlex
+    import sys
+
+    if sys.argv[1:2] != ["e2e-env"]:
+        sys.exit("usage: python -m tests.cluster.kube e2e-env [WEBHOOK_PORT]")
+    port = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    for name, value in e2e_environment(port).items():
+        print(f"export {name}={shlex.quote(value)}")

@@ -24,7 +24,7 @@ def _gateway() -> str | None:
 
 
 def _upgrade(*settings: str) -> None:
-    args = [HELM, "upgrade", RELEASE, "charts/visiontrack", "-n", NAMESPACE, "--reuse-values", "--wait",
+    args = [HELM, "upgrade", RELEASE, "charts/visiontrack", "-n", NAMESPACE, "--reset-then-reuse-values", "--wait",
             "--timeout", "5m"]
     for setting in settings:
         args += ["--set", setting]

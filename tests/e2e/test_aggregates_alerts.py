@@ -1,6 +1,6 @@
 """Through the ingress with real Celery processes: aggregates of ingested data equal what the raw rows give
 (1m, 15m, 1h and a non-UTC day), latest is right, and a threshold rule fires once, calls its webhook and
-resolves."""
+resolves. Against a deployment (tests/e2e/conftest.py) the webhook test needs VT_E2E_WEBHOOK_URL."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -18,22 +19,31 @@ import requests
 
 from stack.servers import free_port
 from stack.services import INGESTOR_BINARY
-from tests.conftest import ADMIN_TOKEN, READER_TOKEN, Aggregator, poll
+from tests.conftest import poll
+from tests.e2e.conftest import ADMIN, READER, TARGET, local_aggregator
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-READER = {"Authorization": f"Bearer {READER_TOKEN}"}
 MINUTE = 60_000
 
 
 @pytest.fixture(scope="module")
-def aggregator(base_env, run_dir):
-    agg = Aggregator(base_env, run_dir, VT_ALERT_EVAL_SECONDS="0.5", VT_WEBHOOK_BACKOFF_SECONDS="1").start()
-    yield agg
-    agg.stop()
+def aggregator(request):
+    yield from local_aggregator(request, VT_ALERT_EVAL_SECONDS="0.5", VT_WEBHOOK_BACKOFF_SECONDS="1")
+
+
+def _webhook_address() -> tuple[tuple[str, int], str]:
+    """Where the receiver listens and the URL the rule posts to: on loopback locally; for a deployment, every
+    interface at the port of VT_E2E_WEBHOOK_URL, which must reach this machine from the cluster."""
+    if not TARGET.deployed:
+        port = free_port()
+        return ("127.0.0.1", port), f"http://127.0.0.1:{port}/hook"
+    if not TARGET.webhook_url:
+        pytest.skip("needs a webhook receiver the deployment reaches: set VT_E2E_WEBHOOK_URL")
+    return ("0.0.0.0", urlsplit(TARGET.webhook_url).port), TARGET.webhook_url
 
 
 @pytest.fixture(scope="module")
 def hooks():
+    address, url = _webhook_address()
     calls: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -46,9 +56,9 @@ def hooks():
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    server = ThreadingHTTPServer(address, Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", calls
+    yield url, calls
     server.shutdown()
 
 
@@ -60,7 +70,7 @@ def _device(ingress) -> dict:
 
 
 def _ingest(ingress, device: dict, messages: list[dict]) -> None:
-    path = "/api/ingest" if INGESTOR_BINARY.exists() else "/api/telemetry/"
+    path = "/api/ingest" if TARGET.deployed or INGESTOR_BINARY.exists() else "/api/telemetry/"
     for i in range(0, len(messages), 500):
         resp = requests.post(f"{ingress}{path}", json=messages[i:i + 500],
                              headers={"Authorization": f"Bearer {device['token']}"})
@@ -150,6 +160,7 @@ def test_a_threshold_rule_fires_once_calls_its_webhook_and_resolves_through_the_
     assert [(a["state"], a["resolved_at"]) for a in alerts] == [("resolved", _iso(t0 + 10_000))]
 
 
+@pytest.mark.local_processes  # a local simulator process, its state in run_dir, its demo rule made once
 def test_the_simulator_demo_rule_fires_and_resolves(ingress, aggregator, run_dir):
     """What `make up` shows: the simulator's hot devices trip its demo rule, which then resolves."""
     import os
@@ -158,7 +169,7 @@ def test_the_simulator_demo_rule_fires_and_resolves(ingress, aggregator, run_dir
 
     from stack import simulator
 
-    env = {**os.environ, "VT_URL": ingress, "VT_ADMIN_TOKEN": ADMIN_TOKEN, "SIM_DEVICES": "3",
+    env = {**os.environ, "VT_URL": ingress, "VT_ADMIN_TOKEN": TARGET.admin_token, "SIM_DEVICES": "3",
            "SIM_STATE": str(run_dir / f"sim-{uuid.uuid4().hex[:6]}.json"), "SIM_HOT_PERIOD": "30",
            "SIM_HOT_SECONDS": "14", "SIM_WEBHOOK_PORT": "0", "PYTHONPATH": str(simulator.__file__).rsplit("/stack/", 1)[0]}
     log = open(run_dir / "logs" / "simulator-e2e.log", "ab")

@@ -1,10 +1,13 @@
-"""End to end over HTTP through nginx, routed like the Kubernetes Ingress, with real Celery processes."""
+"""End to end over HTTP through nginx, routed like the Kubernetes Ingress, with real Celery processes; or
+through a deployment's ingress (tests/e2e/conftest.py), where the local nginx's own checks are skipped."""
 from __future__ import annotations
 
 import json
 import socket
+import ssl
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -12,18 +15,17 @@ from requests.structures import CaseInsensitiveDict
 
 from stack.nginx import Nginx, max_body_bytes
 from stack.servers import free_port
-from stack.services import INGESTOR_BINARY
-from tests.conftest import ADMIN_TOKEN, READER_TOKEN, Aggregator, poll
+from tests.conftest import poll
+from tests.e2e.conftest import ADMIN, READER, TARGET, local_aggregator, needs_ingestor
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-READER = {"Authorization": f"Bearer {READER_TOKEN}"}
+# Behind TLS the services' redirects say http:// (docs/kubernetes.md, "Host").
+plain_http_only = pytest.mark.skipif((TARGET.url or "http:").startswith("https:"),
+                                     reason="behind TLS the trailing-slash redirect says http://")
 
 
 @pytest.fixture(scope="module")
-def aggregator(base_env, run_dir):
-    agg = Aggregator(base_env, run_dir).start()
-    yield agg
-    agg.stop()
+def aggregator(request):
+    yield from local_aggregator(request)
 
 
 def _register(ingress) -> dict:
@@ -80,18 +82,21 @@ def test_time_filters_and_descending_pages(ingress, aggregator):
     assert bad.status_code == 400 and bad.json()["details"][0]["field"] == "from"
 
 
+@pytest.mark.local_ingress
 def test_unknown_paths_answer_in_the_error_format(ingress):
     resp = requests.get(f"{ingress}/api/nothing-here")
     assert resp.status_code == 404
     assert resp.json() == {"error": "not_found", "message": "no such resource", "details": []}
 
 
+@pytest.mark.local_ingress
 def test_a_body_over_the_ingress_limit_is_refused_in_the_error_format(ingress):
     resp = requests.post(f"{ingress}/api/telemetry/", data=b"[" + b" " * (3 << 20) + b"]",
                          headers={**ADMIN, "Content-Type": "application/json"})
     assert resp.status_code == 413 and resp.json()["error"] == "payload_too_large"
 
 
+@pytest.mark.local_ingress
 def test_a_part_that_does_not_answer_gives_503_with_retry_after(run_dir):
     # An ingress of its own whose query upstream is a port nobody listens on.
     nginx = Nginx(free_port(), {"query": free_port()}, run_dir / "nginx-dead-upstream", run_dir / "logs")
@@ -104,7 +109,7 @@ def test_a_part_that_does_not_answer_gives_503_with_retry_after(run_dir):
     assert resp.json()["error"] == "unavailable"
 
 
-@pytest.mark.skipif(not INGESTOR_BINARY.exists(), reason="ingestor not built")
+@needs_ingestor
 def test_devices_ingest_through_the_rust_ingestor(ingress, aggregator):
     device = _register(ingress)
     token = {"Authorization": f"Bearer {device['token']}"}
@@ -141,11 +146,17 @@ def _api_error(status: int, headers, body: bytes) -> dict:
     return error
 
 
+def _connect(ingress: str) -> socket.socket:
+    url = urlsplit(ingress)
+    tls = url.scheme == "https"
+    sock = socket.create_connection((url.hostname, url.port or (443 if tls else 80)), timeout=10)
+    return ssl.create_default_context().wrap_socket(sock, server_hostname=url.hostname) if tls else sock
+
+
 def _send(ingress: str, request: bytes) -> tuple[int, dict, bytes]:
     """One request sent byte for byte (no client library re-quotes or fixes it); the server closes after it."""
-    host, port = ingress.removeprefix("http://").split(":")
     answer = b""
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
+    with _connect(ingress) as sock:
         sock.sendall(request)
         while chunk := sock.recv(65536):
             answer += chunk
@@ -156,11 +167,12 @@ def _send(ingress: str, request: bytes) -> tuple[int, dict, bytes]:
 
 
 def _get(ingress: str, target: str, version: str = "HTTP/1.1", extra: str = "") -> tuple[int, dict, bytes]:
-    return _send(ingress, f"GET {target} {version}\r\nHost: {ingress.removeprefix('http://')}\r\n"
-                          f"Authorization: Bearer {READER_TOKEN}\r\nConnection: close\r\n{extra}\r\n".encode())
+    return _send(ingress, f"GET {target} {version}\r\nHost: {urlsplit(ingress).netloc}\r\n"
+                          f"Authorization: {READER['Authorization']}\r\nConnection: close\r\n{extra}\r\n".encode())
 
 
-@pytest.mark.skipif(not INGESTOR_BINARY.exists(), reason="ingestor not built")
+@pytest.mark.local_ingress  # nginx holds the ingestor's limit; the limit is read from the local environment
+@needs_ingestor
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_a_body_over_the_ingestor_limit_gets_413_in_the_error_format_every_time(ingress, chunked):
     # The ingestor refuses on Content-Length and closes without reading the body; nginx, still sending it,
@@ -176,7 +188,8 @@ def test_a_body_over_the_ingestor_limit_gets_413_in_the_error_format_every_time(
             "error": "payload_too_large", "message": f"body exceeds {limit} bytes", "details": []}
 
 
-@pytest.mark.skipif(not INGESTOR_BINARY.exists(), reason="ingestor not built")
+@pytest.mark.local_ingress
+@needs_ingestor
 def test_the_ingress_takes_a_body_of_exactly_the_ingestor_limit(ingress):
     token = {"Authorization": f"Bearer {_register(ingress)['token']}", "Content-Type": "application/json"}
     limit = max_body_bytes()
@@ -200,7 +213,7 @@ def test_a_service_refusing_a_body_it_did_not_read_is_answered_every_time(ingres
         assert resp.status_code == expected, (resp.status_code, resp.text)
 
 
-@pytest.mark.skipif(not INGESTOR_BINARY.exists(), reason="ingestor not built")
+@needs_ingestor
 def test_the_ingestor_refusing_a_body_it_did_not_read_is_answered_every_time(ingress):
     """It refuses the token before reading the body, then reads the body before closing: closing on unread
     bytes reset the connection under nginx, still sending, which answered 503 instead."""
@@ -211,6 +224,7 @@ def test_the_ingestor_refusing_a_body_it_did_not_read_is_answered_every_time(ing
         assert resp.status_code == 401, (resp.status_code, resp.text)
 
 
+@pytest.mark.local_ingress
 def test_a_method_nginx_refuses_itself_gets_405_in_the_error_format(ingress):
     resp = requests.request("TRACE", f"{ingress}/api/devices/", headers=READER)
     assert resp.status_code == 405
@@ -219,7 +233,10 @@ def test_a_method_nginx_refuses_itself_gets_405_in_the_error_format(ingress):
     # A 405 must name the methods the resource takes (RFC 9110 15.5.6): nginx names every method of the API.
     assert [m.strip() for m in resp.headers.get("Allow", "").split(",")] == [
         "GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"]
-    resp = requests.put(f"{ingress}/api/devices/", headers=ADMIN)  # the registry's own 405, passed through
+
+
+def test_a_method_a_part_does_not_take_gets_its_own_405_through_the_ingress(ingress):
+    resp = requests.put(f"{ingress}/api/devices/", headers=ADMIN)
     assert resp.status_code == 405 and resp.json()["error"] == "method_not_allowed"
 
 
@@ -232,6 +249,7 @@ def test_a_request_line_nginx_takes_reaches_the_service(ingress, line_length):
     assert status == 200 and json.loads(body)["items"] == [], (status, body[:200])
 
 
+@pytest.mark.local_ingress
 @pytest.mark.parametrize("line_length", [8191, 9000])
 def test_a_request_line_over_nginx_buffers_gets_414_in_the_error_format(ingress, line_length):
     prefix = "/api/devices/?type="
@@ -250,12 +268,14 @@ def test_headers_nginx_takes_reach_the_service(ingress, extra):
     assert status == 200 and json.loads(body)["items"] == [], (status, body[:200])
 
 
+@pytest.mark.local_ingress
 def test_a_header_too_large_for_nginx_gets_431_in_the_error_format(ingress):
     resp = requests.get(f"{ingress}/api/devices/", headers={**READER, "X-Padding": "a" * 9000})
     assert resp.status_code == 431
     assert _api_error(431, resp.headers, resp.content)["error"] == "validation_error"
 
 
+@pytest.mark.local_ingress
 @pytest.mark.parametrize("target, version, extra, expected", [
     ("/api/devices/%ZZ", "HTTP/1.1", "", 400),
     ("/api/devices/", "HTTP/2.0", "", 505),
@@ -268,18 +288,21 @@ def test_a_request_nginx_refuses_itself_is_answered_in_the_error_format(ingress,
     _api_error(status, headers, body)
 
 
+@plain_http_only
 def test_the_trailing_slash_redirect_keeps_the_port(ingress):
     resp = requests.get(f"{ingress}/api/devices", headers=READER, allow_redirects=False)
     assert resp.status_code == 308 and resp.headers["Location"] == f"{ingress}/api/devices/"
 
 
+@pytest.mark.local_ingress  # nginx names its own address; a controller routing by host needs a Host
 def test_the_trailing_slash_redirect_of_a_request_without_host_names_the_ingress(ingress):
     # HTTP/1.0 needs no Host: the redirect must name the address the client reached, not the upstream's.
-    request = f"GET /api/devices HTTP/1.0\r\nAuthorization: Bearer {READER_TOKEN}\r\n\r\n"
+    request = f"GET /api/devices HTTP/1.0\r\nAuthorization: {READER['Authorization']}\r\n\r\n"
     status, headers, _ = _send(ingress, request.encode())
     assert status == 308 and headers["Location"] == f"{ingress}/api/devices/"
 
 
+@plain_http_only
 @pytest.mark.parametrize("extra", [
     "X-Forwarded-Proto: https\r\n",
     "X-Forwarded-Proto: https\r\nX-Forwarded-Ssl: on\r\n",

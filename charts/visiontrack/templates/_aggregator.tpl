@@ -1,7 +1,8 @@
 {{/*
 The Deployment of an aggregator process (the Celery worker or beat), from the aggregator image,
-started through vt-entrypoint. VT_METRICS_PORT (port "metrics") serves /metrics, /healthz (startup and
-liveness: the process serves) and /readyz (readiness: its dependencies answer), which the probes use.
+started through vt-entrypoint once the schema is there (init container wait-for-schema). VT_METRICS_PORT
+(port "metrics") serves /metrics, /healthz (startup and liveness: the process serves) and /readyz
+(readiness: its dependencies answer), which the probes use.
 Call with (dict "ctx" $ "component" "worker" "args" (list ...)).
 */}}
 {{- define "visiontrack.aggregatorDeployment" -}}
@@ -50,6 +51,11 @@ spec:
       securityContext:
         {{- include "visiontrack.podSecurityContext" $ | nindent 8 }}
       {{- with (include "visiontrack.scheduling" $c | trim) }}{{ . | nindent 6 }}{{ end }}
+      {{- if $.Values.migrate.waitForSchema.enabled }}
+      {{- /* beat reads no table itself; it waits too, so it schedules none of this image's tasks before their schema. */}}
+      initContainers:
+        {{- include "visiontrack.waitForSchema" (dict "ctx" $ "image" "aggregator" "values" $c) | nindent 8 }}
+      {{- end }}
       containers:
         - name: {{ .component }}
           image: {{ include "visiontrack.image" (dict "ctx" $ "image" "aggregator") }}

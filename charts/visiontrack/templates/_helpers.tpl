@@ -93,6 +93,23 @@ the chart's appVersion. (dict "ctx" $ "image" "aggregator")
 {{- end -}}
 
 {{/* The Secret that holds DATABASE_URL, REDIS_URL, the API tokens and the in-chart database passwords. */}}
+{{/*
+The release Secret's generated values as JSON: postgresPassword, redisPassword, adminTokens. A value set
+in values.yaml wins; else the live Secret's (lookup, on upgrade); else a random one. Computed once per
+render and kept in .Values, so the Secret, its checksum in every pod template and the Grafana data source
+all see the same values: the first upgrade after an install then changes no pod template.
+*/}}
+{{- define "visiontrack.generatedSecrets" -}}
+{{- if not (hasKey .Values "_generatedSecrets") }}
+{{- $live := (lookup "v1" "Secret" .Release.Namespace (include "visiontrack.secretName" .)).data | default dict }}
+{{- $_ := set .Values "_generatedSecrets" (dict
+  "postgresPassword" (.Values.postgres.password | default (get $live "POSTGRES_PASSWORD" | b64dec) | default (randAlphaNum 32))
+  "redisPassword" (.Values.redis.password | default (get $live "REDIS_PASSWORD" | b64dec) | default (randAlphaNum 32))
+  "adminTokens" (.Values.secrets.adminTokens | default (get $live "VT_ADMIN_TOKENS" | b64dec) | default (printf "vta_%s" (randAlphaNum 40)))) }}
+{{- end }}
+{{- get .Values "_generatedSecrets" | toJson }}
+{{- end -}}
+
 {{- define "visiontrack.secretName" -}}
 {{- default (include "visiontrack.componentName" (dict "ctx" . "component" "secrets")) .Values.secrets.existingSecret -}}
 {{- end -}}
@@ -206,18 +223,41 @@ livenessProbe:
 {{- end -}}
 
 {{/*
-The migration hook's phases. With in-chart Postgres the database is part of the release, so it cannot
-exist before install: the first migration runs post-install, every later one pre-upgrade. With an
-external database it runs pre-install and pre-upgrade.
+The migration Job's name: "<fullname>-migrate-<revision>". A Job's pod template cannot change, so each
+install, upgrade and rollback creates its own Job; Helm deletes the previous revision's.
 */}}
-{{- define "visiontrack.migrateHook" -}}
-{{- if .Values.migrate.hook -}}
-{{- .Values.migrate.hook -}}
-{{- else if .Values.postgres.enabled -}}
-post-install,pre-upgrade
-{{- else -}}
-pre-install,pre-upgrade
+{{- define "visiontrack.migrateJobName" -}}
+{{- include "visiontrack.componentName" (dict "ctx" . "component" (printf "migrate-%d" (int .Release.Revision))) -}}
 {{- end -}}
+
+{{/*
+The init container of every pod whose part uses Postgres (registry, query, worker, beat): `visiontrack
+wait-for-schema` from the pod's own image, so the part starts only once the migrations it ships are
+applied (the migration Job runs beside the pods). Settings as the part's own container gets them.
+(dict "ctx" $ "image" "registry" "values" .Values.registry)
+*/}}
+{{- define "visiontrack.waitForSchema" -}}
+{{- $w := .ctx.Values.migrate.waitForSchema -}}
+- name: wait-for-schema
+  image: {{ include "visiontrack.image" (dict "ctx" .ctx "image" .image) }}
+  imagePullPolicy: {{ .ctx.Values.imageDefaults.pullPolicy }}
+  command: ["vt-entrypoint"]
+  args: ["visiontrack", "wait-for-schema", "--timeout", {{ $w.timeoutSeconds | quote }}]
+  envFrom:
+    - configMapRef:
+        name: {{ include "visiontrack.configName" .ctx }}
+  env:
+    {{- include "visiontrack.secretEnv" (dict "ctx" .ctx "keys" (list "DATABASE_URL")) | trim | nindent 4 }}
+    {{- with .values.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  resources:
+    {{- toYaml $w.resources | nindent 4 }}
+  securityContext:
+    {{- include "visiontrack.containerSecurityContext" .ctx | nindent 4 }}
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
 {{- end -}}
 
 {{/* Fail early, with a readable message, on combinations of values that cannot work. */}}

@@ -1,6 +1,7 @@
 {{/*
 The Deployment of a Flask API (registry or query): gunicorn with the shared config module, started
-through vt-entrypoint (which empties the Prometheus multiprocess directory first).
+through vt-entrypoint (which empties the Prometheus multiprocess directory first), once the schema is
+there (init container wait-for-schema).
 Call with (dict "ctx" $ "component" "registry" "app" "registry.app:create_app()").
 */}}
 {{- define "visiontrack.webDeployment" -}}
@@ -40,6 +41,10 @@ spec:
       securityContext:
         {{- include "visiontrack.podSecurityContext" $ | nindent 8 }}
       {{- with (include "visiontrack.scheduling" $c | trim) }}{{ . | nindent 6 }}{{ end }}
+      {{- if $.Values.migrate.waitForSchema.enabled }}
+      initContainers:
+        {{- include "visiontrack.waitForSchema" (dict "ctx" $ "image" .component "values" $c) | nindent 8 }}
+      {{- end }}
       containers:
         - name: {{ .component }}
           image: {{ include "visiontrack.image" (dict "ctx" $ "image" .component) }}
@@ -63,6 +68,12 @@ spec:
             {{- toYaml . | nindent 12 }}
             {{- end }}
           {{- include "visiontrack.httpProbes" (dict "probes" $c.probes "port" "http") | nindent 10 }}
+          {{- with $c.preStopSleepSeconds }}
+          lifecycle:
+            preStop:
+              sleep:
+                seconds: {{ . }}
+          {{- end }}
           resources:
             {{- toYaml $c.resources | nindent 12 }}
           securityContext:

@@ -2,6 +2,7 @@
 
 Each check opens its own connection, bounded by a short timeout, and closes it: a server that accepts and
 then hangs cannot hold a probe past the orchestrator's timeout, and a pool's state does not hide an outage.
+Postgres must also hold every migration this image ships, so a part is never ready before its schema.
 Concurrent probes share one check, and a result is reused for a second. Failures and recoveries are logged
 once, when the state changes.
 """
@@ -11,13 +12,16 @@ import logging
 import select
 import threading
 import time
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Collection, Iterable, Mapping
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from . import migrate
 
 log = logging.getLogger("visiontrack.readiness")
 
@@ -25,24 +29,36 @@ CHECK_TIMEOUT_SECONDS = 2.0
 RETRY_AFTER_SECONDS = 5
 
 
+class NotReady(Exception):
+    """A dependency answers but cannot serve this part yet; the message says why, as /readyz shows it."""
+
+
 def not_ready_message(failing: Iterable[str]) -> str:
-    """What /readyz says in its 503, in every part."""
-    return f"not ready: {', '.join(failing)} unreachable"
+    """What /readyz says in its 503, in every part, from what Readiness found wrong."""
+    return f"not ready: {', '.join(failing)}"
 
 
-def postgres_answers(url: str, part: str, timeout: float = CHECK_TIMEOUT_SECONDS) -> None:
-    """Connect and run SELECT 1 within `timeout` seconds in all (asynchronous libpq, so a server that
-    accepts and then hangs cannot hold the check); raise when Postgres does not answer."""
+def postgres_answers(url: str, part: str, timeout: float = CHECK_TIMEOUT_SECONDS,
+                     migrations: Collection[int] = ()) -> None:
+    """Connect and run one query within `timeout` seconds in all (asynchronous libpq, so a server that
+    accepts and then hangs cannot hold the check); raise when Postgres does not answer, NotReady when it
+    lacks any of the `migrations` (versions)."""
     deadline = time.monotonic() + timeout
     conn = psycopg2.connect(url, async_=True, application_name=f"visiontrack-{part}-readyz")
     try:
         _wait(conn, deadline)
         cur = conn.cursor()
-        cur.execute("SELECT 1")
-        _wait(conn, deadline)
-        cur.fetchone()
+        try:
+            cur.execute("SELECT version FROM schema_migrations")
+            _wait(conn, deadline)
+            applied = {row[0] for row in cur.fetchall()}
+        except psycopg2.errors.UndefinedTable:
+            applied = set()  # never migrated
     finally:
         conn.close()
+    lacking = sorted(set(migrations) - applied)
+    if lacking:
+        raise NotReady(f"postgres schema lacks migrations {', '.join(f'{v:04d}' for v in lacking)}")
 
 
 def _wait(conn, deadline: float) -> None:
@@ -69,15 +85,19 @@ def redis_answers(url: str, timeout: float = CHECK_TIMEOUT_SECONDS) -> None:
 
 
 def dependency_checks(config, part: str, dependencies: Iterable[str]) -> dict[str, Callable[[], None]]:
-    """The checks of the named dependencies ("postgres", "redis") from the process's settings."""
-    known = {"postgres": lambda: postgres_answers(config.database_url, part),
+    """The checks of the named dependencies ("postgres": with this image's schema, "redis") from the
+    process's settings."""
+    dependencies = list(dependencies)
+    versions = [m.version for m in migrate.available()] if "postgres" in dependencies else []
+    known = {"postgres": lambda: postgres_answers(config.database_url, part, migrations=versions),
              "redis": lambda: redis_answers(config.redis_url)}
     return {name: known[name] for name in dependencies}
 
 
 class Readiness:
-    """Calls every check; returns the names of those that failed. One check runs at a time and its
-    result serves the probes that arrive within `max_age` seconds."""
+    """Calls every check; returns what is wrong, one phrase per failed check ("redis unreachable", or a
+    NotReady's message). One check runs at a time and its result serves the probes that arrive within
+    `max_age` seconds."""
 
     def __init__(self, checks: Mapping[str, Callable[[], None]], max_age: float = 1.0):
         self.checks = dict(checks)
@@ -94,8 +114,11 @@ class Readiness:
             for name, check in self.checks.items():
                 try:
                     check()
-                except Exception as exc:  # any failure means "not ready"; the reason goes to the log
-                    failing.append(name)
+                except NotReady as exc:
+                    failing.append(str(exc))
+                    reasons.append(str(exc))
+                except Exception as exc:  # any other failure means "unreachable"; the reason goes to the log
+                    failing.append(f"{name} unreachable")
                     reasons.append(f"{name}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
             if failing and failing != self._failing:
                 log.warning("not ready: %s", "; ".join(reasons))
