@@ -1,7 +1,8 @@
 # Kubernetes: images, kind/minikube clusters, the Helm chart, monitoring, and the chart's offline proof.
 # Included by the Makefile (include mk/*.mk). Walkthrough: docs/kubernetes.md.
 # Tools pinned here are installed into .tools/ on demand; docker, kubectl and (for minikube) minikube
-# come from the user's machine.
+# come from the user's machine. Without a Docker engine, images are built with buildah by
+# k8s/local/images.sh (which also makes the local cluster's stand-in images).
 
 ##@ Kubernetes
 
@@ -15,9 +16,16 @@ KIND ?= $(K8S_TOOLS)/kind
 KUBECTL ?= kubectl
 MINIKUBE ?= minikube
 DOCKER ?= docker
+BUILDAH ?= buildah
+IMAGES_SH ?= k8s/local/images.sh
 
-# kind or minikube: where `make load` puts the images.
-K8S_CLUSTER ?= kind
+# auto, docker or buildah: what `make images` builds with (auto: Docker when its engine answers, else buildah).
+IMAGE_BUILDER ?= auto
+# kind, minikube or local (the cluster of k8s/local): where `make load` puts the images; auto is kind when
+# a Docker engine answers, else local.
+K8S_CLUSTER ?= auto
+# The stand-in groups `make cluster-images` builds (k8s/local/images.sh thirdparty GROUP...).
+IMAGE_GROUPS ?= chart cluster ingress monitoring
 KIND_CLUSTER ?= visiontrack
 MINIKUBE_PROFILE ?= visiontrack
 K8S_NAMESPACE ?= visiontrack
@@ -72,25 +80,65 @@ traefik: $(HELM) ## Install Traefik, the ingress controller (TRAEFIK_CHART: a lo
 	  || { echo "make traefik: failed; without access to https://traefik.github.io/charts, set TRAEFIK_CHART to traefik-$(TRAEFIK_CHART_VERSION).tgz"; exit 1; }
 
 .PHONY: images
-images: ## Build the four images, visiontrack/<part>:IMAGE_TAG (default dev), with Docker
-	@command -v $(DOCKER) >/dev/null 2>&1 || { echo "make images: '$(DOCKER)' not found: install Docker to build the images (nothing else here needs it)"; exit 1; }
-	@$(DOCKER) info >/dev/null 2>&1 || { echo "make images: the '$(DOCKER)' command is there but no Docker engine answers: start Docker, or use a machine that has one"; exit 1; }
+images: ## Build the four images, visiontrack/<part>:IMAGE_TAG (default dev): Docker if its engine answers, else buildah
 	@test -f $(INGESTOR_CONTEXT)/Dockerfile || { echo "make images: $(INGESTOR_CONTEXT)/Dockerfile is missing"; exit 1; }
-	$(DOCKER) build -t visiontrack/ingestor:$(IMAGE_TAG) -f $(INGESTOR_CONTEXT)/Dockerfile $(INGESTOR_CONTEXT)
-	@for part in registry query aggregator; do \
-	  echo "==> visiontrack/$$part:$(IMAGE_TAG)"; \
-	  $(DOCKER) build -t visiontrack/$$part:$(IMAGE_TAG) -f services/Dockerfile \
-	    --build-arg SERVICE=$$part --target $$part . || exit 1; \
-	done
-	@$(DOCKER) image ls --filter reference='visiontrack/*:$(IMAGE_TAG)'
+	@builder='$(IMAGE_BUILDER)'; \
+	if [ "$$builder" = auto ]; then \
+	  if command -v $(DOCKER) >/dev/null 2>&1 && $(DOCKER) info >/dev/null 2>&1; then builder=docker; \
+	  elif command -v $(BUILDAH) >/dev/null 2>&1; then builder=buildah; \
+	    echo "==> no Docker engine answers ('$(DOCKER)'): building with buildah ($(IMAGES_SH))"; \
+	  elif command -v $(DOCKER) >/dev/null 2>&1; then \
+	    echo "make images: the '$(DOCKER)' command is there but no Docker engine answers, and '$(BUILDAH)' is not found: start Docker, or install buildah (apt-get install buildah podman mmdebstrap)"; exit 1; \
+	  else \
+	    echo "make images: '$(DOCKER)' not found, and '$(BUILDAH)' not found either: install Docker, or buildah (apt-get install buildah podman mmdebstrap)"; exit 1; \
+	  fi; \
+	fi; \
+	case $$builder in \
+	docker) \
+	  command -v $(DOCKER) >/dev/null 2>&1 || { echo "make images: '$(DOCKER)' not found"; exit 1; }; \
+	  echo "==> visiontrack/ingestor:$(IMAGE_TAG)"; \
+	  $(DOCKER) build -t visiontrack/ingestor:$(IMAGE_TAG) -f $(INGESTOR_CONTEXT)/Dockerfile $(INGESTOR_CONTEXT) || exit 1; \
+	  for part in registry query aggregator; do \
+	    echo "==> visiontrack/$$part:$(IMAGE_TAG)"; \
+	    $(DOCKER) build -t visiontrack/$$part:$(IMAGE_TAG) -f services/Dockerfile \
+	      --build-arg SERVICE=$$part --target $$part . || exit 1; \
+	  done; \
+	  $(DOCKER) image ls --filter reference='visiontrack/*:$(IMAGE_TAG)' ;; \
+	buildah) \
+	  command -v $(BUILDAH) >/dev/null 2>&1 || { echo "make images: '$(BUILDAH)' not found"; exit 1; }; \
+	  $(IMAGES_SH) project $(IMAGE_TAG) ;; \
+	*) echo "make images: IMAGE_BUILDER must be auto, docker or buildah, not '$$builder'"; exit 1 ;; \
+	esac
+
+.PHONY: cluster-images
+cluster-images: ## Build the local cluster's stand-in images without Docker (bases, then IMAGE_GROUPS; see k8s/local/images.sh)
+	$(IMAGES_SH) bases
+	$(IMAGES_SH) thirdparty $(IMAGE_GROUPS)
+	@$(IMAGES_SH) list
 
 .PHONY: load
-load: ## Load the images into the cluster (K8S_CLUSTER=kind|minikube)
-ifeq ($(K8S_CLUSTER),minikube)
-	@for part in $(K8S_PARTS); do $(MINIKUBE) image load --profile $(MINIKUBE_PROFILE) visiontrack/$$part:$(IMAGE_TAG) || exit 1; done
-else
-	@for part in $(K8S_PARTS); do $(KIND) load docker-image --name $(KIND_CLUSTER) visiontrack/$$part:$(IMAGE_TAG) || exit 1; done
-endif
+# local: the chart's third-party images (Postgres, Redis, exporters, curl) go in too, built once if missing.
+load: ## Load the four images into the cluster (K8S_CLUSTER=kind|minikube|local; auto: kind if Docker runs, else local)
+	@cluster='$(K8S_CLUSTER)'; \
+	if [ "$$cluster" = auto ]; then \
+	  if command -v $(DOCKER) >/dev/null 2>&1 && $(DOCKER) info >/dev/null 2>&1; then cluster=kind; else cluster=local; fi; \
+	fi; \
+	case $$cluster in \
+	minikube) for part in $(K8S_PARTS); do $(MINIKUBE) image load --profile $(MINIKUBE_PROFILE) visiontrack/$$part:$(IMAGE_TAG) || exit 1; done ;; \
+	kind) for part in $(K8S_PARTS); do $(KIND) load docker-image --name $(KIND_CLUSTER) visiontrack/$$part:$(IMAGE_TAG) || exit 1; done ;; \
+	local) $(IMAGES_SH) thirdparty chart && \
+	  $(IMAGES_SH) load chart $(foreach part,$(K8S_PARTS),visiontrack/$(part):$(IMAGE_TAG)) ;; \
+	*) echo "make load: K8S_CLUSTER must be kind, minikube, local or auto, not '$$cluster'"; exit 1 ;; \
+	esac
+
+.PHONY: retag-images
+retag-images: ## Tag the four images FROM_TAG as IMAGE_TAG too (an upgrade to roll out without rebuilding)
+	@test -n "$(FROM_TAG)" || { echo "make retag-images: set FROM_TAG, the tag the images have now"; exit 1; }
+	@if command -v $(DOCKER) >/dev/null 2>&1 && $(DOCKER) info >/dev/null 2>&1 && [ "$(IMAGE_BUILDER)" != buildah ]; then \
+	  for part in $(K8S_PARTS); do $(DOCKER) tag visiontrack/$$part:$(FROM_TAG) visiontrack/$$part:$(IMAGE_TAG) || exit 1; done; \
+	else \
+	  $(IMAGES_SH) retag $(FROM_TAG) $(IMAGE_TAG); \
+	fi
 
 .PHONY: monitoring
 monitoring: $(HELM) ## Install kube-prometheus-stack (Prometheus Operator, Prometheus, Grafana) into namespace monitoring

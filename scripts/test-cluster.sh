@@ -10,7 +10,14 @@ cd "$(dirname "$0")/.."
 
 HELM=${HELM:-helm}
 KUBECTL=${KUBECTL:-kubectl}
-K8S_CLUSTER=${K8S_CLUSTER:-local}
+K8S_CLUSTER=${K8S_CLUSTER:-auto}
+# The local cluster (k8s/local), when it runs and KUBECONFIG names no other: its kubeconfig and kubectl.
+LOCAL_KUBECONFIG=$PWD/run/cluster/kubeconfig
+if [ -z "${KUBECONFIG:-}" ] && [ -f "$LOCAL_KUBECONFIG" ]; then export KUBECONFIG=$LOCAL_KUBECONFIG; fi
+if [ "${KUBECONFIG:-}" = "$LOCAL_KUBECONFIG" ]; then
+    K8S_CLUSTER=local
+    KUBECTL=$(k8s/local/tools.sh bin kubernetes)/kubectl
+fi
 IMAGE_TAG=${IMAGE_TAG:-dev}
 NEXT_TAG=${IMAGE_TAG}-next
 NAMESPACE=${K8S_NAMESPACE:-visiontrack}

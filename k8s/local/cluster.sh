@@ -17,7 +17,7 @@ set -euo pipefail
 . "$LOCAL_DIR/processes.sh"
 . "$LOCAL_DIR/config.sh"
 
-DEBIAN_PACKAGES=(containerd runc etcd-server containernetworking-plugins iptables conntrack openssl
+DEBIAN_PACKAGES=(containerd runc etcd-server containernetworking-plugins iptables nftables conntrack openssl
                  gettext-base podman buildah skopeo mmdebstrap uidmap fuse-overlayfs)
 # In start order; `down` stops them in reverse.
 PROCESSES=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
@@ -175,8 +175,8 @@ addons_up() {
 up() {
     local started=$SECONDS
     preflight
-    step "tools (built once, cached)" "$LOCAL_DIR/tools.sh" build kubernetes coredns kube-network-policies pause
-    step "images (built once, cached)" "$LOCAL_DIR/images.sh" cluster
+    step "tools (built once, cached)" "$LOCAL_DIR/tools.sh" build kubernetes coredns kube-network-policies pause traefik
+    step "images (built once, cached)" "$LOCAL_DIR/images.sh" thirdparty cluster ingress
     K8S_BIN=$("$LOCAL_DIR/tools.sh" bin kubernetes)
     mkdir -p "$CLUSTER_DIR"
     record_host
@@ -227,6 +227,7 @@ down() {
     unmount_cluster
     network_down
     remove_cluster_chains
+    remove_new_tables
     remove_pod_cgroups
     restore_host
     find "$CLUSTER_DIR" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +

@@ -24,8 +24,32 @@ record_host() {
         done
         for dir in "${HOST_DIRS[@]}"; do [ -e "$dir" ] && echo "dir $dir"; done
         _cluster_chains | sed 's/^/chain /'
+        _iptables_tables | sed 's/^/table /'
     } > "$HOST_BEFORE.partial"
     mv "$HOST_BEFORE.partial" "$HOST_BEFORE"
+}
+
+# The iptables tables that exist, as "iptables|table" (iptables-save lists only those).
+_iptables_tables() {
+    local ipt
+    for ipt in iptables ip6tables; do
+        $ipt-save 2>/dev/null | awk -v p="$ipt|" '/^\*/ {print p substr($1, 2)}'
+    done
+}
+
+# Tables the cluster's iptables calls created, deleted again once they hold no rule. Only with the
+# nftables backend of iptables (tables are then nftables tables, and `nft` can delete them).
+remove_new_tables() {
+    command -v nft >/dev/null && iptables -V 2>/dev/null | grep -q nf_tables || return 0
+    local entry ipt table family
+    for entry in $(_iptables_tables); do
+        grep -qxF "table $entry" "$HOST_BEFORE" 2>/dev/null && continue
+        IFS='|' read -r ipt table <<<"$entry"
+        $ipt -t "$table" -S | grep -q '^-[AN] ' && continue
+        family=ip
+        [ "$ipt" = ip6tables ] && family=ip6
+        nft delete table "$family" "$table" 2>/dev/null || true
+    done
 }
 
 # Chains whose names Kubernetes, the CNI plugins or this script use, as "iptables|table|chain".
@@ -112,6 +136,10 @@ unmount_cluster() {
         umount "$mount" 2>/dev/null || umount -l "$mount" 2>/dev/null || true
     done
     rm -f /run/netns/cni-* 2>/dev/null || true
+    # containerd makes /run/netns a mount point of its own; gone with the folder when it made that.
+    if ! grep -qxF "dir /run/netns" "$HOST_BEFORE" 2>/dev/null && mountpoint -q /run/netns; then
+        umount /run/netns 2>/dev/null || umount -l /run/netns 2>/dev/null || true
+    fi
 }
 
 # The kubepods cgroups the kubelet made in every v1 hierarchy (or the one v2 tree).
@@ -131,7 +159,7 @@ restore_host() {
         [ "$(sysctl -n "$key" 2>/dev/null)" = "$value" ] || sysctl -qw "$key=$value" || warn "could not restore $key"
     done < "$HOST_BEFORE"
     for dir in "${HOST_DIRS[@]}"; do
-        grep -qxF "dir $dir" "$HOST_BEFORE" || rm -rf "$dir"
+        grep -qxF "dir $dir" "$HOST_BEFORE" || rm -rf "$dir" || warn "could not remove $dir"
     done
 }
 

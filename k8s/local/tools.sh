@@ -35,6 +35,11 @@ declare -A PROGRAMS=(
     [alertmanager]=github.com/prometheus/alertmanager/cmd/alertmanager
     [pause]=".:pause"
 )
+# Modules whose code embeds a web UI built with Node, which their published module lacks: they are built
+# from a copy with a placeholder page in the UI's folder (module@folder). Their APIs are whole.
+declare -A UI_DIR=(
+    [alertmanager]=github.com/prometheus/alertmanager@ui/app/dist
+)
 # Build order: the longest first, so a partial cache holds what costs most.
 ALL_TOOLS=(kubernetes traefik coredns prometheus-operator prometheus alertmanager metrics-server
            kube-network-policies pause)
@@ -57,6 +62,23 @@ ldflags() {
 }
 
 bin_dir() { echo "$TOOLS_CACHE/$1-${VERSION[$1]}"; }
+
+# The go flags that build TOOL from a copy of its module with a placeholder UI page (see UI_DIR): a
+# replace in a copy of the wrapper's go.mod points at the copy. Run in the tool's module folder.
+placeholder_ui_flags() {
+    local tool=$1 module=${UI_DIR[$1]%@*} folder=${UI_DIR[$1]#*@} copy
+    copy="$TOOLS_CACHE/src/$tool-${VERSION[$tool]}"
+    rm -rf "$copy" "$copy.mod"
+    mkdir -p "$copy.mod"
+    cp -r "$(go list -m -f '{{.Dir}}' "$module")" "$copy"
+    chmod -R u+w "$copy"
+    mkdir -p "$copy/$folder"
+    echo "<!doctype html><title>$tool</title><p>Built without its web UI; the API is whole." \
+        > "$copy/$folder/index.html"
+    cp go.mod go.sum "$copy.mod/"
+    go mod edit -modfile "$copy.mod/go.mod" -replace "$module=$copy"
+    echo "-modfile=$copy.mod/go.mod"
+}
 
 program_name() { # package[:name] -> name
     local spec=$1
@@ -90,7 +112,9 @@ build_tool() {
         name=$(program_name "$spec")
         say "building $tool ${VERSION[$tool]}: $name"
         (cd "$LOCAL_DIR/tools/$tool" &&
-            CGO_ENABLED=0 nice -n 10 go build -trimpath -ldflags "$(ldflags "$tool")" -o "$out.partial/$name" "$pkg")
+            flags=() && { [ -z "${UI_DIR[$tool]:-}" ] || flags=("$(placeholder_ui_flags "$tool")"); } &&
+            CGO_ENABLED=0 nice -n 10 go build "${flags[@]}" -trimpath -ldflags "$(ldflags "$tool")" \
+                -o "$out.partial/$name" "$pkg")
     done
     rm -rf "$out"
     mv "$out.partial" "$out"

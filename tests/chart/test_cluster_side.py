@@ -10,6 +10,8 @@ import pytest
 from .helpers import CHART, ROOT, SHARED_SCHEMAS, load_yaml, run, tool
 from .test_images import PYTHON_DOCKERFILE, PYTHON_IMAGES, stage
 
+PARTS = ["ingestor", *PYTHON_IMAGES]
+
 SKAFFOLD = ROOT / "skaffold.yaml"
 MK = ROOT / "mk" / "k8s.mk"
 
@@ -166,9 +168,36 @@ def test_make_images_should_build_each_python_part_from_the_one_dockerfile(tmp_p
         stage(PYTHON_DOCKERFILE.read_text(), part)
 
 
-def test_make_images_should_say_clearly_when_docker_is_missing(tmp_path):
+def test_make_images_should_say_clearly_when_neither_docker_nor_buildah_is_there(tmp_path):
     make = tool("make")
-    proc = run([make, "--no-print-directory", "-f", str(MK), "images", "DOCKER=docker-that-is-not-installed"],
-               check=False, cwd=str(ROOT))
+    proc = run([make, "--no-print-directory", "-f", str(MK), "images", "DOCKER=docker-that-is-not-installed",
+                "BUILDAH=buildah-that-is-not-installed"], check=False, cwd=str(ROOT))
     assert proc.returncode != 0
     assert "not found" in proc.stdout + proc.stderr
+
+
+def _recorder(path, exit_code: int = 0):
+    """A stand-in program that appends its arguments to path.log and exits with exit_code."""
+    path.write_text(f'#!/bin/sh\nprintf "%s " "$@" >> "{path}.log"\necho >> "{path}.log"\nexit {exit_code}\n')
+    path.chmod(0o755)
+    return path
+
+
+def test_make_images_should_build_with_buildah_when_no_docker_engine_answers(tmp_path):
+    """Without a Docker engine (docker info fails), make images hands the build to k8s/local/images.sh,
+    which builds the four images with buildah from the same Dockerfiles."""
+    docker = _recorder(tmp_path / "docker", exit_code=1)
+    images_sh = _recorder(tmp_path / "images.sh")
+    run([tool("make"), "--no-print-directory", "-f", str(MK), "images", f"DOCKER={docker}", "BUILDAH=true",
+         f"IMAGES_SH={images_sh}", "IMAGE_TAG=t"], cwd=str(ROOT))
+    assert (tmp_path / "images.sh.log").read_text().split("\n")[0].split() == ["project", "t"]
+    assert "build" not in (tmp_path / "docker.log").read_text()
+
+
+def test_make_load_should_put_the_four_images_into_the_local_cluster(tmp_path):
+    images_sh = _recorder(tmp_path / "images.sh")
+    run([tool("make"), "--no-print-directory", "-f", str(MK), "load", "K8S_CLUSTER=local", f"IMAGES_SH={images_sh}",
+         "IMAGE_TAG=t"], cwd=str(ROOT))
+    calls = [c.split() for c in (tmp_path / "images.sh.log").read_text().splitlines() if c.strip()]
+    loaded = next(c for c in calls if c[0] == "load")
+    assert {f"visiontrack/{p}:t" for p in PARTS} <= set(loaded[1:]), calls

@@ -13,7 +13,9 @@ import time
 from tests.cluster.kube import HELM, NAMESPACE, RELEASE, ingress_url, kubectl_json, release_tokens
 from tests.load import LoadGenerator
 
-NEXT_TAG = os.environ.get("VT_TEST_NEXT_TAG", f"{os.environ.get('IMAGE_TAG', 'dev')}-next")
+# Two tags of the same build, both loaded (scripts/test-cluster.sh): the upgrade goes to the one not running.
+TAG = os.environ.get("IMAGE_TAG", "dev")
+NEXT_TAG = os.environ.get("VT_TEST_NEXT_TAG", f"{TAG}-next")
 RATE = float(os.environ.get("VT_TEST_LOAD_RATE", "200"))  # readings/s
 PARTS = ("ingestor", "registry", "query", "worker", "beat")
 
@@ -28,10 +30,12 @@ def _upgrade(*settings: str) -> None:
 
 
 def _pods() -> dict[str, str]:
-    """Running pods not being deleted, by name, with the image of their first container."""
+    """The running pods of the parts and databases (not the per-revision migration Job's), not being
+    deleted, by name, with the image of their first container."""
     items = kubectl_json("-n", NAMESPACE, "get", "pods", "--field-selector=status.phase=Running")["items"]
     return {p["metadata"]["name"]: p["spec"]["containers"][0]["image"] for p in items
-            if not p["metadata"].get("deletionTimestamp")}
+            if not p["metadata"].get("deletionTimestamp")
+            and all(owner["kind"] != "Job" for owner in p["metadata"].get("ownerReferences", []))}
 
 
 def _settled() -> None:
@@ -62,17 +66,23 @@ def test_an_upgrade_with_the_same_values_restarts_nothing():
 
 
 def test_every_part_rolls_to_another_tag_while_readings_keep_arriving_exactly_once():
+    running = _images_of_parts()["ingestor"].pop().rsplit(":", 1)[1]
+    target = TAG if running == NEXT_TAG else NEXT_TAG
+    _settled()
+    before = set(_pods())
     admin, reader = release_tokens()
     load = LoadGenerator(ingress_url(), admin, devices=4, rate=RATE, batch=2).start()
     try:
         time.sleep(10)  # a steady state before the upgrade
-        _upgrade(f"imageDefaults.tag={NEXT_TAG}")
+        _upgrade(f"imageDefaults.tag={target}")
         time.sleep(10)  # and after it
     finally:
         load.stop()
     summary = load.verify(reader, timeout=180)
     print(summary.line())
     images = _images_of_parts()
-    assert all(image.endswith(f":{NEXT_TAG}") for part in PARTS for image in images[part]), images
+    assert all(image.endswith(f":{target}") for part in PARTS for image in images[part]), images
+    replaced = {name.rsplit("-", 2)[0] for name in before - set(_pods())}
+    assert {f"{RELEASE}-{part}" for part in PARTS} <= replaced, f"pods replaced: {sorted(replaced)}"
     assert summary.ok, summary.report()
     assert summary.accepted > RATE * 15  # the load ran through the upgrade, not just around it
