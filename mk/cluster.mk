@@ -16,6 +16,10 @@ endif
 cluster-deps: ## Install the Debian packages the local cluster runs on (containerd, runc, etcd, CNI plugins, buildah)
 	$(LOCAL_CLUSTER) deps
 
+.PHONY: cluster-prepare
+cluster-prepare: cluster-deps ## Build every tool and image the local cluster and test-cluster need (cached; no other change)
+	$(LOCAL_CLUSTER) prepare
+
 .PHONY: cluster-up
 cluster-up: cluster-deps $(HELM) ## Start a single-node cluster here (root; no Docker) with Traefik; tools built once, cached
 	$(LOCAL_CLUSTER) up

@@ -3,6 +3,8 @@
 # containerd, the kubelet and kube-proxy as host processes; pods on a bridge of their own; CoreDNS and
 # a NetworkPolicy engine as pods. Run as root.
 #   cluster.sh deps     install the Debian packages it runs on (containerd, runc, etcd, CNI plugins...)
+#   cluster.sh prepare  build every tool and image the cluster and `make test-cluster` need (cached),
+#                       changing nothing else on the host: safe to run beside other work
 #   cluster.sh up       build what is missing (cached), start everything, wait until the node is Ready
 #   cluster.sh down     stop everything and undo every change to the host (processes, mounts, bridge,
 #                       routes, iptables rules, sysctls, cgroups); removes the cluster's state
@@ -37,6 +39,7 @@ deps() {
     fi
     command -v apt-get >/dev/null || die "missing ${missing[*]}, and no apt-get here: install them yourself"
     say "installing ${missing[*]}"
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
@@ -172,11 +175,25 @@ addons_up() {
     kubectl -n kube-system rollout status deployment/coredns --timeout 180s >/dev/null
 }
 
+# What the cluster runs (tools, then the images built from them); prepare adds what the tests install.
+CLUSTER_TOOLS=(kubernetes coredns kube-network-policies pause traefik)
+CLUSTER_IMAGES=(cluster ingress)
+
+prepare() {
+    local started=$SECONDS
+    step "tools" "$LOCAL_DIR/tools.sh" build
+    step "base images" "$LOCAL_DIR/images.sh" bases
+    step "stand-in images" "$LOCAL_DIR/images.sh" thirdparty
+    step "VisionTrack images" "$LOCAL_DIR/images.sh" project "${IMAGE_TAG:-dev}"
+    step_summary
+    say "everything built in $((SECONDS - started)) s"
+}
+
 up() {
     local started=$SECONDS
     preflight
-    step "tools (built once, cached)" "$LOCAL_DIR/tools.sh" build kubernetes coredns kube-network-policies pause traefik
-    step "images (built once, cached)" "$LOCAL_DIR/images.sh" thirdparty cluster ingress
+    step "tools (built once, cached)" "$LOCAL_DIR/tools.sh" build "${CLUSTER_TOOLS[@]}"
+    step "images (built once, cached)" "$LOCAL_DIR/images.sh" thirdparty "${CLUSTER_IMAGES[@]}"
     K8S_BIN=$("$LOCAL_DIR/tools.sh" bin kubernetes)
     mkdir -p "$CLUSTER_DIR"
     record_host
@@ -247,9 +264,10 @@ status() {
 
 case ${1:-} in
 deps) deps ;;
+prepare) prepare ;;
 up) up ;;
 down) down ;;
 status) status ;;
 host-state) host_state ;;
-*) die "usage: cluster.sh deps | up | down | status | host-state" ;;
+*) die "usage: cluster.sh deps | prepare | up | down | status | host-state" ;;
 esac
