@@ -7,9 +7,14 @@ LOCAL_CLUSTER := k8s/local/cluster.sh
 LOCAL_KUBECONFIG := $(CURDIR)/run/cluster/kubeconfig
 LOCAL_K8S_BIN = $(shell k8s/local/tools.sh bin kubernetes)
 
-# While the local cluster is up, make's Kubernetes targets use it unless KUBECONFIG says otherwise.
+# While the local cluster is up, make's Kubernetes targets use it unless KUBECONFIG says otherwise,
+# and `make monitoring` installs what runs here (no Grafana; stand-in images; values in k8s/local).
 ifneq ($(wildcard $(LOCAL_KUBECONFIG)),)
 export KUBECONFIG ?= $(LOCAL_KUBECONFIG)
+endif
+ifeq ($(KUBECONFIG),$(LOCAL_KUBECONFIG))
+MONITORING_VALUES ?= k8s/kube-prometheus-stack-values.yaml k8s/local/kube-prometheus-stack-values.yaml
+MONITORING_IMAGES ?= k8s/local/images.sh thirdparty monitoring && k8s/local/images.sh load monitoring
 endif
 
 .PHONY: cluster-deps

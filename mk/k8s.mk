@@ -140,13 +140,23 @@ retag-images: ## Tag the four images FROM_TAG as IMAGE_TAG too (an upgrade to ro
 	  $(IMAGES_SH) retag $(FROM_TAG) $(IMAGE_TAG); \
 	fi
 
+# kube-prometheus-stack's chart: from KPS_CHART (a packaged chart) or else from its repository.
+KPS_CHART ?=
+KPS_CHART_REF = $(if $(KPS_CHART),$(KPS_CHART),kube-prometheus-stack --repo https://prometheus-community.github.io/helm-charts --version $(KPS_CHART_VERSION))
+MONITORING_VALUES ?= k8s/kube-prometheus-stack-values.yaml
+# A command run before the install (the local cluster builds and loads its stand-in images there).
+MONITORING_IMAGES ?=
+
 .PHONY: monitoring
-monitoring: $(HELM) ## Install kube-prometheus-stack (Prometheus Operator, Prometheus, Grafana) into namespace monitoring
-	$(HELM) upgrade --install kube-prometheus-stack kube-prometheus-stack \
-	  --repo https://prometheus-community.github.io/helm-charts --version $(KPS_CHART_VERSION) \
+monitoring: $(HELM) ## Install kube-prometheus-stack (Prometheus Operator, Prometheus, Grafana) into namespace monitoring (KPS_CHART: a local chart file)
+	@if [ -n "$(KPS_CHART)" ] && [ ! -f "$(KPS_CHART)" ]; then \
+	  echo "make monitoring: KPS_CHART=$(KPS_CHART) is not a file"; exit 1; fi
+	$(MONITORING_IMAGES)
+	$(HELM) upgrade --install kube-prometheus-stack $(KPS_CHART_REF) \
 	  --namespace $(MONITORING_NAMESPACE) --create-namespace \
-	  -f k8s/kube-prometheus-stack-values.yaml --wait --timeout 10m
-	@echo "==> Grafana: make port-forward, then http://localhost:3000 (admin / visiontrack)"
+	  $(foreach f,$(MONITORING_VALUES),-f $(f)) --wait --timeout 10m \
+	  || { echo "make monitoring: failed; without access to https://prometheus-community.github.io/helm-charts, set KPS_CHART to kube-prometheus-stack-$(KPS_CHART_VERSION).tgz"; exit 1; }
+	@echo "==> monitoring installed; install (or upgrade) the chart now, so its ServiceMonitors and rules are rendered"
 
 .PHONY: deploy
 deploy: $(HELM) ## Install or upgrade the chart with the loaded images, then run its helm test

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # `make test-cluster`: VisionTrack on the cluster kubectl points at (the local one, kind, minikube).
-# Stages, each timed: images into the cluster, install (helm --wait), helm test, the e2e suite through
-# the ingress controller, NetworkPolicies both ways, the HTTPRoute through a Gateway, helm upgrade to
-# another image tag under a steady ingest load, uninstall. A summary of stage times ends the run; a
-# failing stage prints the cluster's state and stops the run.
-# Environment (the Makefile passes these): HELM, KUBECTL, K8S_CLUSTER, IMAGE_TAG, K8S_NAMESPACE, K8S_RELEASE.
+# Stages, each timed: images into the cluster, kube-prometheus-stack (make monitoring, unless the
+# cluster has it), install (helm --wait, with tests/cluster/values.yaml), helm test, the e2e suite through
+# the ingress controller, NetworkPolicies both ways, the HTTPRoute through a Gateway, monitoring (targets,
+# rules, alerts), autoscaling, helm upgrade to another image tag under a steady ingest load, uninstall.
+# A summary of stage times ends the run; a failing stage prints the cluster's state and stops the run.
+# Environment (the Makefile passes these): HELM, KUBECTL, K8S_CLUSTER, IMAGE_TAG, K8S_NAMESPACE, K8S_RELEASE;
+# VT_TEST_MONITORING=0 leaves kube-prometheus-stack out (its tests then skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +25,7 @@ NEXT_TAG=${IMAGE_TAG}-next
 NAMESPACE=${K8S_NAMESPACE:-visiontrack}
 RELEASE=${K8S_RELEASE:-visiontrack}
 PYTEST=(.venv/bin/python -m pytest -q -p no:cacheprovider)
-export VT_CLUSTER_TESTS=1 VT_TEST_NAMESPACE=$NAMESPACE VT_TEST_RELEASE=$RELEASE KUBECTL HELM
+export VT_CLUSTER_TESTS=1 VT_TEST_NAMESPACE=$NAMESPACE VT_TEST_RELEASE=$RELEASE KUBECTL HELM K8S_CLUSTER IMAGE_TAG
 
 TIMES=()
 started_all=$SECONDS
@@ -61,9 +63,21 @@ images() {
     make --no-print-directory retag-images load FROM_TAG="$IMAGE_TAG" IMAGE_TAG="$NEXT_TAG" K8S_CLUSTER="$K8S_CLUSTER"
 }
 
+# kube-prometheus-stack before the chart, so the chart renders its ServiceMonitors and rules.
+monitoring() {
+    if [ "${VT_TEST_MONITORING:-1}" = 0 ]; then
+        echo "    VT_TEST_MONITORING=0: not installed"
+    elif $KUBECTL get crd servicemonitors.monitoring.coreos.com >/dev/null 2>&1 &&
+        $KUBECTL -n monitoring get service kube-prometheus-stack-prometheus >/dev/null 2>&1; then
+        echo "    already installed"
+    else
+        make --no-print-directory monitoring
+    fi
+}
+
 install() {
     $HELM upgrade --install "$RELEASE" charts/visiontrack --namespace "$NAMESPACE" --create-namespace \
-        --set imageDefaults.tag="$IMAGE_TAG" --wait --timeout 10m
+        --set imageDefaults.tag="$IMAGE_TAG" -f tests/cluster/values.yaml --wait --timeout 10m
 }
 
 helm_test() { $HELM test "$RELEASE" --namespace "$NAMESPACE" --logs --timeout 5m; }
@@ -82,16 +96,18 @@ e2e_suite() {
 
 uninstall() {
     $HELM uninstall "$RELEASE" --namespace "$NAMESPACE" --wait --timeout 5m
-    $KUBECTL delete namespace "$NAMESPACE" --wait=true --timeout=5m
     pytest_stage tests/cluster/test_uninstall.py
+    $KUBECTL delete namespace "$NAMESPACE" --wait=true --timeout=5m
 }
 
 stage "images into the cluster" images
+stage "kube-prometheus-stack" monitoring
 stage "install (helm --wait)" install
 stage "helm test" helm_test
 stage "e2e suite through the ingress" e2e_suite
 stage "NetworkPolicies both ways" pytest_stage tests/cluster/test_network_policies.py
 stage "HTTPRoute through the Gateway" pytest_stage tests/cluster/test_gateway_route.py
+stage "monitoring: targets, rules, alerts" pytest_stage tests/cluster/test_monitoring.py
 stage "upgrade under load" pytest_stage tests/cluster/test_upgrade_under_load.py
 stage "uninstall leaves nothing" uninstall
 summary

@@ -166,17 +166,20 @@ EOF
 addons_up() {
     kubectl apply -f "$LOCAL_DIR/manifests/storage.yaml" >/dev/null
     volumes_up
+    kubectl -n kube-system create configmap kubelet-ca --from-file=ca.crt="$PKI_DIR/ca.crt" \
+        --dry-run=client -o yaml | kubectl apply -f - >/dev/null
     local manifest
-    for manifest in coredns network-policies; do
+    for manifest in coredns network-policies metrics-server; do
         DNS_SERVICE_IP=$DNS_SERVICE_IP NETPOL_QUEUE=$NETPOL_QUEUE \
             envsubst '$DNS_SERVICE_IP $NETPOL_QUEUE' < "$LOCAL_DIR/manifests/$manifest.yaml" | kubectl apply -f - >/dev/null
     done
     kubectl -n kube-system rollout status daemonset/kube-network-policies --timeout 180s >/dev/null
     kubectl -n kube-system rollout status deployment/coredns --timeout 180s >/dev/null
+    kubectl -n kube-system rollout status deployment/metrics-server --timeout 180s >/dev/null
 }
 
 # What the cluster runs (tools, then the images built from them); prepare adds what the tests install.
-CLUSTER_TOOLS=(kubernetes coredns kube-network-policies pause traefik)
+CLUSTER_TOOLS=(kubernetes coredns kube-network-policies metrics-server pause traefik)
 CLUSTER_IMAGES=(cluster ingress)
 
 prepare() {
@@ -202,7 +205,7 @@ up() {
     step "network" network_up
     step "control plane" control_plane_up
     step "node" node_up
-    step "add-ons (DNS, NetworkPolicies, volumes)" addons_up
+    step "add-ons (DNS, policies, metrics, volumes)" addons_up
     step_summary
     say "cluster up in $((SECONDS - started)) s; kubectl: export KUBECONFIG=$KUBECONFIG_FILE"
 }

@@ -5,8 +5,8 @@
 #   images.sh bases                  the base images the Dockerfiles build FROM (python, rust, distroless)
 #   images.sh thirdparty [WHAT...]   the images the charts and the cluster run; WHAT: a group, chart (postgres,
 #                                    redis, curl, the two exporters), cluster (pause, coredns, the NetworkPolicy
-#                                    engine), ingress (traefik), monitoring (Prometheus Operator, config
-#                                    reloader, Prometheus, Alertmanager, metrics-server), or single keys
+#                                    engine, metrics-server), ingress (traefik), monitoring (Prometheus
+#                                    Operator, config reloader, Prometheus, Alertmanager), or single keys
 #                                    (`images.sh list` shows them); default: every group
 #   images.sh project [TAG]          visiontrack/{ingestor,registry,query,aggregator}:TAG (default $IMAGE_TAG, dev)
 #   images.sh retag FROM TO          tag the four project images FROM as TO as well
@@ -36,7 +36,7 @@ PATH_DEFAULT=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # --- the images -----------------------------------------------------------------------------------
 # key, group and name of every image, in build order. Groups: base (FROM of the Dockerfiles), chart (run
 # by the VisionTrack chart), cluster (run by the node and its add-ons), ingress (the Traefik chart),
-# monitoring (kube-prometheus-stack and metrics-server), project.
+# monitoring (kube-prometheus-stack), project.
 IMAGE_TABLE="
 python                base        docker.io/library/python:3.11.14-slim-bookworm
 rust                  base        docker.io/library/rust:1.95.0-slim-bookworm
@@ -54,7 +54,7 @@ prometheus-operator   monitoring  quay.io/prometheus-operator/prometheus-operato
 config-reloader       monitoring  quay.io/prometheus-operator/prometheus-config-reloader:v0.93.1
 prometheus            monitoring  quay.io/prometheus/prometheus:v3.14.0-distroless
 alertmanager          monitoring  quay.io/prometheus/alertmanager:v0.34.0
-metrics-server        monitoring  registry.k8s.io/metrics-server/metrics-server:v0.8.0
+metrics-server        cluster     registry.k8s.io/metrics-server/metrics-server:v0.8.0
 ingestor              project     docker.io/visiontrack/ingestor:@TAG@
 registry              project     docker.io/visiontrack/registry:@TAG@
 query                 project     docker.io/visiontrack/query:@TAG@

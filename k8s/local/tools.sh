@@ -55,6 +55,7 @@ ldflags() {
             flags+=" -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
         done ;;
     traefik) flags+=" -X github.com/traefik/traefik/v3/pkg/version.Version=$v" ;;
+    metrics-server) flags+=" -X k8s.io/client-go/pkg/version.gitVersion=$v" ;;
     prometheus | alertmanager | prometheus-operator)
         flags+=" -X github.com/prometheus/common/version.Version=${v#v}" ;;
     esac

@@ -7,12 +7,15 @@ import json
 import os
 import socket
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 
 KUBECTL = os.environ.get("KUBECTL", "kubectl")
 HELM = os.environ.get("HELM", "helm")
 NAMESPACE = os.environ.get("VT_TEST_NAMESPACE", "visiontrack")
+# local (the cluster of k8s/local, whose pods reach this machine), kind, minikube, or another.
+K8S_CLUSTER = os.environ.get("K8S_CLUSTER", "")
 RELEASE = os.environ.get("VT_TEST_RELEASE", "visiontrack")
 # The ingress controller's namespace and Service (k8s/traefik-values.yaml).
 TRAEFIK_NAMESPACE = "traefik"
@@ -68,6 +71,41 @@ def ingress_url() -> str:
 
 def service_host(component: str) -> str:
     return f"{RELEASE}-{component}.{NAMESPACE}.svc.cluster.local"
+
+
+class ServiceAddress:
+    """host:port of a Service as this machine reaches it: its cluster address where routed here (the
+    local cluster), else through `kubectl port-forward` for as long as the object lives."""
+
+    def __init__(self, namespace: str, name: str, port: int):
+        spec = kubectl_json("-n", namespace, "get", "service", name)["spec"]
+        self._forward = None
+        if _reachable(spec["clusterIP"], port):
+            self.host, self.port = spec["clusterIP"], port
+            return
+        self.host, self.port = "127.0.0.1", _free_port()
+        self._forward = subprocess.Popen([KUBECTL, "-n", namespace, "port-forward", f"service/{name}",
+                                          f"{self.port}:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not _reachable(self.host, self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"kubectl port-forward to {namespace}/{name}:{port} did not open")
+            time.sleep(0.2)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def close(self) -> None:
+        if self._forward:
+            self._forward.terminate()
+            self._forward.wait(timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass

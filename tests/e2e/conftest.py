@@ -11,8 +11,9 @@ Against a deployment, set:
     VT_E2E_ADMIN_TOKEN   one of the deployment's VT_ADMIN_TOKENS (required with VT_E2E_URL)
     VT_E2E_READER_TOKEN  one of the deployment's VT_READER_TOKENS (required with VT_E2E_URL)
     VT_E2E_WEBHOOK_URL   optional: the URL the deployment's worker reaches this machine at, with a port, for
-                         the alert tests' webhook receiver (it listens on that port on every interface of
-                         this machine); without it, the tests that need a webhook are skipped
+                         the alert tests' webhook receiver (it listens at that address and port, so the
+                         address must be one of this machine's); without it, the tests that need a webhook
+                         are skipped
 
 Tests that check the local nginx itself (its own refusals in the API's error shape, its body and header
 limits, a stopped part answering 503) carry the marker `local_ingress`; tests that need the local processes

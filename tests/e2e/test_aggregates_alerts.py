@@ -3,24 +3,21 @@
 resolves. Against a deployment (tests/e2e/conftest.py) the webhook test needs VT_E2E_WEBHOOK_URL."""
 from __future__ import annotations
 
-import json
 import math
 import random
-import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
 import requests
 
-from stack.servers import free_port
 from stack.services import INGESTOR_BINARY
 from tests.conftest import poll
 from tests.e2e.conftest import ADMIN, READER, TARGET, local_aggregator
+from tests.receiver import Receiver
 
 MINUTE = 60_000
 
@@ -30,36 +27,23 @@ def aggregator(request):
     yield from local_aggregator(request, VT_ALERT_EVAL_SECONDS="0.5", VT_WEBHOOK_BACKOFF_SECONDS="1")
 
 
-def _webhook_address() -> tuple[tuple[str, int], str]:
-    """Where the receiver listens and the URL the rule posts to: on loopback locally; for a deployment, every
-    interface at the port of VT_E2E_WEBHOOK_URL, which must reach this machine from the cluster."""
+def _webhook_receiver() -> tuple[Receiver, str]:
+    """A receiver and the URL a rule posts to: on loopback locally; for a deployment, at the address and
+    port of VT_E2E_WEBHOOK_URL, an address of this machine that the cluster's pods reach."""
     if not TARGET.deployed:
-        port = free_port()
-        return ("127.0.0.1", port), f"http://127.0.0.1:{port}/hook"
+        receiver = Receiver()
+        return receiver, receiver.url("/hook")
     if not TARGET.webhook_url:
         pytest.skip("needs a webhook receiver the deployment reaches: set VT_E2E_WEBHOOK_URL")
-    return ("0.0.0.0", urlsplit(TARGET.webhook_url).port), TARGET.webhook_url
+    where = urlsplit(TARGET.webhook_url)
+    return Receiver(where.hostname, where.port), TARGET.webhook_url
 
 
 @pytest.fixture(scope="module")
 def hooks():
-    address, url = _webhook_address()
-    calls: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            calls.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(address, Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield url, calls
-    server.shutdown()
+    receiver, url = _webhook_receiver()
+    yield url, receiver
+    receiver.shutdown()
 
 
 def _device(ingress) -> dict:
@@ -142,7 +126,11 @@ def test_aggregates_and_latest_of_ingested_data_through_the_ingress(ingress, agg
 
 def test_a_threshold_rule_fires_once_calls_its_webhook_and_resolves_through_the_ingress(ingress, aggregator,
                                                                                      hooks):
-    url, calls = hooks
+    url, receiver = hooks
+
+    def calls() -> list[dict]:
+        return [c["body"] for c in receiver.on(urlsplit(url).path)]
+
     device = _device(ingress)
     rule = requests.post(f"{ingress}/api/alert-rules/", headers=ADMIN,
                          json={"name": "e2e hot", "metric": "temperature", "op": ">", "threshold": 30,
@@ -153,9 +141,9 @@ def test_a_threshold_rule_fires_once_calls_its_webhook_and_resolves_through_the_
                                        headers=READER).json()["items"], timeout=20, what="the alert firing")
     assert [(a["state"], a["device_id"], a["value"]) for a in alerts] == [("firing", device["id"], 31.0)]
     _ingest(ingress, device, [{"ts": t0 + 10_000, "values": {"temperature": 20}}])
-    poll(lambda: [c for c in calls if c["rule_id"] == rule["id"] and c["state"] == "resolved"], timeout=20,
+    poll(lambda: [c for c in calls() if c["rule_id"] == rule["id"] and c["state"] == "resolved"], timeout=20,
          what="the resolving webhook")
-    assert [c["state"] for c in calls if c["rule_id"] == rule["id"]] == ["firing", "resolved"]
+    assert [c["state"] for c in calls() if c["rule_id"] == rule["id"]] == ["firing", "resolved"]
     alerts = requests.get(f"{ingress}/api/alerts/", params={"rule_id": rule["id"]}, headers=READER).json()["items"]
     assert [(a["state"], a["resolved_at"]) for a in alerts] == [("resolved", _iso(t0 + 10_000))]
 

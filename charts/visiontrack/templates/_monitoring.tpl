@@ -86,3 +86,26 @@ on the database's Service and is scraped through a ServiceMonitor like the parts
       protocol: TCP
 {{- end }}
 {{- end -}}
+
+{{/*
+The rules file with the `for` of the alerts named in (dict "rules" <text> "for" <alert: duration>);
+an alert name the file does not have fails the render (a typo would otherwise change nothing).
+*/}}
+{{- define "visiontrack.rulesWithFor" -}}
+{{- $doc := fromYaml .rules }}
+{{- $known := list }}
+{{- range $group := $doc.groups }}
+{{- range $rule := $group.rules }}
+{{- with $rule.alert }}
+{{- $known = append $known . }}
+{{- if hasKey $.for . }}{{ $_ := set $rule "for" (get $.for .) }}{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range $name, $_ := .for }}
+{{- if not (has $name $known) }}
+{{- fail (printf "monitoring.rules.for: no alert is named %s (the alerts: %s)" $name (join ", " $known)) }}
+{{- end }}
+{{- end }}
+{{- toYaml $doc }}
+{{- end -}}
