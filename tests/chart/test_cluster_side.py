@@ -122,7 +122,9 @@ def test_the_chart_network_policies_should_admit_the_ingress_controller_and_prom
 def test_kube_prometheus_stack_should_select_the_chart_monitors_and_load_its_dashboards(values):
     kps = load_yaml(ROOT / "k8s" / "kube-prometheus-stack-values.yaml")
     # The release label the chart puts on its ServiceMonitors/PrometheusRule is this Helm release's name.
-    assert re.search(rf"upgrade --install {values['monitoring']['release']} kube-prometheus-stack", MK.read_text())
+    dry_run = run([tool("make"), "--no-print-directory", "-n", "-f", str(MK), "monitoring", "HELM=helm",
+                   "KPS_CHART=kps.tgz"], cwd=str(ROOT)).stdout
+    assert f"upgrade --install {values['monitoring']['release']} kps.tgz" in dry_run
     dashboards = kps["grafana"]["sidecar"]["dashboards"]
     assert (dashboards["enabled"], dashboards["label"], dashboards["labelValue"]) == (True, "grafana_dashboard", "1")
     assert dashboards["searchNamespace"] == "ALL"

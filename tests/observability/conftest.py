@@ -5,9 +5,11 @@ dashboards and alerts look at.
 `monitored` starts, once per session: registry and query (gunicorn, 2 workers, multiprocess metrics), the
 ingestor when it is built, a Celery worker with 3 pool processes and beat (each serving /metrics on its own
 port), the Redis and Postgres exporters, and Prometheus scraping them every second and evaluating the
-rules every second. `traffic` then drives it: devices registered, readings accepted through both writers,
-requests rejected for several reasons, a batch resent (duplicates), a poison entry (a dead letter), reads
-through both APIs, and a device alert rule that fires.
+rules every second. Every target carries a `namespace` label, as a ServiceMonitor's targets do in a cluster,
+so the overview's namespace variable and filters work here as there. `traffic` then drives it, after
+Prometheus' first scrape and twice over (so every rate has an increase to show): devices registered,
+readings accepted through both writers, requests rejected for several reasons, a batch resent
+(duplicates), a poison entry (a dead letter), reads through both APIs, and a device alert rule that fires.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from stack import dashboards
 from stack import prometheus as prom
 from stack.servers import free_port
 from stack.services import INGESTOR_BINARY, Process
@@ -31,9 +34,12 @@ ROOT = Path(__file__).resolve().parents[2]
 FILES = ROOT / "charts" / "visiontrack" / "files"
 RULES = FILES / "prometheus" / "rules.yaml"
 RULE_TESTS = FILES / "prometheus" / "rules.test.yaml"
-DASHBOARDS = FILES / "dashboards"
+DASHBOARDS = dashboards.DASHBOARDS
 RUNBOOK = ROOT / "docs" / "runbook.md"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+# The namespace label of every target here (in a cluster: the release's namespace).
+NAMESPACE = "visiontrack-obs"
+SCRAPE_INTERVAL = "1s"
 
 
 def need(binary: str) -> str:
@@ -49,7 +55,15 @@ class Monitored:
     targets: dict[str, str]  # job -> base URL of its /metrics
     worker: Process
     worker_metrics: str
+    database_url: str
     multiproc_dirs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def sources(self) -> dashboards.Sources:
+        """Where the dashboards' queries go: this Prometheus (its scrape interval is Grafana's minimum
+        interval) and the Postgres the parts write to."""
+        return dashboards.Sources(prometheus=self.prometheus, postgres=self.database_url,
+                                  prometheus_interval=SCRAPE_INTERVAL)
 
     def query(self, expr: str, at: float | None = None) -> list[dict]:
         params = {"query": expr}
@@ -98,17 +112,30 @@ def monitored(request, base_env, run_dir, registry_url, query_url):
     targets["visiontrack-postgres-exporter"] = pg_exp.url
     prom_port = free_port()
     scrape = {job: [url.removeprefix("http://")] for job, url in targets.items()}
-    server = prom.start_prometheus(prom.prometheus(prom_port, run_dir / "prometheus", scrape, logs / "prometheus.log",
-                                                   interval="1s", evaluation="1s"))
+    daemon = prom.prometheus(prom_port, run_dir / "prometheus", scrape, logs / "prometheus.log",
+                             interval=SCRAPE_INTERVAL, evaluation="1s")
+    _label_every_target(run_dir / "prometheus" / "prometheus.yml", {"namespace": NAMESPACE})
+    server = prom.start_prometheus(daemon)
     started.append(server)
     try:
-        yield Monitored(server.url, targets, worker, targets["visiontrack-worker"],
+        yield Monitored(server.url, targets, worker, targets["visiontrack-worker"], base_env["DATABASE_URL"],
                         {"query": run_dir / "metrics" / web_process_name("query", query_url),
                          "registry": run_dir / "metrics" / web_process_name("registry", registry_url),
                          "worker": run_dir / "metrics" / "worker-obs"})
     finally:
         for proc in reversed(started):
             proc.stop()
+
+
+def _label_every_target(config: Path, labels: dict[str, str]) -> None:
+    """Add target labels to the generated prometheus.yml (a comment line, then JSON), as a cluster's
+    Prometheus gives a ServiceMonitor's targets their namespace."""
+    comment, _, body = config.read_text().partition("\n")
+    conf = json.loads(body)
+    for job in conf["scrape_configs"]:
+        for static in job["static_configs"]:
+            static["labels"] = {**static.get("labels", {}), **labels}
+    config.write_text(f"{comment}\n{json.dumps(conf, indent=2)}\n")
 
 
 def _post(url: str, body, token: str, content_type: str = "application/json") -> requests.Response:
@@ -126,6 +153,10 @@ class Traffic:
 @pytest.fixture(scope="session")
 def traffic(monitored, registry_url, query_url, redis_client, db) -> Traffic:
     """Drive every path the dashboards and alerts look at, then wait until Prometheus has seen it."""
+    # Only after Prometheus' first scrape of every target: a counter already at its final value when first
+    # scraped shows no increase, so every rate (and latency quantile) of the dashboards would be empty.
+    poll(lambda: len(monitored.query("up == 1")) == len(monitored.targets), timeout=30, interval=0.2,
+         what="a first scrape of every target")
     suffix = str(time.time_ns())[-8:]
     devices = []
     for i in range(3):
@@ -141,29 +172,36 @@ def traffic(monitored, registry_url, query_url, redis_client, db) -> Traffic:
     assert rule.status_code == 201, rule.text
     now_ms = int(time.time() * 1000)
     resent = {"ts": now_ms - 60_000, "values": {"temperature": 35.5, "humidity": 40}}
-    for i, device in enumerate(devices):
-        batch = [{"ts": now_ms - 120_000 + k * 1000, "values": {"temperature": 20 + k % 5 + i, "humidity": 40 + k % 3}}
-                 for k in range(50)] + [resent]
-        assert _post(ingest_url, batch, device["token"]).status_code == 202
-        # the seed's path, with the device's token and with an admin token naming the device
-        assert _post(f"{query_url}/api/telemetry/", {"values": {"temperature": 21.0 + i}}, device["token"]).status_code == 202
-        assert _post(f"{query_url}/api/telemetry/", {"device_id": device["id"], "values": {"humidity": 41}},
-                     ADMIN_TOKEN).status_code == 202
+
+    def send(offset_ms: int) -> None:
+        """Readings through both writers, rejections for several reasons on both, reads through both APIs."""
+        for i, device in enumerate(devices):
+            batch = [{"ts": now_ms - 120_000 + k * 1000 + offset_ms,
+                      "values": {"temperature": 20 + k % 5 + i, "humidity": 40 + k % 3}} for k in range(50)] + [resent]
+            assert _post(ingest_url, batch, device["token"]).status_code == 202
+            # the seed's path, with the device's token and with an admin token naming the device
+            assert _post(f"{query_url}/api/telemetry/", {"values": {"temperature": 21.0 + i}}, device["token"]).status_code == 202
+            assert _post(f"{query_url}/api/telemetry/", {"device_id": device["id"], "values": {"humidity": 41}},
+                         ADMIN_TOKEN).status_code == 202
+        for url in (ingest_url, f"{query_url}/api/telemetry/"):
+            assert _post(url, {"values": {"temperature": "hot"}}, devices[1]["token"]).status_code == 400
+            assert _post(url, b"{not json", devices[1]["token"]).status_code == 400
+            assert _post(url, {"temperature": 1}, "vtd_unknown-token-000000000000000000000000000000").status_code == 401
+            assert _post(url, "temperature=1", devices[1]["token"], "text/plain").status_code == 415
+        for device in devices:
+            assert requests.get(f"{query_url}/api/telemetry/latest", params={"device_id": device["id"]}, headers=ADMIN,
+                                timeout=10).status_code in (200, 404)
+            assert requests.get(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN, timeout=10).status_code == 200
+
+    send(0)
     # the same batch again: every reading a duplicate for the aggregator
     assert _post(ingest_url, [resent], devices[0]["token"]).status_code == 202
-    # rejections for several reasons, on both writers
-    for url in (ingest_url, f"{query_url}/api/telemetry/"):
-        assert _post(url, {"values": {"temperature": "hot"}}, devices[1]["token"]).status_code == 400
-        assert _post(url, b"{not json", devices[1]["token"]).status_code == 400
-        assert _post(url, {"temperature": 1}, "vtd_unknown-token-000000000000000000000000000000").status_code == 401
-        assert _post(url, "temperature=1", devices[1]["token"], "text/plain").status_code == 415
     # a poison entry written around the writers: the aggregator dead-letters it
     redis_client.xadd("vt:telemetry", {"v": "1", "d": "not-a-device", "r": "[]", "at": str(now_ms)})
-    # reads through both APIs
-    for device in devices:
-        assert requests.get(f"{query_url}/api/telemetry/latest", params={"device_id": device["id"]}, headers=ADMIN,
-                            timeout=10).status_code in (200, 404)
-        assert requests.get(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN, timeout=10).status_code == 200
+    # Again a few scrapes later: a series born in the first round (a route's first request) was first
+    # scraped with its count already in, so only a later increase gives it a rate (and a latency quantile).
+    time.sleep(2.5)
+    send(500)
 
     def stored() -> bool:
         with db.cursor() as cur:

@@ -1,6 +1,7 @@
 """On a live Prometheus scraping the running system with traffic flowing: every target is up and fast,
 every rule loads and evaluates, no alert fires on a healthy system while every metric the alerts read
-exists, and every expression of the overview dashboard returns data."""
+exists, and every query of the overview dashboard returns data, run as Grafana runs it (stack/dashboards.py:
+its variables and built-ins substituted, range queries over its window)."""
 from __future__ import annotations
 
 import json
@@ -11,34 +12,27 @@ import urllib.request
 
 import pytest
 
+from stack import dashboards
 from tests.conftest import poll
 
-from .conftest import DASHBOARDS, RULES
+from .conftest import NAMESPACE, RULES
 
 pytestmark = pytest.mark.integration
 
 JOBS = {"visiontrack-registry", "visiontrack-query", "visiontrack-worker", "visiontrack-beat",
         "visiontrack-redis-exporter", "visiontrack-postgres-exporter"}
-# Grafana's variables as the overview dashboard is opened by default: every namespace, a short rate window.
-GRAFANA_VARIABLES = {"$namespace": ".*", "$__rate_interval": "30s", "$__range": "10m", "${datasource}": "prometheus"}
+OVERVIEW = dashboards.load(dashboards.DASHBOARDS / "visiontrack-overview.json")
 
 
-def grafana(expr: str) -> str:
-    for var, value in GRAFANA_VARIABLES.items():
-        expr = expr.replace(var, value)
-    assert "$" not in expr, f"unsubstituted variable in {expr}"
-    return expr
+def overview_window() -> dashboards.TimeRange:
+    """The last 10 minutes: the whole life of this Prometheus, so $__range covers all the traffic."""
+    return dashboards.TimeRange.last("10m")
 
 
-def overview_expressions() -> list[tuple[str, str]]:
-    board = json.loads((DASHBOARDS / "visiontrack-overview.json").read_text())
-    exprs = [(f"{p['title']} / {t['legendFormat']}", t["expr"]) for p in board["panels"] for t in p.get("targets", [])]
-    for var in board["templating"]["list"]:  # label_values(<selector>, label): the selector must find series
-        if var["type"] == "query":
-            m = re.fullmatch(r"label_values\((.+), \w+\)", var["query"]["query"])
-            assert m, var
-            exprs.append((f"variable {var['name']}", m.group(1)))
-    return exprs
+@pytest.fixture(scope="module")
+def overview(monitored, traffic) -> list[dashboards.Result]:
+    """Every query of the overview as Grafana opens it (namespace All), run until each returns data."""
+    return dashboards.run_until_data(OVERVIEW, monitored.sources, window=overview_window(), timeout=30)
 
 
 def test_every_target_should_be_up(monitored, traffic):
@@ -124,9 +118,15 @@ def _assert_selectors_have_series(monitored, what: str, expr: str, timeout: floa
              what=f"series of {selector} (read by {what})")
 
 
+# The traffic dead-letters a poison entry on purpose (the dashboard's "Dead letters" panel shows it): the
+# alert on dead letters must see it, in the namespace of the targets.
+CAUSED_BY_THE_TRAFFIC = {"VisionTrackDeadLetters"}
+
+
 def test_no_alert_should_fire_on_the_healthy_system_yet_everything_it_reads_should_exist(monitored, traffic):
     """An alert that is quiet because it reads a misspelt metric or label would be quiet forever: every
-    selector an alert reads must have series, and its expression (the firing condition) must be empty."""
+    selector an alert reads must have series, and its expression (the firing condition) must be empty,
+    except for the alert the traffic causes on purpose, whose condition must hold."""
     rules = [r for g in monitored.api("/api/v1/rules")["groups"] for r in g["rules"]]
     alerts = [r for r in rules if r["type"] == "alerting"]
     assert len(alerts) >= 9
@@ -134,33 +134,57 @@ def test_no_alert_should_fire_on_the_healthy_system_yet_everything_it_reads_shou
         _assert_selectors_have_series(monitored, rule["name"], rule["query"])
     for name, job in (("pg_up", "visiontrack-postgres-exporter"), ("redis_up", "visiontrack-redis-exporter")):
         assert monitored.query(f'{name}{{job="{job}"}} == 1'), f"{name}: the exporter cannot reach its database"
+    assert CAUSED_BY_THE_TRAFFIC <= {a["name"] for a in alerts}
     for alert in alerts:
+        if alert["name"] in CAUSED_BY_THE_TRAFFIC:
+            held = monitored.query(alert["query"])
+            assert [r["metric"].get("namespace") for r in held] == [NAMESPACE], f"{alert['name']}: {held}"
+            continue
         assert monitored.query(alert["query"]) == [], f"{alert['name']} would fire: {alert['query']}"
         assert alert["state"] == "inactive", alert
 
 
-def test_every_overview_selector_should_have_series(monitored, traffic):
+def test_every_overview_selector_should_have_series(monitored, overview):
     """Also behind `or on() vector(0)` (which shows 0 rather than no data), the selectors must be real."""
-    for title, expr in overview_expressions():
-        if "ALERTS" in expr:  # Prometheus' own series, present only while an alert is pending or firing
+    for result in overview:
+        if "ALERTS" in result.text:  # Prometheus' own series, present only while an alert is pending or firing
             continue
-        _assert_selectors_have_series(monitored, title, grafana(expr))
+        if result.query.kind == "variable":  # label_values(<selector>, label): the selector must find series
+            expr = re.fullmatch(r"label_values\((.+), \w+\)", result.text).group(1)
+        else:
+            expr = result.text
+        _assert_selectors_have_series(monitored, result.describe(), expr)
 
 
-def test_every_overview_expression_should_return_data(monitored, traffic):
-    missing = []
-    for title, expr in overview_expressions():
-        try:
-            poll(lambda expr=expr: monitored.query(grafana(expr)), timeout=15, interval=0.5, what=title)
-        except AssertionError:
-            missing.append(f"{title}: {grafana(expr)}")
+def test_every_overview_query_should_return_data(overview):
+    missing = dashboards.no_data(overview)
     assert not missing, "no data for:\n" + "\n".join(missing)
+    kinds = {r.query.kind for r in overview}
+    assert kinds == {"panel", "variable"} and len(overview) == len(dashboards.queries(OVERVIEW))
+
+
+def test_the_namespace_variable_should_find_the_namespace_and_filter_by_it(monitored, overview):
+    """label_values finds the targets' namespace; picking it still shows every panel's data, and picking
+    another namespace empties the panels that have no `or on() vector(0)`: the filter is really applied."""
+    namespace, = [r for r in overview if r.query.kind == "variable"]
+    assert namespace.values == [NAMESPACE]
+    picked = dashboards.run_dashboard(OVERVIEW, monitored.sources, {"namespace": NAMESPACE}, overview_window())
+    assert not dashboards.no_data(picked), "\n".join(dashboards.no_data(picked))
+    assert all(f'namespace=~"{NAMESPACE}"' in r.text for r in picked if r.query.kind == "panel" and "ALERTS" not in r.text)
+    other = dashboards.run_dashboard(OVERVIEW, monitored.sources, {"namespace": "elsewhere"}, overview_window())
+    emptied = [r for r in other if r.query.kind == "panel" and "vector(0)" not in r.text]
+    assert emptied and not [r.describe() for r in emptied if r.has_data]
 
 
 def test_the_expression_check_should_catch_a_misspelt_metric(monitored, traffic):
-    with pytest.raises(AssertionError):
-        poll(lambda: monitored.query(grafana('sum(rate(visiontrack_ingestor_readings_acepted_total[$__rate_interval]))')),
-             timeout=2, what="a misspelt metric")
+    board = {"templating": OVERVIEW["templating"], "panels": [{
+        "type": "timeseries", "title": "misspelt", "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "targets": [{"refId": "A", "expr": 'sum(rate(visiontrack_ingestor_readings_acepted_total{namespace=~"$namespace"}'
+                                          '[$__rate_interval]))'},
+                    {"refId": "B", "expr": "sum(rate(visiontrack_ingestor_readings_accepted_total[$__rate_interval]"}]}]}
+    results = dashboards.run_dashboard(board, monitored.sources, window=overview_window())
+    missing = dashboards.no_data(results)
+    assert len(missing) == 2 and "'misspelt' A: no data" in missing[0] and "'misspelt' B: error: " in missing[1], missing
     assert _selectors('sum(rate({__name__=~"visiontrack_(ingestor|query)_readings_accepted_total"}[5m]))') == {
         '{__name__=~"visiontrack_(ingestor|query)_readings_accepted_total"}'}
     assert _selectors('sum by (namespace) (visiontrack:stream_backlog:entries) > 0 and on (namespace) '
