@@ -3,7 +3,8 @@
 # Stages, each timed: images into the cluster, kube-prometheus-stack (make monitoring, unless the
 # cluster has it), install (helm --wait, with tests/cluster/values.yaml), helm test, the e2e suite through
 # the ingress controller, NetworkPolicies both ways, the HTTPRoute through a Gateway, monitoring (targets,
-# rules, alerts), autoscaling, helm upgrade to another image tag under a steady ingest load, uninstall.
+# rules, alerts, dashboards), autoscaling, pod-kill drills under load, helm upgrade to another image tag
+# under a steady ingest load, uninstall.
 # A summary of stage times ends the run; a failing stage prints the cluster's state and stops the run.
 # Environment (the Makefile passes these): HELM, KUBECTL, K8S_CLUSTER, IMAGE_TAG, K8S_NAMESPACE, K8S_RELEASE;
 # VT_TEST_MONITORING=0 leaves kube-prometheus-stack out (its tests then skip).
@@ -34,12 +35,12 @@ stage() {
     shift
     echo "==> [test-cluster] $name"
     if ! "$@"; then
-        TIMES+=("$(printf '%-34s %5d s  FAILED' "$name" $((SECONDS - started)))")
+        TIMES+=("$(printf '%-44s %5d s  FAILED' "$name" $((SECONDS - started)))")
         diagnose
         summary
         exit 1
     fi
-    TIMES+=("$(printf '%-34s %5d s' "$name" $((SECONDS - started)))")
+    TIMES+=("$(printf '%-44s %5d s' "$name" $((SECONDS - started)))")
 }
 summary() {
     echo "---- test-cluster: time per stage"
@@ -107,7 +108,9 @@ stage "helm test" helm_test
 stage "e2e suite through the ingress" e2e_suite
 stage "NetworkPolicies both ways" pytest_stage tests/cluster/test_network_policies.py
 stage "HTTPRoute through the Gateway" pytest_stage tests/cluster/test_gateway_route.py
-stage "monitoring: targets, rules, alerts" pytest_stage tests/cluster/test_monitoring.py
+stage "monitoring: targets, rules, alerts, dashboards" pytest_stage tests/cluster/test_monitoring.py
+stage "autoscaling (HPA on metrics-server)" pytest_stage tests/cluster/test_autoscaling.py
+stage "drills: pods killed, Deployments restarted" pytest_stage -s tests/cluster/test_drills.py
 stage "upgrade under load" pytest_stage tests/cluster/test_upgrade_under_load.py
 stage "uninstall leaves nothing" uninstall
 summary

@@ -1,21 +1,26 @@
 """VisionTrack next to kube-prometheus-stack: the Prometheus Operator finds the release's ServiceMonitors
 and PrometheusRule by their release label (no hand-written scrape config), every part's every replica
-and both exporters are scraped, the rules load without errors, and alerts fire, reach Alertmanager and
-its receivers, and resolve: a part scaled to zero, and a burst of ingest errors (Redis refusing writes)."""
+and both exporters are scraped, the rules load without errors, alerts fire, reach Alertmanager and its
+receivers, and resolve (a part scaled to zero, a burst of ingest errors), and every query of both
+dashboards returns data from the cluster's Prometheus and Postgres."""
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from tests.cluster.kube import K8S_CLUSTER, NAMESPACE, RELEASE, ingress_url, kubectl, kubectl_json, node_address, \
-    release_tokens
+from stack import dashboards
+from tests.cluster.kube import K8S_CLUSTER, NAMESPACE, RELEASE, ServiceAddress, ingress_url, kubectl, kubectl_json, \
+    node_address, release_tokens
 from tests.cluster.prometheus import MONITORING_NAMESPACE, STACK_RELEASE, Alertmanager, Prometheus, \
     release_rules, wait_until
 from tests.receiver import Receiver
+from tests.traffic import Endpoints, register, send_round
 
 PARTS = ("ingestor", "registry", "query", "worker", "beat")
 EXPORTERS = ("postgres", "redis")
@@ -175,3 +180,36 @@ def test_a_burst_of_ingest_errors_fires_the_error_rate_alert(prometheus, alert_r
         stop.set()
         sender.join(timeout=30)
     assert 503 in answers and set(answers) <= {202, 503}, sorted(set(answers))
+
+
+# --- the dashboards' queries ----------------------------------------------------------------------
+
+def _postgres_dsn() -> tuple[ServiceAddress, str]:
+    """The in-chart Postgres as this machine reaches it, and a DSN with the release's credentials."""
+    secret = kubectl_json("-n", NAMESPACE, "get", "secret", f"{RELEASE}-secrets")["data"]
+    url = urlsplit(base64.b64decode(secret["DATABASE_URL"]).decode())
+    address = ServiceAddress(NAMESPACE, f"{RELEASE}-postgres", 5432)
+    return address, url._replace(netloc=f"{url.username}:{url.password}@{address.host}:{address.port}").geturl()
+
+
+def test_every_dashboard_query_returns_data_after_a_minute_of_traffic(prometheus):
+    """Every query of both dashboards (Prometheus panels with the dashboards' variables, Postgres panels
+    with Grafana's macros substituted), run as Grafana would against the cluster's Prometheus and
+    Postgres, returns data after a minute of traffic through the ingress."""
+    admin, _ = release_tokens()
+    url = ingress_url()
+    api = Endpoints(f"{url}/api/ingest", url, url, admin)
+    devices, _ = register(api, f"dashboards-{time.time_ns() % 10**8}")
+    now_ms = int(time.time() * 1000)
+    for round_ in range(6):
+        send_round(api, devices, now_ms, round_ * 500)
+        time.sleep(10)
+    address, dsn = _postgres_dsn()
+    sources = dashboards.Sources(prometheus=prometheus.url, postgres=dsn, prometheus_interval="10s")
+    given = {"namespace": NAMESPACE, "device": str(devices[0]["id"])}
+    try:
+        missing = {name: dashboards.no_data(dashboards.run_until_data(board, sources, given, timeout=120))
+                   for name, board in dashboards.shipped().items()}
+    finally:
+        address.close()
+    assert not any(missing.values()), "\n".join(f"{name}: {line}" for name, lines in missing.items() for line in lines)

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import requests
 
 from stack import dashboards
 from stack import prometheus as prom
 from stack.servers import free_port
 from stack.services import INGESTOR_BINARY, Process
 from tests.conftest import ADMIN_TOKEN, poll, web_process_name
+from tests.traffic import Endpoints, register, send_round
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = ROOT / "charts" / "visiontrack" / "files"
@@ -138,12 +138,6 @@ def _label_every_target(config: Path, labels: dict[str, str]) -> None:
     config.write_text(f"{comment}\n{json.dumps(conf, indent=2)}\n")
 
 
-def _post(url: str, body, token: str, content_type: str = "application/json") -> requests.Response:
-    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return requests.post(url, data=data, headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
-                         timeout=10)
-
-
 @dataclass
 class Traffic:
     devices: list[dict]
@@ -157,51 +151,19 @@ def traffic(monitored, registry_url, query_url, redis_client, db) -> Traffic:
     # scraped shows no increase, so every rate (and latency quantile) of the dashboards would be empty.
     poll(lambda: len(monitored.query("up == 1")) == len(monitored.targets), timeout=30, interval=0.2,
          what="a first scrape of every target")
-    suffix = str(time.time_ns())[-8:]
-    devices = []
-    for i in range(3):
-        r = requests.post(f"{registry_url}/api/devices/", json={"name": f"obs-{suffix}-{i}", "type": "obs-thermo"},
-                          headers=ADMIN, timeout=10)
-        assert r.status_code == 201, r.text
-        devices.append(r.json())
     ingest_url = (monitored.targets["visiontrack-ingestor"] + "/api/ingest"
                   if "visiontrack-ingestor" in monitored.targets else f"{query_url}/api/telemetry/")
-    rule = requests.post(f"{registry_url}/api/alert-rules/", headers=ADMIN, timeout=10, json={
-        "name": f"obs-{suffix} hot", "metric": "temperature", "op": ">", "threshold": 30,
-        "device_id": devices[0]["id"], "severity": "warning"})
-    assert rule.status_code == 201, rule.text
+    api = Endpoints(ingest_url, registry_url, query_url, ADMIN_TOKEN)
+    devices, _ = register(api, f"obs-{str(time.time_ns())[-8:]}")
     now_ms = int(time.time() * 1000)
-    resent = {"ts": now_ms - 60_000, "values": {"temperature": 35.5, "humidity": 40}}
-
-    def send(offset_ms: int) -> None:
-        """Readings through both writers, rejections for several reasons on both, reads through both APIs."""
-        for i, device in enumerate(devices):
-            batch = [{"ts": now_ms - 120_000 + k * 1000 + offset_ms,
-                      "values": {"temperature": 20 + k % 5 + i, "humidity": 40 + k % 3}} for k in range(50)] + [resent]
-            assert _post(ingest_url, batch, device["token"]).status_code == 202
-            # the seed's path, with the device's token and with an admin token naming the device
-            assert _post(f"{query_url}/api/telemetry/", {"values": {"temperature": 21.0 + i}}, device["token"]).status_code == 202
-            assert _post(f"{query_url}/api/telemetry/", {"device_id": device["id"], "values": {"humidity": 41}},
-                         ADMIN_TOKEN).status_code == 202
-        for url in (ingest_url, f"{query_url}/api/telemetry/"):
-            assert _post(url, {"values": {"temperature": "hot"}}, devices[1]["token"]).status_code == 400
-            assert _post(url, b"{not json", devices[1]["token"]).status_code == 400
-            assert _post(url, {"temperature": 1}, "vtd_unknown-token-000000000000000000000000000000").status_code == 401
-            assert _post(url, "temperature=1", devices[1]["token"], "text/plain").status_code == 415
-        for device in devices:
-            assert requests.get(f"{query_url}/api/telemetry/latest", params={"device_id": device["id"]}, headers=ADMIN,
-                                timeout=10).status_code in (200, 404)
-            assert requests.get(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN, timeout=10).status_code == 200
-
-    send(0)
-    # the same batch again: every reading a duplicate for the aggregator
-    assert _post(ingest_url, [resent], devices[0]["token"]).status_code == 202
+    send_round(api, devices, now_ms, 0)
     # a poison entry written around the writers: the aggregator dead-letters it
     redis_client.xadd("vt:telemetry", {"v": "1", "d": "not-a-device", "r": "[]", "at": str(now_ms)})
-    # Again a few scrapes later: a series born in the first round (a route's first request) was first
-    # scraped with its count already in, so only a later increase gives it a rate (and a latency quantile).
+    # Again a few scrapes later (its resent reading a duplicate now): a series born in the first round (a
+    # route's first request) was first scraped with its count already in, so only a later increase gives
+    # it a rate (and a latency quantile).
     time.sleep(2.5)
-    send(500)
+    send_round(api, devices, now_ms, 500)
 
     def stored() -> bool:
         with db.cursor() as cur:
@@ -212,10 +174,6 @@ def traffic(monitored, registry_url, query_url, redis_client, db) -> Traffic:
         return rollups > 0 and alerts > 0
 
     poll(stored, timeout=60, what="readings in the rollups and the device alert fired")
-    for device in devices:
-        assert requests.get(f"{query_url}/api/telemetry/aggregate", headers=ADMIN, timeout=10, params={
-            "device_id": device["id"], "metric": "temperature", "interval": "1m",
-            "from": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))}).status_code == 200
     # Prometheus has scraped the aftermath (a few scrapes, so rates have two points)
     poll(lambda: monitored.query('sum(visiontrack_aggregator_dead_letters_total) > 0')
          and monitored.query('sum(visiontrack_aggregator_readings_total{outcome="duplicate"}) > 0')
