@@ -9,12 +9,13 @@ import base64
 import json
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from stack import dashboards
+from stack import dashboards, snapshot
 from tests.cluster.kube import K8S_CLUSTER, NAMESPACE, RELEASE, ServiceAddress, ingress_url, kubectl, kubectl_json, \
     node_address, release_tokens
 from tests.cluster.prometheus import MONITORING_NAMESPACE, STACK_RELEASE, Alertmanager, Prometheus, \
@@ -25,6 +26,7 @@ from tests.traffic import Endpoints, register, send_round
 PARTS = ("ingestor", "registry", "query", "worker", "beat")
 EXPORTERS = ("postgres", "redis")
 RECEIVER_CONFIG = "visiontrack-test-receiver"
+SNAPSHOTS = Path(__file__).resolve().parents[2] / "run" / "dashboards-cluster"
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +212,9 @@ def test_every_dashboard_query_returns_data_after_a_minute_of_traffic(prometheus
     try:
         missing = {name: dashboards.no_data(dashboards.run_until_data(board, sources, given, timeout=120))
                    for name, board in dashboards.shipped().items()}
+        # The dashboards as the cluster's data draws them, to look at (make dashboard-snapshot's drawing).
+        for board in dashboards.shipped().values():
+            snapshot.snapshot(board, sources, SNAPSHOTS, given)
     finally:
         address.close()
     assert not any(missing.values()), "\n".join(f"{name}: {line}" for name, lines in missing.items() for line in lines)
