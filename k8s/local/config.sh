@@ -5,10 +5,19 @@ ETC_DIR="$CLUSTER_DIR/etc"
 
 write_configs() {
     mkdir -p "$ETC_DIR/cni"
-    _containerd_config > "$ETC_DIR/containerd.toml"
-    _cni_config > "$ETC_DIR/cni/10-visiontrack.conflist"
-    _kubelet_config > "$ETC_DIR/kubelet.yaml"
-    _kube_proxy_config > "$ETC_DIR/kube-proxy.yaml"
+    _containerd_config | _write_if_changed "$ETC_DIR/containerd.toml"
+    _cni_config | _write_if_changed "$ETC_DIR/cni/10-visiontrack.conflist"
+    _kubelet_config | _write_if_changed "$ETC_DIR/kubelet.yaml"
+    _kube_proxy_config | _write_if_changed "$ETC_DIR/kube-proxy.yaml"
+}
+
+# A file rewritten with the same content still counts as changed for kube-proxy, which exits when its
+# configuration file is written to: on a running cluster, `up` must leave unchanged files alone.
+_write_if_changed() {
+    local path=$1 new
+    new=$(cat)
+    [ -f "$path" ] && [ "$(cat "$path")" = "$new" ] && return
+    printf '%s\n' "$new" > "$path"
 }
 
 # A private containerd: its own store, state and socket, so it never meets another containerd here.
