@@ -1,5 +1,5 @@
 //! The one error type of the service and its JSON shape
-//! `{"error": code, "message": text, "details": [...]}` (API.md, "Errors").
+//! `{"error": code, "message": text, "details": [...]}` (docs/api.md, "Errors").
 
 use std::borrow::Cow;
 

@@ -1,12 +1,7 @@
-//! Thread-per-core serving. Each of the `VT_WORKER_THREADS` servers runs on its
-//! own OS thread with a current-thread tokio runtime, a listening socket of its
-//! own on the shared address (SO_REUSEPORT: the kernel hands each new connection
-//! to one of them) and an `AppState` of its own (Redis connection, token cache).
-//! A request, the Redis connection's driver task and the reply then never wake
-//! another thread: on the multi-thread runtime those wake-ups (futexes, IPIs) were
-//! about a quarter of the CPU spent per request. Shared between the servers: the
-//! config, the metrics recorder, and the stream backlogs (atomics), which the
-//! first server alone samples.
+//! Thread-per-core serving: `VT_WORKER_THREADS` servers, each on its own OS
+//! thread with a current-thread tokio runtime, its own SO_REUSEPORT listener and
+//! its own `AppState`; the first also samples the stream backlogs for all. Why:
+//! see docs/design.md, "The ingestor: one server per core".
 
 use std::future::Future;
 use std::io;

@@ -20,9 +20,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "visiontrack"
 TOOLS = Path(os.environ.get("TOOLS_DIR", ROOT / ".tools"))
-# Offline schemas (CRDs, skaffold) shared beside the repository; only the checks that need them skip
-# when they are absent.
-SHARED_SCHEMAS = ROOT.parent / "shared" / "schemas"
+# Offline schemas (the Prometheus Operator's CRDs, skaffold's config schema), vendored with their sources and
+# licences: see schemas/README.md.
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
 INSTALL = "scripts/install-chart-tools.sh"
 
 RELEASE = "vt"

@@ -1,6 +1,6 @@
 """The chart lints, renders in every mode, and every rendered object is valid against the Kubernetes
-schemas (kubernetes-validate, bundled offline), the Prometheus Operator's CRD schemas (offline copies
-beside the repository) and the Gateway API models; values.schema.json refuses what cannot work."""
+schemas (kubernetes-validate, bundled offline), the Prometheus Operator's CRD schemas (vendored in
+schemas/) and the Gateway API models; values.schema.json refuses what cannot work."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from .helpers import (CHART, INSTALL, KUBERNETES_VERSION, MODES, NAMESPACE, RELEASE,
-                       SHARED_SCHEMAS, TOOLS, load_yaml, run, tool, values_args)
+                       SCHEMAS, TOOLS, load_yaml, run, tool, values_args)
 
 MIN_KUBERNETES = "1.30.0"  # preStop sleep actions (beta, on by default, from 1.30)
 
@@ -52,10 +52,7 @@ def test_the_kubernetes_validator_should_reject_a_broken_object(tmp_path):
 
 
 def _crd_schema(kind: str) -> dict:
-    path = SHARED_SCHEMAS / "crds" / CR_KINDS[kind]
-    if not path.exists():
-        pytest.skip(f"{path} not present (the shared offline schemas sit beside the repository)")
-    crd = load_yaml(path)
+    crd = load_yaml(SCHEMAS / "crds" / CR_KINDS[kind])
     version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
     return _portable_patterns(version["schema"]["openAPIV3Schema"])
 

@@ -1,39 +1,9 @@
 """Alert rule evaluation: threshold rules over the readings, inactivity rules over last-seen times.
 
-Threshold rules walk each device's new readings of the rule's metric in time order, from a per rule and
-device watermark (`alert_state`). The condition holds from the first reading that meets it (`since`) until
-a reading that does not, which resolves a firing alert. A rule fires once the condition has held for
-`for_seconds` (0: at the first such reading), which either a later reading shows (its time - since) or,
-when none comes, the clock: each evaluation also fires where now - since >= for_seconds and the device's
-last reading, already walked, still meets the condition. A last reading stands for the condition only so
-long: once the device has sent nothing for more than for_seconds + STALE_AFTER, silence is not taken as the
-condition holding (saying a device went quiet is the inactivity rules' job), and it takes a new reading
-that meets the condition to fire. Only devices whose latest reading (telemetry_latest) is newer than their
-watermark are read, so an evaluation costs the new readings, not the history. A device with no hold under
-way and no firing alert is not read at all when its 1-minute rollups since the watermark show that no new
-reading can meet the condition (all under a `>` threshold, say): walking them would only move the
-watermark, so the evaluation moves it to the latest reading. Most devices, most of the time, cost one
-index probe instead of their readings.
-
-Late readings: a reading older than the watermark (it arrived after newer ones of the device were walked)
-is stored and aggregated but never fires, resolves or interrupts an alert. Alerts follow the readings in
-the order they were evaluated; rewriting history already sent to webhooks would be worse than missing it.
-
-Inactivity rules fire when a device in scope has sent nothing (or nothing of `metric`, when given) for
-`after_seconds`, counted from its creation or the rule's last change if it never did; data again resolves.
-
-Alerts whose device left the rule's scope (or was deleted), or whose rule was disabled or deleted, resolve
-at the next evaluation like any other. Deleting a rule through the registry only marks it (`deleted_at`);
-the evaluation resolves its firing alerts and then removes the rule with its alerts and state. Deleting a
-device marks the rules scoped to it the same way, and the purge of its data resolves its firing alerts
-here (`resolve_deleted_devices`) before it removes them. So this module stays the one writer of alert
-events, and the registry never waits on a webhook.
-
-A partial unique index keeps one firing alert per rule and device whoever evaluates; evaluations also take
-an advisory lock so two workers never interleave. Every state change of a rule with a webhook writes the
-alert's JSON to the webhook outbox in the same transaction; the caller enqueues its Celery task after the
-commit, and the outbox sweep enqueues again whatever was not delivered (a crash between the commit and the
-enqueue, a lost task): at least once.
+`Evaluator.run` evaluates every enabled rule in one transaction, under an advisory lock, and returns the
+webhook calls to enqueue after the commit (each already written to the webhook outbox). Holds, staleness,
+late readings, rules and devices leaving a scope, and why quiet devices cost one index probe: see
+docs/design.md, "Alert evaluation".
 """
 from __future__ import annotations
 

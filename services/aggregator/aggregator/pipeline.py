@@ -1,11 +1,7 @@
 """Draining one stream shard into Postgres: read a batch, store it in one transaction, then ack.
 
-At-least-once transport, exactly-once effect: a batch is acked only after its commit, a redelivered
-entry finds its rows already there (duplicates dropped and counted), and an entry that can never be
-stored goes to the dead-letter stream instead of blocking the shard.
-
-While Postgres stores one batch (on a writer thread; psycopg2 lets go of the GIL while it waits), the
-next batch is read and encoded, so Python's work and Postgres' work overlap.
+While Postgres stores one batch (on a writer thread), the next is read and encoded. Claims, redelivery and
+dead letters: see docs/design.md, "Delivery semantics".
 """
 from __future__ import annotations
 

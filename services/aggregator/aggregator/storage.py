@@ -1,16 +1,8 @@
 """One batch of stream entries into Postgres, in one transaction.
 
-Fast path: binary COPY straight into `telemetry`. A duplicate (a redelivered entry, a device resending)
-makes COPY fail; only then the batch takes the slow path: COPY into a temporary table and
-`INSERT ... ON CONFLICT DO NOTHING`, which drops the duplicates and counts them.
-
-In the same transaction, from the rows really inserted only (so a redelivered batch changes nothing):
-the 1-minute and 1-hour rollups (additive upserts), the latest value per device and metric (only moving
-forward) and each device's `last_seen_at` (once per batch per device). On the fast path every row went in,
-so the rollups are the batch's readings folded in Python (`fold_rollups`); on the slow path they are
-aggregated in SQL from what `INSERT ... RETURNING` returned. Either way they reach the rollup tables
-through one small staging table (`rollup_incoming`), and the 1-hour rollups are derived from the batch's
-1-minute deltas, never from raw rows.
+Raw rows by binary COPY (or, when the batch holds duplicates, through a temporary table and `INSERT ... ON
+CONFLICT DO NOTHING`), with the rollups, latest values and `last_seen_at` of the rows really inserted, in
+the same transaction: see docs/design.md, "Storing a batch".
 """
 from __future__ import annotations
 

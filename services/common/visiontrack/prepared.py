@@ -1,19 +1,9 @@
 """Server-side prepared statements with generic plans, for the read queries asked thousands of times.
 
-Postgres plans every statement it is sent. For the aggregate query (a UNION ALL over partitioned rollups
-and raw rows) planning took about as long as running it: 0.43 and 0.51 ms for 30 days at 1h. Prepared once
-per connection with plan_cache_mode=force_generic_plan, a statement is planned once and pruned to the
-partitions it needs at run time; that query went from 1.5 to 1.0 ms as psycopg2 sees it. (In the default
-mode Postgres keeps choosing custom plans for it, each planned afresh, so the mode is set for the session.)
-
 `execute` takes the statement as psycopg2 does (%(name)s placeholders, a dict of values) and prepares each
-distinct text on first use. Plain statements run instead for: a statement Postgres cannot prepare (a
-parameter whose type it cannot infer), every text past MAX_PER_CONNECTION, a text not yet prepared when
-the call is inside a transaction (it is prepared at its first call outside one), and everything on a
-connection whose server forgot a statement it had prepared.
-
-Each placeholder must stand where its type is plain: compared with a column, or cast. A bare
-`SELECT %(v)s` would prepare with v as text, and an integer would come back as a string.
+distinct text on first use, or runs it plain where it cannot. Each placeholder must stand where its type
+is plain (compared with a column, or cast). Why, with measurements, and when statements run plain: see
+docs/design.md, "Prepared statements".
 """
 from __future__ import annotations
 

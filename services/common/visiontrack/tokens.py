@@ -1,19 +1,8 @@
 """Device tokens and the Redis token index (docs/contracts.md section 2).
 
-Two writers keep the index. The registry changes entries inside the Postgres transaction that changes the
-token, before its commit. The aggregator now and then replaces the whole index with what Postgres holds, to
-repair drift (an index change whose commit then failed). A replacement built from a snapshot must not undo
-a registry change made while it was being built (a revoked token working again until the next rebuild):
-
-- the registry holds INDEX_LOCK shared from its index change to its commit, and notes the hashes it
-  changed in a set (`record_change`), in the same MULTI as the change;
-- the rebuild fills a scratch copy from a snapshot without the lock, then takes the lock exclusively (no
-  registry change is then between its index write and its commit), reads again the rows of every hash
-  noted meanwhile, applies them to the copy, and swaps it in before releasing the lock.
-
-So registry changes wait only for that short last step, never for the whole fill. One rebuild runs at a
-time (REBUILD_LOCK, tried, not waited for): a second one, swapping after the first had emptied the change
-set, would put back what its older snapshot held.
+The registry changes entries inside the Postgres transaction that changes the token (`lock_index_for_change`,
+`record_change`); the aggregator replaces the whole index from Postgres now and then (`rebuild_index`)
+without undoing a change made meanwhile: see docs/design.md, "Device authentication and the token index".
 """
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""VisionTrack query service: raw, aggregated and latest telemetry, alerts; the seed's telemetry POST."""
+"""VisionTrack query service: raw, aggregated and latest telemetry, alerts; the first API's telemetry POST."""

@@ -1,19 +1,9 @@
 """Bucket boundaries in a time zone, and which parts of a window each rollup can answer exactly.
 
-All times are integer epoch milliseconds (UTC). A bucket is the set of instants sharing a label:
-
-- intervals up to 1h (1m, 5m, 15m, 1h): the local wall-clock time floored to the interval, together with
-  the zone's offset, so the two 01:00 hours of a fall-back night are two buckets and a 1h bucket in a
-  +05:30 zone starts at :30 UTC;
-- 6h and 1d: the local wall-clock time floored to 6 hours or to the day (local midnight), whatever the
-  offset, so a day is 23 or 25 hours long across a DST change.
-
-A bucket starts at its first instant (a nonexistent local midnight starts the day at the transition).
-
-A 1-minute rollup row answers exactly if its whole UTC minute lies in one bucket and in the window; a 1-hour
-rollup row the same for its UTC hour. `plan()` cuts the window into ranges answered by the 1-hour rollup,
-the 1-minute rollup and raw rows (what no rollup covers: the ragged edges of from/to, and any minute a
-bucket boundary cuts through).
+All times are integer epoch milliseconds (UTC). `Zone` gives a zone's offsets and transitions; `plan()`
+cuts a window into buckets and into ranges answered by the 1-hour rollup, the 1-minute rollup and raw
+rows. What a bucket is across offset changes, and when a rollup row answers exactly: see docs/design.md,
+"Aggregates: buckets and rollups".
 """
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
 """Alert rules evaluated on a schedule, and their webhooks called with retries and exponential backoff.
 
-Evaluation runs beside ingestion (its own beat entry and connection), never inside a batch; a webhook
-call is its own task, so a slow or failing receiver delays nobody. Each call is first a row of the webhook
-outbox, written in the transaction of the alert's change: the task is enqueued right after the commit, and
-`sweep_webhooks` enqueues again the rows still pending after VT_WEBHOOK_SWEEP_GRACE_SECONDS (the enqueue
-was lost to a crash or a broker outage, or the task died). Delivery is therefore at least once: a receiver
-drops repeats by the alert's id and state (the `X-VisionTrack-Alert` header).
+Each webhook call is a row of the webhook outbox first and a task of its own; `sweep_webhooks` enqueues
+again the calls left pending. At least once: see docs/design.md, "Alert webhooks".
 """
 from __future__ import annotations
 
