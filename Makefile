@@ -84,6 +84,10 @@ migrate: venv ## Apply database migrations to DATABASE_URL
 settings: venv ## Print the table of every setting
 	$(VENV)/bin/visiontrack settings
 
+.PHONY: settings-doc
+settings-doc: venv ## Regenerate the settings table of docs/settings.md from the code (a unit test checks it)
+	$(VENV)/bin/visiontrack settings --update docs/settings.md
+
 .PHONY: clean
 clean: down ## Stop the stack and remove run/ (local data and logs)
 	rm -rf run

@@ -7,16 +7,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .routes import ROUTES
 from .servers import StackError, terminate, wait_for_port
 
-# path prefix -> part; the Ingress of charts/visiontrack routes the same prefixes.
-ROUTES = {
-    "/api/ingest": "ingestor",
-    "/api/devices": "registry",
-    "/api/alert-rules": "registry",
-    "/api/telemetry": "query",
-    "/api/alerts": "query",
-}
 # Prefixes whose part refuses a body over VT_MAX_BODY_BYTES from its Content-Length and closes without
 # reading it: nginx, still sending, would get a broken pipe and answer 503. So nginx holds the same limit
 # there and refuses first. (gunicorn reads what its app left unread first: see post_request in gunicorn_conf.)

@@ -1,10 +1,15 @@
 //! Settings from the environment. Every variable has a default, which an unset or
 //! empty variable takes (as in the Python parts); a value that is set but malformed
-//! stops the process at start with an error naming it.
+//! stops the process at start with an error naming it. `Config::settings` lists
+//! what each variable accepts (`--print-settings`), read off the same calls.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::validate::Limits;
 
@@ -15,6 +20,29 @@ pub struct ConfigError {
     pub var: &'static str,
     pub value: String,
     pub reason: String,
+}
+
+/// A variable, what it takes when unset (here, on this machine) and what it accepts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SettingSpec {
+    pub name: &'static str,
+    pub default: Value,
+    #[serde(flatten)]
+    pub accepts: Accepts,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Accepts {
+    /// Text, trimmed, not blank; `format` names the shape it must also have.
+    Text {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        format: Option<&'static str>,
+    },
+    /// An integer from `min` to `max`.
+    Integer { min: Value, max: Value },
+    /// One of `choices`, in any case.
+    Choice { choices: Vec<&'static str> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,13 +81,20 @@ impl Config {
 
     /// Reads settings through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let env = Env(&lookup);
-        let redis_url = env.string("REDIS_URL", "redis://127.0.0.1:6379/0")?;
-        if let Err(e) = redis::Client::open(redis_url.as_str()) {
-            return Err(err("REDIS_URL", &redis_url, format!("not a Redis URL: {e}")));
-        }
+        Self::read(&Env::new(&lookup))
+    }
+
+    /// Every variable `from_env` reads, with its default and what it accepts.
+    pub fn settings() -> Vec<SettingSpec> {
+        let unset = |_: &str| None;
+        let env = Env::new(&unset);
+        Self::read(&env).expect("the defaults are valid settings");
+        env.seen.into_inner()
+    }
+
+    fn read(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            redis_url,
+            redis_url: env.checked("REDIS_URL", "redis://127.0.0.1:6379/0", "a Redis URL", redis_url_problem)?,
             listen_addr: env.parsed("VT_LISTEN_ADDR", "0.0.0.0:8080", "a socket address like 0.0.0.0:8080")?,
             worker_threads: env.int("VT_WORKER_THREADS", usable_cpus(), 1, MAX_WORKER_THREADS)?,
             stream_key: env.string("VT_STREAM_KEY", "vt:telemetry")?,
@@ -71,15 +106,15 @@ impl Config {
             token_index_key: env.string("VT_TOKEN_INDEX_KEY", "vt:device-tokens")?,
             token_cache_ttl: Duration::from_secs(env.int("VT_TOKEN_CACHE_SECONDS", 2, 0, 5)?),
             limits: Limits {
-                max_body_bytes: env.int("VT_MAX_BODY_BYTES", 1_048_576, 1, 1 << 30)?,
+                max_body_bytes: env.int("VT_MAX_BODY_BYTES", 1_048_576, 64, 1 << 30)?,
                 max_readings: env.int("VT_MAX_READINGS", 10_000, 1, 10_000_000)?,
                 max_future_skew_seconds: env.int("VT_MAX_FUTURE_SKEW", 300, 0, 31_536_000)?,
                 retention_days: env.int("VT_RETENTION_DAYS", 30, 1, 36_500)?,
             },
             redis_timeout: Duration::from_millis(env.int("VT_REDIS_TIMEOUT_MS", 1000, 1, 600_000)?),
             request_timeout: Duration::from_millis(env.int("VT_REQUEST_TIMEOUT_MS", 10_000, 1, 3_600_000)?),
-            log_level: env.log_level()?,
-            log_format: env.log_format()?,
+            log_level: env.choice("VT_LOG_LEVEL", "info", LOG_LEVELS)?,
+            log_format: env.choice("VT_LOG_FORMAT", "text", LOG_FORMATS)?,
         })
     }
 
@@ -87,6 +122,22 @@ impl Config {
     pub fn shard_keys(&self) -> Vec<String> {
         crate::stream::shard_keys(&self.stream_key, self.stream_shards)
     }
+}
+
+/// `tracing` level names by the names accepted: Python's too, since the services share the variable.
+const LOG_LEVELS: &[(&str, &str)] = &[
+    ("trace", "trace"),
+    ("debug", "debug"),
+    ("info", "info"),
+    ("warn", "warn"),
+    ("warning", "warn"),
+    ("error", "error"),
+    ("critical", "error"),
+];
+const LOG_FORMATS: &[(&str, LogFormat)] = &[("text", LogFormat::Text), ("json", LogFormat::Json)];
+
+fn redis_url_problem(url: &str) -> Option<String> {
+    redis::Client::open(url).err().map(|e| format!("not a Redis URL: {e}"))
 }
 
 const MAX_WORKER_THREADS: usize = 256;
@@ -101,15 +152,27 @@ fn err(var: &'static str, value: &str, reason: impl Into<String>) -> ConfigError
     ConfigError { var, value: value.to_owned(), reason: reason.into() }
 }
 
-struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+/// The variables, read through a lookup; each read is recorded (`seen`) for `Config::settings`.
+struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    seen: RefCell<Vec<SettingSpec>>,
+}
 
-impl Env<'_> {
-    /// The variable's value; an empty one counts as unset (`VT_X=` in an env file).
-    fn get(&self, var: &str) -> Option<String> {
-        (self.0)(var).filter(|v| !v.is_empty())
+impl<'a> Env<'a> {
+    fn new(lookup: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Self { lookup, seen: RefCell::new(Vec::new()) }
     }
 
-    fn string(&self, var: &'static str, default: &str) -> Result<String, ConfigError> {
+    fn record(&self, name: &'static str, default: impl Into<Value>, accepts: Accepts) {
+        self.seen.borrow_mut().push(SettingSpec { name, default: default.into(), accepts });
+    }
+
+    /// The variable's value; an empty one counts as unset (`VT_X=` in an env file).
+    fn get(&self, var: &str) -> Option<String> {
+        (self.lookup)(var).filter(|v| !v.is_empty())
+    }
+
+    fn text(&self, var: &'static str, default: &str) -> Result<String, ConfigError> {
         match self.get(var) {
             None => Ok(default.to_owned()),
             Some(v) if v.trim().is_empty() => Err(err(var, &v, "must not be empty")),
@@ -117,15 +180,35 @@ impl Env<'_> {
         }
     }
 
-    fn parsed<T: FromStr>(&self, var: &'static str, default: &str, expected: &str) -> Result<T, ConfigError> {
-        let raw = self.string(var, default)?;
+    fn string(&self, var: &'static str, default: &str) -> Result<String, ConfigError> {
+        self.record(var, default, Accepts::Text { format: None });
+        self.text(var, default)
+    }
+
+    /// Text that `problem` finds nothing wrong with (its answer is the reason otherwise).
+    fn checked(
+        &self,
+        var: &'static str,
+        default: &str,
+        format: &'static str,
+        problem: fn(&str) -> Option<String>,
+    ) -> Result<String, ConfigError> {
+        self.record(var, default, Accepts::Text { format: Some(format) });
+        let raw = self.text(var, default)?;
+        problem(&raw).map_or(Ok(raw.clone()), |reason| Err(err(var, &raw, reason)))
+    }
+
+    fn parsed<T: FromStr>(&self, var: &'static str, default: &str, expected: &'static str) -> Result<T, ConfigError> {
+        self.record(var, default, Accepts::Text { format: Some(expected) });
+        let raw = self.text(var, default)?;
         raw.parse().map_err(|_| err(var, &raw, format!("expected {expected}")))
     }
 
     fn int<T>(&self, var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
     where
-        T: FromStr + PartialOrd + Copy + std::fmt::Display,
+        T: FromStr + PartialOrd + Copy + std::fmt::Display + Into<Value>,
     {
+        self.record(var, default, Accepts::Integer { min: min.into(), max: max.into() });
         let Some(raw) = self.get(var) else { return Ok(default) };
         let expected = || err(var, &raw, format!("expected an integer from {min} to {max}"));
         let value: T = raw.trim().parse().map_err(|_| expected())?;
@@ -135,26 +218,22 @@ impl Env<'_> {
         Ok(value)
     }
 
-    fn log_level(&self) -> Result<&'static str, ConfigError> {
-        let raw = self.string("VT_LOG_LEVEL", "info")?;
-        // Python's names are accepted too, since the services share the variable.
-        match raw.to_ascii_lowercase().as_str() {
-            "trace" => Ok("trace"),
-            "debug" => Ok("debug"),
-            "info" => Ok("info"),
-            "warn" | "warning" => Ok("warn"),
-            "error" | "critical" => Ok("error"),
-            _ => Err(err("VT_LOG_LEVEL", &raw, "expected one of trace, debug, info, warn, error")),
-        }
-    }
-
-    fn log_format(&self) -> Result<LogFormat, ConfigError> {
-        let raw = self.string("VT_LOG_FORMAT", "text")?;
-        match raw.to_ascii_lowercase().as_str() {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            _ => Err(err("VT_LOG_FORMAT", &raw, "expected text or json")),
-        }
+    /// The value of the option named (in any case) by the variable.
+    fn choice<T: Copy>(
+        &self,
+        var: &'static str,
+        default: &str,
+        options: &[(&'static str, T)],
+    ) -> Result<T, ConfigError> {
+        let names: Vec<&'static str> = options.iter().map(|(name, _)| *name).collect();
+        self.record(var, default, Accepts::Choice { choices: names.clone() });
+        let raw = self.text(var, default)?;
+        let wanted = raw.to_ascii_lowercase();
+        options
+            .iter()
+            .find(|(name, _)| *name == wanted)
+            .map(|(_, value)| *value)
+            .ok_or_else(|| err(var, &raw, format!("expected one of {}", names.join(", "))))
     }
 }
 
@@ -189,6 +268,27 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_secs(10));
         assert_eq!(c.log_level, "info");
         assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn settings_list_each_variable_read_with_its_default_and_range() {
+        let specs = Config::settings();
+        let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+        assert_eq!(names.len(), 19);
+        assert_eq!(names.iter().collect::<std::collections::HashSet<_>>().len(), names.len());
+        let shards = specs.iter().find(|s| s.name == "VT_STREAM_SHARDS").unwrap();
+        assert_eq!(shards.default, 1);
+        assert_eq!(shards.accepts, Accepts::Integer { min: 1.into(), max: 1024.into() });
+        let level = specs.iter().find(|s| s.name == "VT_LOG_LEVEL").unwrap();
+        assert_eq!(level.default, "info");
+        let Accepts::Choice { choices } = &level.accepts else { panic!("{level:?}") };
+        assert!(choices.contains(&"warning") && choices.contains(&"trace"));
+        let json = serde_json::to_value(&specs).unwrap();
+        assert_eq!(
+            json[0],
+            serde_json::json!({"name": "REDIS_URL", "default": "redis://127.0.0.1:6379/0",
+                                               "kind": "text", "format": "a Redis URL"})
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! Entry point: config, tracing, metrics, then the servers until SIGTERM/SIGINT.
+//! `--print-settings` prints every variable read, its default and what it accepts (JSON) instead.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,6 +13,10 @@ use visiontrack_ingestor::{metrics, server, Config};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("--print-settings") {
+        println!("{}", serde_json::to_string_pretty(&Config::settings()).expect("settings as JSON"));
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {

@@ -41,7 +41,8 @@ def test_every_hpa_should_scale_its_deployment_on_cpu_and_nothing_else_by_defaul
 
 
 def test_the_registry_should_autoscale_like_the_other_apis(render, values):
-    """DESIGN.md: the ingestor, registry and query are stateless (HPA on CPU and request rate)."""
+    """docs/design.md, "Growing past one machine": the ingestor, registry and query are stateless (HPA on CPU
+    and request rate)."""
     hpas = _hpas(render("default"))
     assert set(hpas) == set(SCALED)
     for comp in APIS:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from stack.routes import ROUTES
+
 from .helpers import (CHART, MODES, NAMESPACE, PART_OF, PYTHONPATH, RELEASE, ROOT, all_part_containers, by_kind,
                       component, container_env, find, init_containers, introspect, load_yaml_all, matches,
                       part_containers, pod_labels, pod_spec, run, workloads)
@@ -248,14 +250,12 @@ def test_every_public_route_of_the_code_should_be_reachable_through_the_ingress(
                         f"{comp} serves {rule}, which no {kind} path routes to it"
 
 
-def test_api_md_paths_should_all_be_routed(render):
-    """The public paths of API.md, each to its part."""
-    want = {"/api/ingest": "ingestor", "/api/devices": "registry", "/api/alert-rules": "registry",
-            "/api/telemetry": "query", "/api/alerts": "query"}
+def test_the_route_file_should_be_what_the_ingress_and_the_httproute_route(render):
+    """files/routes.json, which stack/nginx.py routes by too, is what the chart renders: each path to its part."""
     objs = render("ha")
     for kind in ("Ingress", "HTTPRoute"):
         got = {path: backend(objs, svc, port)[0] for k, path, svc, port in routes_of(objs) if k == kind}
-        assert got == want, kind
+        assert got == ROUTES, kind
 
 
 def _nginx_size(size: str) -> int:

@@ -1,4 +1,4 @@
-"""The query service's HTTP promises (/work/shared/API.md) that no other test holds it to: raw lists without a
+"""The query service's HTTP promises (docs/api.md) that no other test holds it to: raw lists without a
 device filter and their keyset pages (JSON and CSV), the alert state filter, the OpenAPI document, health,
 backpressure on POST /api/telemetry/, the documented order of the ingest checks, and no 500 for bad input
 (forged cursors, ids beyond a bigint, NUL characters).

@@ -1,6 +1,7 @@
 """The sharded stream (VT_STREAM_SHARDS=3) end to end, over real HTTP and real Celery.
 
-DESIGN.md asks to "prove the sharded path locally with N > 1". Here the Python side runs sharded: a query
+The sharded path is proven locally with N > 1 (docs/design.md, "Growing past one machine"). Here the
+Python side runs sharded: a query
 service of its own writes `POST /api/telemetry/` into `<key>:{device_id % 3}` (docs/contracts.md section 1),
 and an aggregator worker and beat of their own drain the three shards into Postgres, trim them and
 dead-letter what can never be stored.

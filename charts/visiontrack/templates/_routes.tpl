@@ -1,16 +1,8 @@
 {{/*
-The public routes of API.md, one list for the Ingress and the HTTPRoute: path prefix -> component.
-Each component's Service port "http" reaches the container that serves the prefix.
+The public routes, path prefix -> component: files/routes.json, the one list the Ingress, the HTTPRoute and the
+local stack's nginx (stack/nginx.py) route by. Each component's Service port "http" reaches the container that
+serves the prefix.
 */}}
 {{- define "visiontrack.routes" -}}
-- path: /api/ingest
-  component: ingestor
-- path: /api/devices
-  component: registry
-- path: /api/alert-rules
-  component: registry
-- path: /api/telemetry
-  component: query
-- path: /api/alerts
-  component: query
+{{ .Files.Get "files/routes.json" | fromJsonArray | toYaml }}
 {{- end -}}

@@ -46,17 +46,18 @@ def _cmd_wait_for_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_settings(args: argparse.Namespace) -> int:
-    rows = [{"name": s.name, "default": s.default, "required": s.required, "parts": sorted(s.parts),
-             "secret": s.secret, "help": s.help} for s in config_module.SETTINGS]
-    if args.format == "json":
-        json.dump(rows, sys.stdout, indent=2)
+    from pathlib import Path
+
+    from . import settings_table
+
+    if args.update:
+        changed = settings_table.update(Path(args.update))
+        print(f"{args.update}: {'table updated' if changed else 'table already up to date'}")
+    elif args.format == "json":
+        json.dump(settings_table.rows(), sys.stdout, indent=2)
         print()
     else:
-        print("| variable | default | used by | meaning |")
-        print("| --- | --- | --- | --- |")
-        for r in rows:
-            default = "(required)" if r["required"] else f"`{r['default']}`" if r["default"] else "(empty)"
-            print(f"| `{r['name']}` | {default} | {', '.join(r['parts'])} | {r['help']} |")
+        print(settings_table.markdown(), end="")
     return 0
 
 
@@ -75,6 +76,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"give up after this long (default: {DEFAULT_WAIT_SECONDS:g}; 0: look once)")
     p = sub.add_parser("settings", help="list every setting the Python parts read")
     p.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    p.add_argument("--update", metavar="FILE", help="write the table into FILE between its "
+                                                    "<!-- settings:start --> and <!-- settings:end --> lines")
     return out
 
 

@@ -1,7 +1,7 @@
 """Every setting of the Python parts, read from the environment in one place.
 
-`SETTINGS` is the single list: the README's table, the Helm chart's cross-checks and `visiontrack
-settings` are all generated from it. A missing or malformed value stops the process at start with a
+`SETTINGS` is the single list: the table of docs/settings.md, the Helm chart's cross-checks and
+`visiontrack settings` are all generated from it. A missing or malformed value stops the process at start with a
 message naming the variable (`ConfigError`). Checks across settings belong to the part that uses them and
 run at its start (`check_retention`: the aggregator), so no part refuses to start over another's settings.
 """
@@ -11,30 +11,37 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-ALL_PARTS = frozenset({"registry", "query", "aggregator", "migrate"})
+# Which parts read a setting. The Rust ingestor reads some of these variables too, with the same default and range
+# (tests/contract/test_shared_settings.py compares them with its `--print-settings`); it has its own besides.
+INGESTOR = "ingestor"
+ALL_PARTS = frozenset({"registry", "query", "aggregator", "migrate", INGESTOR})
 WEB = frozenset({"registry", "query"})
 DB_PARTS = frozenset({"registry", "query", "aggregator", "migrate"})
-REDIS_PARTS = frozenset({"registry", "query", "aggregator"})
-WRITERS = frozenset({"query"})  # Python writer of the telemetry stream (the Rust ingestor is the other)
+REDIS_PARTS = frozenset({"registry", "query", "aggregator", INGESTOR})
+WRITERS = frozenset({"query", INGESTOR})  # the telemetry stream's writers: POST /api/telemetry/ and the ingestor
 
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+@dataclass(frozen=True)
+class IntRange:
+    """A parser: an integer from `lo` to `hi` (None: no bound)."""
+
+    lo: int | None = None
+    hi: int | None = None
+
+    def __call__(self, raw: str) -> int:
         try:
             value = int(raw.strip())
         except ValueError:
             raise ValueError(f"must be an integer, got {raw!r}") from None
-        if lo is not None and value < lo:
-            raise ValueError(f"must be >= {lo}, got {value}")
-        if hi is not None and value > hi:
-            raise ValueError(f"must be <= {hi}, got {value}")
+        if self.lo is not None and value < self.lo:
+            raise ValueError(f"must be >= {self.lo}, got {value}")
+        if self.hi is not None and value > self.hi:
+            raise ValueError(f"must be <= {self.hi}, got {value}")
         return value
-
-    return parse
 
 
 def _float(lo: float = 0.0) -> Callable[[str], float]:
@@ -57,14 +64,17 @@ def _token_list(raw: str) -> tuple[str, ...]:
     return tokens
 
 
-def _choice(*options: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in options:
-            raise ValueError(f"must be one of {', '.join(options)}, got {raw!r}")
-        return value
+@dataclass(frozen=True)
+class Choice:
+    """A parser: one of `options`, in any case."""
 
-    return parse
+    options: tuple[str, ...]
+
+    def __call__(self, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in self.options:
+            raise ValueError(f"must be one of {', '.join(self.options)}, got {raw!r}")
+        return value
 
 
 def _url(*schemes: str) -> Callable[[str], str]:
@@ -120,57 +130,57 @@ SETTINGS: tuple[Setting, ...] = (
             "Comma-separated operator API tokens with full access (each at least 16 characters).", secret=True),
     Setting("VT_READER_TOKENS", "", _token_list, WEB,
             "Comma-separated operator API tokens allowed only GET calls.", secret=True),
-    Setting("VT_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), ALL_PARTS, "Log level."),
-    Setting("VT_LOG_FORMAT", "text", _choice("text", "json"), ALL_PARTS, "Log lines as text or JSON."),
+    Setting("VT_LOG_LEVEL", "info", Choice(("debug", "info", "warning", "error")), ALL_PARTS, "Log level."),
+    Setting("VT_LOG_FORMAT", "text", Choice(("text", "json")), ALL_PARTS, "Log lines as text or JSON."),
     Setting("VT_HTTP_BIND", "0.0.0.0:8000", _text, WEB, "Address gunicorn listens on."),
-    Setting("VT_HTTP_WORKERS", "2", _int(1, 64), WEB, "gunicorn worker processes."),
-    Setting("VT_HTTP_THREADS", "4", _int(1, 64), WEB, "Threads per gunicorn worker."),
-    Setting("VT_DB_POOL_SIZE", "4", _int(1, 100), WEB, "Postgres connections per web worker process."),
-    Setting("VT_QUERY_TIMEOUT_MS", "5000", _int(100), WEB, "Statement timeout of API queries, ms."),
+    Setting("VT_HTTP_WORKERS", "2", IntRange(1, 64), WEB, "gunicorn worker processes."),
+    Setting("VT_HTTP_THREADS", "4", IntRange(1, 64), WEB, "Threads per gunicorn worker."),
+    Setting("VT_DB_POOL_SIZE", "4", IntRange(1, 100), WEB, "Postgres connections per web worker process."),
+    Setting("VT_QUERY_TIMEOUT_MS", "5000", IntRange(100), WEB, "Statement timeout of API queries, ms."),
     Setting("VT_STREAM_KEY", "vt:telemetry", _text, REDIS_PARTS - {"registry"}, "Telemetry stream key (prefix when sharded)."),
-    Setting("VT_STREAM_SHARDS", "1", _int(1, 1024), REDIS_PARTS - {"registry"}, "Number of stream shards (by device id)."),
+    Setting("VT_STREAM_SHARDS", "1", IntRange(1, 1024), REDIS_PARTS - {"registry"}, "Number of stream shards (by device id)."),
     Setting("VT_STREAM_GROUP", "aggregators", _text, REDIS_PARTS - {"registry"}, "Consumer group of the aggregators."),
-    Setting("VT_STREAM_HIGH_WATER", "100000", _int(1), WRITERS,
+    Setting("VT_STREAM_HIGH_WATER", "100000", IntRange(1, 2**64 - 1), WRITERS,
             "Backlog (entries per shard) above which writers answer 503."),
-    Setting("VT_BACKLOG_CHECK_MS", "250", _int(1, 60_000), WRITERS, "How often a writer samples the stream backlog, ms."),
-    Setting("VT_RETRY_AFTER_SECONDS", "1", _int(1), WRITERS, "Retry-After sent with 503 answers."),
+    Setting("VT_BACKLOG_CHECK_MS", "250", IntRange(1, 60_000), WRITERS, "How often a writer samples the stream backlog, ms."),
+    Setting("VT_RETRY_AFTER_SECONDS", "1", IntRange(1, 3600), WRITERS, "Retry-After sent with 503 answers."),
     Setting("VT_DEAD_LETTER_KEY", "vt:telemetry:dead", _text, frozenset({"aggregator"}), "Dead-letter stream key."),
     Setting("VT_TOKEN_INDEX_KEY", "vt:device-tokens", _text, REDIS_PARTS, "Redis hash of device-token hashes."),
-    Setting("VT_MAX_BODY_BYTES", "1048576", _int(64), WRITERS, "Largest telemetry request body, bytes (413 beyond)."),
-    Setting("VT_MAX_READINGS", "10000", _int(1), WRITERS, "Most readings in one request (400 beyond)."),
-    Setting("VT_MAX_FUTURE_SKEW", "300", _int(0), WRITERS, "How far in the future a reading may be, seconds."),
-    Setting("VT_RETENTION_DAYS", "30", _int(1, 36500), WRITERS | {"aggregator"},
+    Setting("VT_MAX_BODY_BYTES", "1048576", IntRange(64, 2**30), WRITERS, "Largest telemetry request body, bytes (413 beyond)."),
+    Setting("VT_MAX_READINGS", "10000", IntRange(1, 10_000_000), WRITERS, "Most readings in one request (400 beyond)."),
+    Setting("VT_MAX_FUTURE_SKEW", "300", IntRange(0, 31_536_000), WRITERS, "How far in the future a reading may be, seconds."),
+    Setting("VT_RETENTION_DAYS", "30", IntRange(1, 36500), WRITERS | {"aggregator"},
             "Raw telemetry kept this many days; older readings are refused."),
-    Setting("VT_PARTITIONS_AHEAD_DAYS", "3", _int(1, 60), frozenset({"aggregator", "migrate"}),
+    Setting("VT_PARTITIONS_AHEAD_DAYS", "3", IntRange(1, 60), frozenset({"aggregator", "migrate"}),
             "Daily telemetry partitions created ahead of time."),
-    Setting("VT_BATCH_ENTRIES", "10000", _int(1, 100000), frozenset({"aggregator"}),
+    Setting("VT_BATCH_ENTRIES", "10000", IntRange(1, 100000), frozenset({"aggregator"}),
             "Most stream entries read in one batch (one Postgres transaction); entries of one reading need many "
             "per batch for their rollups to be cheap."),
-    Setting("VT_BATCH_READINGS", "100000", _int(1, 1000000), frozenset({"aggregator"}),
+    Setting("VT_BATCH_READINGS", "100000", IntRange(1, 1000000), frozenset({"aggregator"}),
             "Readings a batch aims at; the entries read per batch follow the entries' average size. A batch "
             "upserts a rollup row per series and minute or hour it touches, so bigger batches share them out."),
     Setting("VT_DRAIN_BUDGET_SECONDS", "10", _float(0.1), frozenset({"aggregator"}),
             "How long one drain task runs before handing back to Celery."),
     Setting("VT_DRAIN_INTERVAL_SECONDS", "1", _float(0.1), frozenset({"aggregator"}),
             "How often beat schedules a drain of every shard."),
-    Setting("VT_CLAIM_IDLE_MS", "30000", _int(100), frozenset({"aggregator"}),
+    Setting("VT_CLAIM_IDLE_MS", "30000", IntRange(100), frozenset({"aggregator"}),
             "Pending entries idle this long are claimed from a dead consumer."),
-    Setting("VT_MAX_DELIVERIES", "5", _int(1), frozenset({"aggregator"}),
+    Setting("VT_MAX_DELIVERIES", "5", IntRange(1), frozenset({"aggregator"}),
             "Deliveries after which a failing entry is dead-lettered."),
     Setting("VT_TRIM_INTERVAL_SECONDS", "5", _float(0.1), frozenset({"aggregator"}), "How often the stream is trimmed."),
     Setting("VT_TOKEN_INDEX_REPAIR_SECONDS", "60", _float(1), frozenset({"aggregator"}),
             "How often the token index is rebuilt from Postgres."),
-    Setting("VT_WORKER_CONCURRENCY", "2", _int(1, 64), frozenset({"aggregator"}), "Celery worker processes."),
-    Setting("VT_METRICS_PORT", "9100", _int(0, 65535), frozenset({"aggregator"}),
+    Setting("VT_WORKER_CONCURRENCY", "2", IntRange(1, 64), frozenset({"aggregator"}), "Celery worker processes."),
+    Setting("VT_METRICS_PORT", "9100", IntRange(0, 65535), frozenset({"aggregator"}),
             "Port of the aggregator's /metrics (0: off)."),
     Setting("VT_BEAT_SCHEDULE_FILE", "/tmp/visiontrack-beat-schedule", _text, frozenset({"aggregator"}),
             "Where Celery beat keeps its schedule state."),
     Setting("VT_ROLLUPS_ENABLED", "true", _bool, frozenset({"aggregator"}),
             "Maintain rollups, latest values and last_seen_at with every batch (turn off only to measure their "
             "cost: aggregates, latest and alerts depend on them)."),
-    Setting("VT_ROLLUP_1M_RETENTION_DAYS", "90", _int(1, 36500), frozenset({"aggregator"}),
+    Setting("VT_ROLLUP_1M_RETENTION_DAYS", "90", IntRange(1, 36500), frozenset({"aggregator"}),
             "1-minute rollups kept this many days (whole daily partitions dropped)."),
-    Setting("VT_ROLLUP_1H_RETENTION_DAYS", "730", _int(1, 36500), frozenset({"aggregator"}),
+    Setting("VT_ROLLUP_1H_RETENTION_DAYS", "730", IntRange(1, 36500), frozenset({"aggregator"}),
             "1-hour rollups kept at least this many days (whole monthly partitions dropped)."),
     Setting("VT_RETENTION_INTERVAL_SECONDS", "3600", _float(10), frozenset({"aggregator"}),
             "How often expired raw and rollup partitions are dropped."),
@@ -178,16 +188,16 @@ SETTINGS: tuple[Setting, ...] = (
             "How often alert rules are evaluated."),
     Setting("VT_WEBHOOK_TIMEOUT_SECONDS", "5", _float(0.1), frozenset({"aggregator"}),
             "Timeout of one alert webhook call."),
-    Setting("VT_WEBHOOK_MAX_RETRIES", "8", _int(0, 100), frozenset({"aggregator"}),
+    Setting("VT_WEBHOOK_MAX_RETRIES", "8", IntRange(0, 100), frozenset({"aggregator"}),
             "Retries of a failed alert webhook call, with exponential backoff."),
-    Setting("VT_WEBHOOK_BACKOFF_SECONDS", "2", _int(1, 3600), frozenset({"aggregator"}),
+    Setting("VT_WEBHOOK_BACKOFF_SECONDS", "2", IntRange(1, 3600), frozenset({"aggregator"}),
             "First retry delay of a failed webhook call; it doubles per retry, up to 240 s."),
     Setting("VT_WEBHOOK_SWEEP_SECONDS", "30", _float(0.5), frozenset({"aggregator"}),
             "How often the alert webhook outbox is swept for calls still pending after the grace period."),
     Setting("VT_WEBHOOK_SWEEP_GRACE_SECONDS", "60", _float(1), frozenset({"aggregator"}),
             "How long an alert webhook call, and each of its retries, has to start before the sweep enqueues "
             "it again (at-least-once delivery: keep it above the Celery queue's usual delay)."),
-    Setting("VT_AGGREGATE_MAX_BUCKETS", "50000", _int(1, 10_000_000), frozenset({"query"}),
+    Setting("VT_AGGREGATE_MAX_BUCKETS", "50000", IntRange(1, 10_000_000), frozenset({"query"}),
             "Most buckets one aggregate query may return (400 beyond)."),
 )
 

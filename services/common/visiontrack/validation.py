@@ -18,10 +18,11 @@ _METRIC_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
 # An integer written in ASCII digits: int() and str.isdigit() also take other scripts' digits ("１２"),
 # underscores ("1_000"), a '+' and surrounding blanks, which no client means.
 ASCII_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
+# Also the documents' pattern (fields.Timestamp): so [0-9], not \d (other scripts' digits in Python), and the
+# fields' ranges spelt out. Only the days of each month and the year's range are left to parse_rfc3339_ms.
 RFC3339_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
-    re.ASCII,  # \d is [0-9] only
-)
+    r"((?!0000)[0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):([0-5][0-9]):([0-5][0-9])"
+    r"(?:\.([0-9]{1,9}))?(?:([Zz])|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))")
 
 MSG_NOT_OBJECT = "must be an object"
 MSG_NO_METRIC = "must hold at least one metric"

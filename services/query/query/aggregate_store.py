@@ -1,4 +1,6 @@
-"""Aggregates over buckets, answered from the rollups where they fit exactly and from raw rows elsewhere.
+"""Aggregates over buckets and the latest values, from the rollups and the telemetry_latest table.
+
+Aggregates are answered from the rollups where they fit exactly and from raw rows elsewhere.
 
 One statement: the 1-hour rollup rows, the 1-minute rollup rows and the raw rows of the ranges `buckets.plan`
 chose (each an index range scan on (device_id, metric, time) in the partitions it touches, with constant
@@ -89,3 +91,20 @@ def _grid_step(starts: list[int]) -> int | None:
             return None
         last = s
     return step
+
+
+_LATEST = "SELECT metric, ts, value FROM telemetry_latest WHERE device_id = %(d)s "
+
+
+def latest(cur, device_id: int, metric: str | None) -> list[tuple] | None:
+    """(metric, ts, value) of the device's newest reading of each metric (or of `metric`); None when there is no
+    such device."""
+    # Two texts, each with its own generic plan: one index probe for a metric, a range for all of them.
+    prepared.execute(cur, _LATEST + ("AND metric = %(m)s" if metric is not None else "ORDER BY metric"),
+                     {"d": device_id, "m": metric})
+    rows = cur.fetchall()
+    if not rows:
+        cur.execute("SELECT 1 FROM devices WHERE id = %s", (device_id,))
+        if cur.fetchone() is None:
+            return None
+    return rows

@@ -3,20 +3,17 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from zoneinfo import ZoneInfo
 
 from flask_smorest import Blueprint
-from marshmallow import Schema, ValidationError, fields, validate, validates
 
-from visiontrack import prepared
 from visiontrack.errors import ApiError
 from visiontrack.web.app import services
-from visiontrack.web.fields import ID_RANGE, METRIC, QueryInteger, Timestamp
 from visiontrack.web.responses import json_response
 from visiontrack.web.timefmt import format_ts, from_ms, to_ms
 
 from . import buckets
-from .aggregate_store import aggregate
+from .aggregate_store import aggregate, latest
+from .schemas import AGGS, AggregateArgsSchema, AggregateSchema, LatestArgsSchema, LatestSchema
 
 blp = Blueprint("telemetry_aggregates", __name__, url_prefix="/api/telemetry",
                 description="Aggregated and latest telemetry")
@@ -27,7 +24,6 @@ def _operators_only():
     services().auth.require()
 
 
-AGGS = ("avg", "min", "max", "sum", "count")
 # The latest `to`: a day short of the last instant a datetime holds, so that local times in any zone (UTC+14
 # at most) are still datetimes when the buckets are cut (a later `to` in such a zone was a 500).
 _LAST_MS = to_ms(datetime(9999, 12, 30, tzinfo=timezone.utc))
@@ -35,63 +31,6 @@ _LAST_MS = to_ms(datetime(9999, 12, 30, tzinfo=timezone.utc))
 
 def _bad(field: str, message: str) -> ApiError:
     return ApiError("validation_error", "invalid request; see details", [{"field": field, "message": message}])
-
-
-class AggregateArgsSchema(Schema):
-    device_id = QueryInteger(required=True, validate=ID_RANGE)
-    metric = fields.String(required=True, validate=METRIC)
-    from_ = Timestamp(data_key="from", load_default=None,
-                      metadata={"description": "Inclusive start (default: `to` minus one day)."})
-    to = Timestamp(load_default=None, metadata={"description": "Exclusive end (default: now)."})
-    interval = fields.String(required=True, validate=validate.OneOf(list(buckets.INTERVALS)))
-    agg = fields.String(load_default=",".join(AGGS),
-                        metadata={"description": "Comma-separated subset of avg,min,max,sum,count."})
-    tz = fields.String(load_default="UTC", metadata={"description": "IANA zone of the bucket boundaries."})
-
-    @validates("agg")
-    def _aggs(self, value, **_):
-        names = [a.strip() for a in value.split(",") if a.strip()]
-        if not names or any(a not in AGGS for a in names):
-            raise ValidationError("must be a comma-separated subset of avg,min,max,sum,count")
-
-    @validates("tz")
-    def _zone(self, value, **_):
-        if value in ("UTC", "Etc/UTC"):
-            return
-        try:
-            if len(value) > 64:
-                raise ValueError
-            ZoneInfo(value)
-        except Exception:  # not found, a malformed key, a folder of the zone database
-            raise ValidationError("is not an IANA time zone name") from None
-
-
-class BucketSchema(Schema):
-    ts = Timestamp(metadata={"description": "Bucket start"})
-    avg = fields.Float()
-    min = fields.Float()
-    max = fields.Float()
-    sum = fields.Float()
-    count = fields.Integer()
-
-
-class AggregateSchema(Schema):
-    device_id = fields.Integer()
-    metric = fields.String()
-    interval = fields.String()
-    tz = fields.String()
-    items = fields.List(fields.Nested(BucketSchema))
-
-
-class LatestArgsSchema(Schema):
-    device_id = QueryInteger(required=True, validate=ID_RANGE)
-    metric = fields.String(load_default=None, validate=METRIC)
-
-
-class LatestSchema(Schema):
-    device_id = fields.Integer()
-    values = fields.Dict(keys=fields.String(), values=fields.Dict(),
-                         metadata={"description": '{"<metric>": {"ts", "value"}}'})
 
 
 _DAYS: dict[int, str] = {}
@@ -151,24 +90,14 @@ def get_aggregate(args):
                   "tz": args["tz"], "items": items})
 
 
-_LATEST = "SELECT metric, ts, value FROM telemetry_latest WHERE device_id = %(d)s "
-
-
 @blp.route("/latest")
 @blp.arguments(LatestArgsSchema(), location="query")
 @blp.response(200, LatestSchema)
 def get_latest(args):
     """The newest reading of each metric of a device (or of one metric)."""
-    svc = services()
-    one_metric = args["metric"] is not None
-    with svc.db.read() as cur:
-        # Two texts, each with its own generic plan: one index probe for a metric, a range for all of them.
-        prepared.execute(cur, _LATEST + ("AND metric = %(m)s" if one_metric else "ORDER BY metric"),
-                         {"d": args["device_id"], "m": args["metric"]})
-        rows = cur.fetchall()
-        if not rows:
-            cur.execute("SELECT 1 FROM devices WHERE id = %s", (args["device_id"],))
-            if cur.fetchone() is None:
-                raise ApiError("not_found", f"device {args['device_id']} does not exist")
+    with services().db.read() as cur:
+        rows = latest(cur, args["device_id"], args["metric"])
+    if rows is None:
+        raise ApiError("not_found", f"device {args['device_id']} does not exist")
     return json_response({"device_id": args["device_id"],
                           "values": {metric: {"ts": format_ts(ts), "value": value} for metric, ts, value in rows}})

@@ -1,10 +1,14 @@
-"""The query service's request and response shapes (API.md)."""
+"""The query service's request and response shapes (docs/api.md, "Telemetry" and "Alerts")."""
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from zoneinfo import ZoneInfo
 
-from visiontrack.validation import METRIC_PATTERN
-from visiontrack.web.fields import ID_RANGE, MAX_ID, METRIC, QueryInteger, TimeRangeArgs, Timestamp
+from marshmallow import Schema, ValidationError, fields, validate, validates
+
+from visiontrack.web.fields import ID_RANGE, METRIC, QueryInteger, TimeRangeArgs, Timestamp, WholeMatch
+from visiontrack.web.pagination import page_schema
+
+from . import buckets
 
 
 class TelemetryListArgsSchema(TimeRangeArgs):
@@ -22,41 +26,103 @@ class ReadingSchema(Schema):
     value = fields.Float()
 
 
-class TelemetryPageSchema(Schema):
-    items = fields.List(fields.Nested(ReadingSchema))
-    next_cursor = fields.String(allow_none=True)
+TelemetryPageSchema = page_schema("TelemetryPage", ReadingSchema)
 
 
 class AcceptedSchema(Schema):
     accepted = fields.Integer(metadata={"description": "Readings now durably in the stream."})
 
 
-# The body of POST /api/telemetry/, for the document only: the handler reads and checks it itself, exactly as
-# /api/ingest does (visiontrack.validation); a marshmallow load would change its errors and slow it down.
-# OpenAPI 3.0 has no patternProperties: the metric names' pattern is in the descriptions.
-_READING_VALUE = {"anyOf": [{"type": "number"}, {"type": "boolean"}],
-                  "description": f"A finite number, or a boolean (stored as 1/0); the metric name matches "
-                                 f"{METRIC_PATTERN}."}
-_MESSAGE_FIELDS = {
-    "device_id": {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_ID,
-                  "description": "Required with an admin token (every message the same device); with a device "
-                                 "token, absent or the token's own device."},
-    "ts": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "integer"}],
-           "description": "RFC 3339 or epoch milliseconds; default: the time of receipt. At most "
-                          "VT_MAX_FUTURE_SKEW ahead, not older than the raw retention."},
-}
-_MESSAGE_FORMS = [
-    {"type": "object", "title": "Message", "required": ["values"], "additionalProperties": False,
-     "properties": {**_MESSAGE_FIELDS, "values": {"type": "object", "minProperties": 1,
-                                                   "additionalProperties": _READING_VALUE}}},
-    {"type": "object", "title": "Flat message", "minProperties": 1, "additionalProperties": _READING_VALUE,
-     "description": "Every key besides device_id and ts is a metric (at least one).",
-     "properties": _MESSAGE_FIELDS},
-]
-TELEMETRY_BODY = {
-    "required": True,
-    "description": "One message or an array of them, as for POST /api/ingest: all or nothing, at most "
-                   "VT_MAX_BODY_BYTES (413 beyond) and VT_MAX_READINGS readings.",
-    "content": {"application/json": {"schema": {"oneOf": [
-        *_MESSAGE_FORMS, {"type": "array", "minItems": 1, "items": {"oneOf": _MESSAGE_FORMS}}]}}},
-}
+# --- aggregates and latest values ---------------------------------------------------------------------------------
+
+AGGS = ("avg", "min", "max", "sum", "count")
+_MAX_ZONE_NAME = 64
+_AGG = f"(?:{'|'.join(AGGS)})"
+# Comma-separated names, blanks around them and empty items allowed, at least one name: the check and the
+# documents' pattern.
+AGG_LIST = WholeMatch(rf"^(?:\s*,)*\s*{_AGG}\s*(?:,\s*(?:{_AGG}\s*)?)*$",
+                      error="must be a comma-separated subset of avg,min,max,sum,count")
+
+
+class AggregateArgsSchema(Schema):
+    device_id = QueryInteger(required=True, validate=ID_RANGE)
+    metric = fields.String(required=True, validate=METRIC)
+    from_ = Timestamp(data_key="from", load_default=None,
+                      metadata={"description": "Inclusive start (default: `to` minus one day)."})
+    to = Timestamp(load_default=None, metadata={"description": "Exclusive end (default: now)."})
+    interval = fields.String(required=True, validate=validate.OneOf(list(buckets.INTERVALS)))
+    agg = fields.String(load_default=",".join(AGGS), validate=AGG_LIST,
+                        metadata={"description": "Comma-separated subset of avg,min,max,sum,count."})
+    tz = fields.String(load_default="UTC", metadata={"description": "IANA zone of the bucket boundaries.",
+                                                     "maxLength": _MAX_ZONE_NAME})
+
+    @validates("tz")
+    def _zone(self, value, **_):
+        if value in ("UTC", "Etc/UTC"):
+            return
+        try:
+            if len(value) > _MAX_ZONE_NAME:
+                raise ValueError
+            ZoneInfo(value)
+        except Exception:  # not found, a malformed key, a folder of the zone database
+            raise ValidationError("is not an IANA time zone name") from None
+
+
+class BucketSchema(Schema):
+    ts = Timestamp(metadata={"description": "Bucket start"})
+    avg = fields.Float()
+    min = fields.Float()
+    max = fields.Float()
+    sum = fields.Float()
+    count = fields.Integer()
+
+
+class AggregateSchema(Schema):
+    device_id = fields.Integer()
+    metric = fields.String()
+    interval = fields.String()
+    tz = fields.String()
+    items = fields.List(fields.Nested(BucketSchema))
+
+
+class LatestArgsSchema(Schema):
+    device_id = QueryInteger(required=True, validate=ID_RANGE)
+    metric = fields.String(load_default=None, validate=METRIC)
+
+
+class LatestValueSchema(Schema):
+    ts = Timestamp()
+    value = fields.Float()
+
+
+class LatestSchema(Schema):
+    device_id = fields.Integer()
+    values = fields.Dict(keys=fields.String(validate=METRIC), values=fields.Nested(LatestValueSchema),
+                         metadata={"description": '{"<metric>": {"ts", "value"}}'})
+
+
+# --- alerts -----------------------------------------------------------------------------------------------------
+
+
+class AlertListArgsSchema(TimeRangeArgs):
+    device_id = QueryInteger(load_default=None, validate=ID_RANGE)
+    rule_id = QueryInteger(load_default=None, validate=ID_RANGE)
+    state = fields.String(load_default=None, validate=validate.OneOf(["firing", "resolved"]))
+    from_ = Timestamp(data_key="from", load_default=None,
+                      metadata={"description": "Alerts started at or after this time."})
+    to = Timestamp(load_default=None, metadata={"description": "Alerts started before this time."})
+    limit = QueryInteger(load_default=100, validate=validate.Range(1, 1000))
+    cursor = fields.String(load_default=None)
+
+
+class AlertSchema(Schema):
+    id = fields.Integer()
+    rule_id = fields.Integer()
+    device_id = fields.Integer()
+    state = fields.String()
+    value = fields.Float(allow_none=True)
+    started_at = Timestamp()
+    resolved_at = Timestamp(allow_none=True)
+
+
+AlertPageSchema = page_schema("AlertPage", AlertSchema)

@@ -1,8 +1,9 @@
-"""`/api/telemetry/`: raw readings (JSON or CSV, keyset pages) and the seed's write path."""
+"""`/api/telemetry/`: raw readings (JSON or CSV, keyset pages) and the original write path, POST."""
 from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 
 from flask import Response, current_app, request
 from flask.views import MethodView
@@ -10,12 +11,13 @@ from flask_smorest import Blueprint
 
 from visiontrack.stream_writer import StreamWriter
 from visiontrack.web.app import services
-from visiontrack.web.pagination import decode_cursor, encode_cursor
+from visiontrack.web.pagination import Keyset, keyset_page
 from visiontrack.web.responses import json_response
 from visiontrack.web.timefmt import format_ts
 
 from . import telemetry_ingest
-from .schemas import TELEMETRY_BODY, AcceptedSchema, TelemetryListArgsSchema, TelemetryPageSchema
+from .schemas import AcceptedSchema, TelemetryListArgsSchema, TelemetryPageSchema
+from .telemetry_body import TELEMETRY_BODY
 from .telemetry_store import COLUMNS, RawQuery, fetch_raw
 
 blp = Blueprint("telemetry", __name__, url_prefix="/api/telemetry", description="Telemetry")
@@ -23,7 +25,7 @@ blp = Blueprint("telemetry", __name__, url_prefix="/api/telemetry", description=
 
 @blp.before_request
 def _operators_read():
-    """Reads take operator tokens. POST, the seed's writer, also takes device tokens and checks them itself."""
+    """Reads take operator tokens. POST, a writer too, also takes device tokens and checks them itself."""
     if request.method != "POST":
         services().auth.require()
 
@@ -34,6 +36,11 @@ _CSV_HEADERS = {"X-Next-Cursor": {"description": "CSV only: the cursor of the ne
 
 def _writer() -> StreamWriter:
     return current_app.extensions["stream_writer"]
+
+
+def _fetch(q: RawQuery, after: list | None, limit: int) -> list[tuple]:
+    with services().db.read() as cur:
+        return fetch_raw(cur, replace(q, limit=limit), after)
 
 
 def _wants_csv() -> bool:
@@ -64,20 +71,16 @@ class Telemetry(MethodView):
                                   "next cursor is in X-Next-Cursor).")
     def get(self, args):
         """Raw readings, newest first unless `order=asc`; `Accept: text/csv` for CSV."""
-        svc = services()
         q = RawQuery(args["device_id"], args["metric"], args["from_"], args["to"], args["order"], args["limit"])
-        after = decode_cursor(args["cursor"], q.cursor_shape) if args["cursor"] else None
-        with svc.db.read() as cur:
-            rows = fetch_raw(cur, RawQuery(**{**q.__dict__, "limit": q.limit + 1}), after)
-        page, more = rows[: q.limit], len(rows) > q.limit
-        next_cursor = encode_cursor(q.cursor_for(page[-1])) if more else None
+        page = keyset_page(lambda after, n: _fetch(q, after, n), q.limit, args["cursor"],
+                           Keyset(q.cursor_shape, q.cursor_for))
         if _wants_csv():
-            return _csv_response(page, next_cursor)
+            return _csv_response(page["items"], page["next_cursor"])
         # Built here rather than dumped through TelemetryPageSchema (which documents it): marshmallow costs
         # about 20 us per reading, most of a page's time.
         items = [{"device_id": device_id, "metric": metric, "ts": format_ts(ts), "value": value}
-                 for device_id, metric, ts, value in page]
-        return json_response({"items": items, "next_cursor": next_cursor})
+                 for device_id, metric, ts, value in page["items"]]
+        return json_response({"items": items, "next_cursor": page["next_cursor"]})
 
     @blp.doc(requestBody=TELEMETRY_BODY)  # documentation only: the body is read and checked by telemetry_ingest
     @blp.response(202, AcceptedSchema, description="Every reading is durably in the stream.")

@@ -1,4 +1,4 @@
-"""`POST /api/telemetry/`: the seed's write path, same validation and same stream as `/api/ingest`.
+"""`POST /api/telemetry/`: the original write path, same validation and same stream as `/api/ingest`.
 
 A device token writes for its own device; an admin token names the device with `device_id`.
 """

@@ -1,27 +1,9 @@
 """Devices and tokens in Postgres, with the Redis token index changed before each commit.
 
-The Redis change happens inside the Postgres transaction: if Redis fails, the transaction rolls back and
-the caller gets 503, so the index never lags a committed revocation. The aggregator's periodic rebuild
-repairs the rare opposite case (Redis changed, commit failed); the change holds the index lock
-(visiontrack.tokens) until its commit so that a rebuild never undoes it.
-
-Lock order. Every transaction here that writes a device takes its locks in one order, so no two of them
-(and none of them with the aggregator) can wait for each other in a cycle:
-
-1. the device's `devices` row: the INSERT (create), the UPDATE (update), SELECT ... FOR UPDATE (delete,
-   rotate_token), before anything else of the device is read for change or locked;
-2. its `device_tokens` row (INSERT, upsert or DELETE; update only reads it, stable under the row lock);
-3. its `alert_rules` and `device_purges` rows (delete only);
-4. the index lock, shared (`_index`), last: after it only Redis and the commit, never a wait on a row.
-
-The aggregator's index rebuild takes the index lock exclusively but never waits for a row lock, and its
-last-seen update locks `devices` rows only (in id order), nothing of 2-4. An alert rule's insert or
-device change locks the rule, then the device's row (FOR KEY SHARE, its trigger): a delete waiting for
-that rule matches it only if it is already the deleted device's, whose row the rule change then does
-not lock. A deadlock is still possible where no lock order helps (two devices swapping names at once,
-each waiting on the other's unique-index entry), and a serialization failure under a stricter isolation
-level: Postgres rolled the whole transaction back, so it is run again (`_retried`). The Redis writes
-come last and set or remove given entries, so a re-run of one that got that far writes the same again.
+Every transaction here that writes a device takes its locks in one order (the device's row, its token,
+its rules and purge, the index lock last) and is run again when Postgres rolls it back as a deadlock
+victim (`_retried`). Why, and how it fits the aggregator's locks: see docs/design.md, "Device
+authentication and the token index" and "Lock order in the registry".
 """
 from __future__ import annotations
 
@@ -113,12 +95,13 @@ class DeviceStore:
             raise _not_found(device_id)
         return device
 
-    def list(self, limit: int, after_id: int | None, type_: str | None, status: str | None,
+    def list(self, after: list | None, limit: int, type_: str | None, status: str | None,
              name_prefix: str | None) -> list[dict]:
+        """Devices in id order after the key `after` ([id] or None), filtered by those given."""
         where, params = ["TRUE"], {"limit": limit}
-        if after_id is not None:
+        if after is not None:
             where.append("id > %(after)s")
-            params["after"] = after_id
+            params["after"] = after[0]
         if type_ is not None:
             where.append("type = %(type)s")
             params["type"] = type_

@@ -5,11 +5,12 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from visiontrack.web.app import services
-from visiontrack.web.pagination import decode_cursor, encode_cursor
+from visiontrack.web.pagination import keyset_page
 
 from .device_store import DeviceStore
+from .json_body import json_body
 from .schemas import (DeviceCreateSchema, DeviceListArgsSchema, DevicePageSchema, DeviceSchema,
-                      DeviceUpdateSchema, DeviceWithTokenSchema, TokenSchema, json_body)
+                      DeviceUpdateSchema, DeviceWithTokenSchema, TokenSchema)
 
 blp = Blueprint("devices", __name__, url_prefix="/api/devices", description="Devices and their tokens")
 
@@ -30,11 +31,8 @@ class Devices(MethodView):
     @blp.response(200, DevicePageSchema)
     def get(self, args):
         """List devices, oldest first, a page at a time."""
-        after = decode_cursor(args["cursor"], (int,))[0] if args["cursor"] else None
-        rows = _store().list(args["limit"] + 1, after, args["type"], args["status"], args["q"])
-        page = rows[: args["limit"]]
-        more = len(rows) > args["limit"]
-        return {"items": page, "next_cursor": encode_cursor([page[-1]["id"]]) if more else None}
+        return keyset_page(lambda after, n: _store().list(after, n, args["type"], args["status"], args["q"]),
+                           args["limit"], args["cursor"])
 
     @json_body(blp, DeviceCreateSchema)
     @blp.response(201, DeviceWithTokenSchema)

@@ -1,45 +1,14 @@
-"""The registry's request and response shapes: the contract of API.md, checked by marshmallow."""
+"""The registry's request and response shapes (docs/api.md, "Devices"), checked by marshmallow."""
 from __future__ import annotations
 
-import functools
-
-from flask import request
 from marshmallow import Schema, fields, validate
 
-from visiontrack.errors import ApiError
-from visiontrack.web.errors import ErrorSchema
-from visiontrack.web.fields import QueryInteger, Timestamp
-from visiontrack.web.text_guard import check_json_body
+from visiontrack.web.fields import (ID_RANGE, METRIC, QueryInteger, StrictBoolean, StrictFloat, StrictInteger,
+                                    Timestamp)
+from visiontrack.web.pagination import page_schema
 
-
-def json_body(blp, schema: type[Schema]):
-    """`blp.arguments(schema)` for a JSON body, which must be labelled `application/json` (415 otherwise) and
-    not be empty (400 `malformed_json`). webargs reads an unlabelled or empty body as `{}`: a PATCH would
-    answer 200 having changed nothing, a POST 400 for missing fields. Nor may it hold text Postgres cannot
-    store (a NUL or a lone surrogate: 400 naming the field). Endpoints that take no body (token rotation,
-    DELETE) don't use this and need no Content-Type.
-
-    All of it runs in the view, so after the blueprint's authentication: an unknown caller is told 401 without
-    the body being read."""
-    parse = blp.arguments(schema)
-
-    def decorator(view):
-        parsed = parse(view)
-
-        @functools.wraps(parsed)
-        def wrapper(*args, **kwargs):
-            if request.mimetype != "application/json":
-                raise ApiError("unsupported_media_type",
-                               "the body must be JSON, sent with Content-Type: application/json")
-            if not request.get_data(cache=True).strip():
-                raise ApiError("malformed_json", "body is not valid JSON (it is empty)")
-            check_json_body()
-            return parsed(*args, **kwargs)
-
-        return blp.alt_response(415, schema=ErrorSchema,
-                                description="The body is not labelled application/json.")(wrapper)
-
-    return decorator
+from .alert_rule_kinds import DEFAULT_KIND, KINDS, change_rules, document_kinds
+from .webhook_url import WEBHOOK_URL
 
 
 _NAME = validate.Length(min=1, max=128)
@@ -66,7 +35,7 @@ class DeviceSchema(Schema):
     name = fields.String()
     type = fields.String(allow_none=True)
     location = fields.String(allow_none=True)
-    metadata = fields.Dict()
+    metadata = fields.Dict(keys=fields.String())
     status = fields.String()
     created_at = Timestamp()
     updated_at = Timestamp()
@@ -86,10 +55,85 @@ class DeviceListArgsSchema(Schema):
                       metadata={"description": "Name prefix."})
 
 
-class DevicePageSchema(Schema):
-    items = fields.List(fields.Nested(DeviceSchema))
-    next_cursor = fields.String(allow_none=True)
+DevicePageSchema = page_schema("DevicePage", DeviceSchema)
 
 
 class TokenSchema(Schema):
     token = fields.String()
+
+
+# --- alert rules ------------------------------------------------------------------------------------------------
+
+OPS = [">", ">=", "<", "<=", "==", "!="]
+SEVERITIES = ["info", "warning", "critical"]
+_WEEK = 7 * 86_400
+_RULE_NAME = validate.Length(min=1, max=128)
+
+
+class AlertRuleUpdateSchema(Schema):
+    name = fields.String(validate=_RULE_NAME)
+    kind = fields.String(validate=validate.OneOf(KINDS))
+    metric = fields.String(allow_none=True, validate=METRIC)
+    op = fields.String(allow_none=True, validate=validate.OneOf(OPS))
+    threshold = StrictFloat(allow_none=True, allow_nan=False)
+    for_seconds = StrictInteger(validate=validate.Range(0, _WEEK))
+    after_seconds = StrictInteger(allow_none=True, validate=validate.Range(1, 30 * 86_400))
+    device_id = StrictInteger(allow_none=True, validate=ID_RANGE)
+    device_type = fields.String(allow_none=True, validate=validate.Length(min=1, max=128))
+    severity = fields.String(validate=validate.OneOf(SEVERITIES))
+    webhook_url = fields.String(allow_none=True, validate=WEBHOOK_URL)
+    enabled = StrictBoolean()
+
+    @staticmethod
+    def finish_document(json_schema: dict, components) -> dict:
+        """The changed rule is checked whole (alert_rule_kinds): the document says what a change alone breaks."""
+        return {**change_rules(json_schema), "description": "The fields to change. The rule they make must "
+                                                             "still be one of its kind (see AlertRuleCreate)."}
+
+
+class AlertRuleCreateSchema(AlertRuleUpdateSchema):
+    name = fields.String(required=True, validate=_RULE_NAME)
+    kind = fields.String(load_default=DEFAULT_KIND, validate=validate.OneOf(KINDS))
+    for_seconds = StrictInteger(load_default=0, validate=validate.Range(0, _WEEK))
+    severity = fields.String(load_default="warning", validate=validate.OneOf(SEVERITIES))
+    enabled = StrictBoolean(load_default=True)
+
+    @staticmethod
+    def finish_document(json_schema: dict, components) -> dict:
+        return document_kinds(json_schema, components, "Create", default_kind=DEFAULT_KIND)
+
+
+class AlertRuleSchema(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    kind = fields.String()
+    metric = fields.String(allow_none=True)
+    op = fields.String(allow_none=True)
+    threshold = fields.Float(allow_none=True)
+    for_seconds = fields.Integer()
+    after_seconds = fields.Integer(allow_none=True)
+    device_id = fields.Integer(allow_none=True)
+    device_type = fields.String(allow_none=True)
+    severity = fields.String()
+    webhook_url = fields.String(allow_none=True)
+    enabled = fields.Boolean()
+    created_at = Timestamp()
+    updated_at = Timestamp()
+
+    @staticmethod
+    def finish_document(json_schema: dict, components) -> dict:
+        return document_kinds(json_schema, components, "")
+
+
+class AlertRuleListArgsSchema(Schema):
+    limit = QueryInteger(load_default=100, validate=validate.Range(1, 1000))
+    cursor = fields.String(load_default=None)
+    kind = fields.String(load_default=None, validate=validate.OneOf(KINDS))
+    metric = fields.String(load_default=None, validate=METRIC)
+    device_id = QueryInteger(load_default=None, validate=ID_RANGE)
+    device_type = fields.String(load_default=None)
+    severity = fields.String(load_default=None, validate=validate.OneOf(SEVERITIES))
+    enabled = fields.Boolean(load_default=None)
+
+
+AlertRulePageSchema = page_schema("AlertRulePage", AlertRuleSchema)

@@ -18,6 +18,7 @@ from ..readiness import RETRY_AFTER_SECONDS, Readiness, dependency_checks, not_r
 from . import errors, text_guard
 from .auth import OperatorAuth
 from .fields import IdConverter, Timestamp
+from .openapi import OPENAPI_VERSION, DocumentingPlugin
 
 
 class _Parser(FlaskParser):
@@ -80,7 +81,7 @@ def create_base_app(part: str, config: Config, blueprints: Iterable[Blueprint], 
     app.config.update(
         API_TITLE=title,
         API_VERSION="1",
-        OPENAPI_VERSION="3.0.3",
+        OPENAPI_VERSION=OPENAPI_VERSION,
         OPENAPI_URL_PREFIX=openapi_prefix,
         OPENAPI_JSON_PATH="openapi.json",
         MAX_CONTENT_LENGTH=None,
@@ -89,7 +90,8 @@ def create_base_app(part: str, config: Config, blueprints: Iterable[Blueprint], 
     app.url_map.converters["id"] = IdConverter
     app.extensions["visiontrack"] = Services(config, part)
     api = _Api(app, spec_kwargs={"components": {"securitySchemes": {
-        "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})
+        "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}],
+        "marshmallow_plugin": DocumentingPlugin()})
     api.register_converter(IdConverter, lambda _: {"type": "integer", "format": "int64", "minimum": 1})
     # Typed in the documents: a Timestamp is a string (RFC 3339, or epoch milliseconds in a query string).
     api.register_field(Timestamp, "string", None)

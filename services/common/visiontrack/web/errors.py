@@ -27,7 +27,8 @@ class ErrorDetailSchema(ma.Schema):
 
 
 class ErrorSchema(ma.Schema):
-    """Every answer that is not a success (API.md, "Errors"); only documents it: api_error_response sends it."""
+    """Every answer that is not a success (docs/api.md, "Errors"); only documents it: api_error_response sends
+    it."""
 
     error = ma.fields.String(required=True, validate=ma.validate.OneOf(list(STATUS)))
     message = ma.fields.String(required=True)

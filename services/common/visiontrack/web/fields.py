@@ -13,7 +13,7 @@ MAX_ID = 2**63 - 1  # Postgres bigint: a larger id could only fail in the databa
 ID_RANGE = validate.Range(min=1, max=MAX_ID)
 
 
-class _WholeMatch(validate.Regexp):
+class WholeMatch(validate.Regexp):
     """A Regexp matched against the whole value (re.fullmatch), so the pattern's `$` lets no trailing
     newline through; the pattern itself stays the contract's, which is what the OpenAPI document shows."""
 
@@ -25,7 +25,7 @@ class _WholeMatch(validate.Regexp):
 
 # A metric name, as both writers take it (docs/contracts.md section 3): every endpoint that reads or
 # names one (queries, alert rules) refuses any other with a 400 naming the field.
-METRIC = _WholeMatch(METRIC_PATTERN, error="is not a metric name")
+METRIC = WholeMatch(METRIC_PATTERN, error="is not a metric name")
 
 
 class IdConverter(IntegerConverter):
@@ -90,8 +90,8 @@ class Timestamp(fields.Field):
     """RFC 3339 UTC with milliseconds out; RFC 3339 (any offset) or epoch milliseconds in."""
 
     default_error_messages = {"invalid": "must be an RFC 3339 time or integer epoch milliseconds"}
-    # For the documents: the shapes parse_time takes, from its own expressions (the calendar is checked beyond
-    # them). Both read the same in ECMA-262 regular expressions (\d is ASCII there).
+    # For the documents: the shapes parse_time takes, from its own expressions (the days of each month and the
+    # range of a datetime are checked beyond them). They read the same in Python and ECMA-262 expressions.
     PATTERN = f"^(?:{ASCII_INTEGER.pattern}|{RFC3339_RE.pattern})$"
 
     def __init__(self, **kwargs):

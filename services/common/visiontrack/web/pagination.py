@@ -1,4 +1,5 @@
-"""Opaque keyset cursors: the last row's sort key, base64 JSON. Following one never skips or repeats.
+"""Keyset pages: every list's page (`keyset_page`), its schema (`page_schema`) and its opaque cursor, the last
+row's sort key in base64 JSON. Following one never skips or repeats.
 
 A cursor comes back from the client, so it is input like any other: decode_cursor checks each value's type
 *and range* against the shape the endpoint expects, so that a hand-made cursor is a 400 naming `cursor`
@@ -8,7 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
+
+from marshmallow import Schema, fields
 
 from ..errors import ApiError
 from .text_guard import is_storable
@@ -57,3 +62,39 @@ def decode_cursor(raw: str, shape: tuple[KeyKind, ...]) -> list:
     except (ValueError, TypeError, RecursionError):  # RecursionError: a deeply nested hand-made "cursor"
         raise ApiError("validation_error", "invalid request; see details",
                        [{"field": "cursor", "message": "is not a cursor this API returned"}]) from None
+
+
+@dataclass(frozen=True)
+class Keyset:
+    """The sort key of a list: what its cursor holds (decode_cursor's shape) and how to read it off a row."""
+
+    shape: tuple[KeyKind, ...]
+    key_of: Callable[[Any], list]
+
+
+BY_ID = Keyset((int,), lambda row: [row["id"]])
+"""Lists ordered by their rows' bigint `id`."""
+
+Fetch = Callable[[list | None, int], Sequence]
+"""fetch(after, n): the first `n` rows after the key `after` (None: from the start), in the list's order."""
+
+
+def keyset_page(fetch: Fetch, limit: int, cursor: str | None, keyset: Keyset = BY_ID) -> dict:
+    """One page: {"items": up to `limit` rows, "next_cursor": the last row's key if more follow, else None}.
+
+    The cursor is checked before anything is fetched. One row more than the page is fetched: it only tells
+    whether another page follows.
+    """
+    after = decode_cursor(cursor, keyset.shape) if cursor else None
+    rows = fetch(after, limit + 1)
+    items = rows[:limit]
+    next_cursor = encode_cursor(keyset.key_of(items[-1])) if len(rows) > limit else None
+    return {"items": items, "next_cursor": next_cursor}
+
+
+def page_schema(name: str, item: type[Schema]) -> type[Schema]:
+    """The schema of a page of `item`s, named `name` in the OpenAPI documents (e.g. "DevicePage")."""
+    return Schema.from_dict({
+        "items": fields.List(fields.Nested(item)),
+        "next_cursor": fields.String(allow_none=True),
+    }, name=f"{name}Schema")
