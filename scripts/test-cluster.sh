@@ -105,6 +105,7 @@ stage "images into the cluster" images
 stage "kube-prometheus-stack" monitoring
 stage "install (helm --wait)" install
 stage "helm test" helm_test
+stage "a clean install: pods, restarts, logs" pytest_stage tests/cluster/test_clean_install.py
 stage "e2e suite through the ingress" e2e_suite
 stage "NetworkPolicies both ways" pytest_stage tests/cluster/test_network_policies.py
 stage "HTTPRoute through the Gateway" pytest_stage tests/cluster/test_gateway_route.py
