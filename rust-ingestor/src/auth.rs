@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::metrics;
-use crate::state::AppState;
+use crate::state::{AppState, RedisFailure};
 
 /// A device as the index describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +30,7 @@ pub fn bearer_token(header: Option<&HeaderValue>) -> Option<&str> {
     let value = header?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim_start_matches(' ');
-    let plausible = !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic());
-    (scheme.eq_ignore_ascii_case("bearer") && plausible).then_some(token)
+    (scheme.eq_ignore_ascii_case("bearer") && plausible_token(token)).then_some(token)
 }
 
 /// SHA-256 of the token's bytes.
@@ -108,31 +107,69 @@ impl TokenCache {
 /// or it is unknown, 403 if disabled, 503 if the index cannot be read.
 pub async fn authenticate(state: &AppState, authorization: Option<&HeaderValue>) -> Result<Device, ApiError> {
     let token = bearer_token(authorization).ok_or(ApiError::Unauthorized)?;
-    let digest = token_digest(token);
-    let now = Instant::now();
-    let device = if let Some(cached) = state.tokens.get(&digest, now) {
-        metrics::token_cache(true);
-        cached
-    } else {
-        metrics::token_cache(false);
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(&state.config.token_index_key).arg(index_field(&digest));
-        let value: Option<String> = state.redis("token_lookup", &cmd).await?;
-        let device = value.as_deref().and_then(|v| {
-            let parsed = parse_index_value(v);
-            if parsed.is_none() {
-                tracing::warn!(value = v, "malformed token index value; treating the token as unknown");
-            }
-            parsed
-        });
-        state.tokens.insert(digest, device, now);
-        device
-    };
-    match device {
+    authenticate_token(state, token).await
+}
+
+/// As [`authenticate`], for a token given another way (a URL path, an MQTT user name).
+pub async fn authenticate_token(state: &AppState, token: &str) -> Result<Device, ApiError> {
+    if !plausible_token(token) {
+        return Err(ApiError::Unauthorized);
+    }
+    match lookup(state, &token_digest(token)).await? {
         None => Err(ApiError::Unauthorized),
         Some(Device { active: false, .. }) => Err(ApiError::Forbidden),
         Some(d) => Ok(d),
     }
+}
+
+/// A token that could be in the index: printable ASCII, no spaces, not empty.
+pub fn plausible_token(token: &str) -> bool {
+    !token.is_empty() && token.len() <= 512 && token.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The index entry of a token digest, from the cache or else Redis (then cached).
+pub async fn lookup(state: &AppState, digest: &[u8; 32]) -> Result<Option<Device>, ApiError> {
+    let now = Instant::now();
+    if let Some(cached) = state.tokens.get(digest, now) {
+        metrics::token_cache(true);
+        return Ok(cached);
+    }
+    metrics::token_cache(false);
+    let mut cmd = redis::cmd("HGET");
+    cmd.arg(&state.config.token_index_key).arg(index_field(digest));
+    let value: Option<String> = state.redis("token_lookup", &cmd).await?;
+    let device = value.as_deref().and_then(parse_logged);
+    state.tokens.insert(*digest, device, now);
+    Ok(device)
+}
+
+/// The index entries of many digests in one `HMGET`, straight from Redis (the
+/// cache is refreshed with them): how open MQTT connections learn of revocations.
+pub async fn lookup_many(state: &AppState, digests: &[[u8; 32]]) -> Result<Vec<Option<Device>>, RedisFailure> {
+    let mut cmd = redis::cmd("HMGET");
+    cmd.arg(&state.config.token_index_key);
+    for digest in digests {
+        cmd.arg(index_field(digest));
+    }
+    let values: Vec<Option<String>> = state.run(&cmd).await?;
+    let now = Instant::now();
+    Ok(digests
+        .iter()
+        .zip(values)
+        .map(|(digest, value)| {
+            let device = value.as_deref().and_then(parse_logged);
+            state.tokens.insert(*digest, device, now);
+            device
+        })
+        .collect())
+}
+
+fn parse_logged(value: &str) -> Option<Device> {
+    let parsed = parse_index_value(value);
+    if parsed.is_none() {
+        tracing::warn!(value, "malformed token index value; treating the token as unknown");
+    }
+    parsed
 }
 
 #[cfg(test)]

@@ -71,6 +71,21 @@ pub struct Config {
     /// A `tracing` level name: trace, debug, info, warn or error.
     pub log_level: &'static str,
     pub log_format: LogFormat,
+    pub mqtt: MqttSettings,
+}
+
+/// The MQTT listener's settings (`docs/design.md`, "MQTT"); `addr` `None` turns it off.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    pub addr: Option<SocketAddr>,
+    pub max_connections: usize,
+    /// QoS 1 PUBLISHes a connection may have unacknowledged (MQTT 5 "Receive Maximum").
+    pub receive_maximum: u16,
+    /// The longest keep-alive granted; 0 or longer asked for is cut to this.
+    pub max_keep_alive: Duration,
+    pub connect_timeout: Duration,
+    /// How often the tokens of open connections are looked up again.
+    pub auth_recheck: Duration,
 }
 
 impl Config {
@@ -115,6 +130,14 @@ impl Config {
             request_timeout: Duration::from_millis(env.int("VT_REQUEST_TIMEOUT_MS", 10_000, 1, 3_600_000)?),
             log_level: env.choice("VT_LOG_LEVEL", "info", LOG_LEVELS)?,
             log_format: env.choice("VT_LOG_FORMAT", "text", LOG_FORMATS)?,
+            mqtt: MqttSettings {
+                addr: env.optional_addr("VT_MQTT_ADDR", "a socket address like 0.0.0.0:1883, or empty for no MQTT")?,
+                max_connections: env.int("VT_MQTT_MAX_CONNECTIONS", 50_000, 1, 10_000_000)?,
+                receive_maximum: env.int("VT_MQTT_RECEIVE_MAXIMUM", 256, 1, u16::MAX)?,
+                max_keep_alive: Duration::from_secs(env.int("VT_MQTT_MAX_KEEP_ALIVE_SECONDS", 300, 5, 65_535)?),
+                connect_timeout: Duration::from_millis(env.int("VT_MQTT_CONNECT_TIMEOUT_MS", 10_000, 100, 600_000)?),
+                auth_recheck: Duration::from_millis(env.int("VT_MQTT_AUTH_RECHECK_MS", 1000, 100, 4000)?),
+            },
         })
     }
 
@@ -204,6 +227,15 @@ impl<'a> Env<'a> {
         raw.parse().map_err(|_| err(var, &raw, format!("expected {expected}")))
     }
 
+    /// An address, or `None` when the variable is unset or empty (the feature is off).
+    fn optional_addr(&self, var: &'static str, expected: &'static str) -> Result<Option<SocketAddr>, ConfigError> {
+        self.record(var, "", Accepts::Text { format: Some(expected) });
+        match self.get(var) {
+            None => Ok(None),
+            Some(raw) => raw.trim().parse().map(Some).map_err(|_| err(var, &raw, format!("expected {expected}"))),
+        }
+    }
+
     fn int<T>(&self, var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
     where
         T: FromStr + PartialOrd + Copy + std::fmt::Display + Into<Value>,
@@ -268,13 +300,19 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_secs(10));
         assert_eq!(c.log_level, "info");
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.mqtt.addr, None);
+        assert_eq!(c.mqtt.max_connections, 50_000);
+        assert_eq!(c.mqtt.receive_maximum, 256);
+        assert_eq!(c.mqtt.max_keep_alive, Duration::from_mins(5));
+        assert_eq!(c.mqtt.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.mqtt.auth_recheck, Duration::from_secs(1));
     }
 
     #[test]
     fn settings_list_each_variable_read_with_its_default_and_range() {
         let specs = Config::settings();
         let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
-        assert_eq!(names.len(), 19);
+        assert_eq!(names.len(), 25);
         assert_eq!(names.iter().collect::<std::collections::HashSet<_>>().len(), names.len());
         let shards = specs.iter().find(|s| s.name == "VT_STREAM_SHARDS").unwrap();
         assert_eq!(shards.default, 1);
@@ -308,6 +346,7 @@ mod tests {
             ("VT_LOG_LEVEL", "WARNING"),
             ("VT_LISTEN_ADDR", "127.0.0.1:9000"),
             ("VT_WORKER_THREADS", "3"),
+            ("VT_MQTT_ADDR", "127.0.0.1:1883"),
         ])
         .unwrap();
         assert_eq!(c.stream_shards, 4);
@@ -316,6 +355,7 @@ mod tests {
         assert_eq!(c.log_level, "warn");
         assert_eq!(c.listen_addr.port(), 9000);
         assert_eq!(c.worker_threads, 3);
+        assert_eq!(c.mqtt.addr, Some("127.0.0.1:1883".parse().unwrap()));
         assert_eq!(c.shard_keys(), ["vt:telemetry:{0}", "vt:telemetry:{1}", "vt:telemetry:{2}", "vt:telemetry:{3}"]);
     }
 
@@ -336,6 +376,9 @@ mod tests {
             ("VT_WORKER_THREADS", "0"),
             ("VT_WORKER_THREADS", "257"),
             ("VT_WORKER_THREADS", "auto"),
+            ("VT_MQTT_ADDR", "1883"),
+            ("VT_MQTT_RECEIVE_MAXIMUM", "0"),
+            ("VT_MQTT_AUTH_RECHECK_MS", "5000"),
         ];
         for (var, value) in cases {
             let e = with(&[(var, value)]).expect_err(var);

@@ -1,4 +1,5 @@
-//! VisionTrack ingestor: the device-facing write path (`POST /api/ingest`).
+//! VisionTrack ingestor: the device-facing write path (`POST /api/ingest`,
+//! ThingsBoard's `POST /api/v1/{token}/telemetry`, and MQTT 3.1.1/5).
 //!
 //! A request is authenticated against the Redis token index, validated by the
 //! pure rules of `docs/contracts.md` (section 3) and appended as one entry to
@@ -8,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod mqtt;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -19,6 +19,11 @@ pub const REDIS_ERRORS: &str = "visiontrack_ingestor_redis_errors_total";
 pub const TOKEN_CACHE_HITS: &str = "visiontrack_ingestor_token_cache_hits_total";
 pub const TOKEN_CACHE_MISSES: &str = "visiontrack_ingestor_token_cache_misses_total";
 pub const STREAM_BACKLOG: &str = "visiontrack_ingestor_stream_backlog";
+pub const MQTT_CONNECTIONS: &str = "visiontrack_ingestor_mqtt_connections";
+pub const MQTT_CONNECTS: &str = "visiontrack_ingestor_mqtt_connects_total";
+pub const MQTT_MESSAGES: &str = "visiontrack_ingestor_mqtt_messages_total";
+pub const MQTT_PUBACK_LATENCY: &str = "visiontrack_ingestor_mqtt_puback_latency_seconds";
+pub const MQTT_DISCONNECTS: &str = "visiontrack_ingestor_mqtt_disconnects_total";
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0];
@@ -34,6 +39,7 @@ pub fn install() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), LATENCY_BUCKETS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(MQTT_PUBACK_LATENCY.into()), LATENCY_BUCKETS))
                 .expect("bucket lists are non-empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -57,6 +63,16 @@ fn describe() {
     metrics::describe_counter!(TOKEN_CACHE_HITS, "Device-token lookups answered from the cache");
     metrics::describe_counter!(TOKEN_CACHE_MISSES, "Device-token lookups that went to Redis");
     metrics::describe_gauge!(STREAM_BACKLOG, "Last sampled backlog (lag + pending) per stream shard");
+    metrics::describe_gauge!(MQTT_CONNECTIONS, "Open MQTT connections (CONNECT accepted)");
+    metrics::describe_counter!(MQTT_CONNECTS, "MQTT CONNECTs by result");
+    metrics::describe_counter!(MQTT_MESSAGES, "MQTT PUBLISHes by QoS and result");
+    metrics::describe_histogram!(
+        MQTT_PUBACK_LATENCY,
+        metrics::Unit::Seconds,
+        "From a QoS 1 PUBLISH read to its PUBACK written (the XADD in between)"
+    );
+    metrics::describe_counter!(MQTT_DISCONNECTS, "MQTT connections closed by the server or the client, by reason");
+    gauge!(MQTT_CONNECTIONS).set(0.0);
     // Present from the start at 0, so rates and alerts do not depend on a first event.
     for name in [READINGS_ACCEPTED, BACKPRESSURE, TOKEN_CACHE_HITS, TOKEN_CACHE_MISSES] {
         counter!(name).increment(0);
@@ -70,7 +86,7 @@ fn describe() {
 pub const REDIS_OPS: [&str; 4] = ["xadd", "token_lookup", "backlog", "ping"];
 
 /// The route templates we serve; anything else is one bounded label value.
-const ROUTES: [&str; 5] = ["/api/ingest", "/healthz", "/readyz", "/metrics", "unmatched"];
+const ROUTES: [&str; 6] = ["/api/ingest", "/api/v1/{token}/telemetry", "/healthz", "/readyz", "/metrics", "unmatched"];
 const STATUSES: [&str; 15] = [
     "200",
     "202",
@@ -91,7 +107,7 @@ const STATUSES: [&str; 15] = [
 
 /// Label index of a matched route template.
 pub fn route_label(matched: Option<&str>) -> usize {
-    matched.and_then(|m| ROUTES[..4].iter().position(|r| *r == m)).unwrap_or(4)
+    matched.and_then(|m| ROUTES[..5].iter().position(|r| *r == m)).unwrap_or(5)
 }
 
 fn status_index(status: StatusCode) -> usize {
@@ -167,4 +183,42 @@ pub fn token_cache(hit: bool) {
 pub fn stream_backlog(shard: usize, backlog: u64) {
     #[allow(clippy::cast_precision_loss)]
     gauge!(STREAM_BACKLOG, "shard" => shard.to_string()).set(backlog as f64);
+}
+
+/// Results of an MQTT CONNECT (the `result` label).
+pub const MQTT_CONNECT_RESULTS: [&str; 7] =
+    ["accepted", "bad_credentials", "not_authorized", "unavailable", "over_limit", "timeout", "protocol_error"];
+/// Results of an MQTT PUBLISH (the `result` label).
+pub const MQTT_MESSAGE_RESULTS: [&str; 7] =
+    ["accepted", "invalid", "too_large", "topic", "backpressure", "unavailable", "qos_refused"];
+
+static MQTT_MESSAGE_COUNTERS: [[OnceLock<Counter>; MQTT_MESSAGE_RESULTS.len()]; 3] =
+    [const { [const { OnceLock::new() }; MQTT_MESSAGE_RESULTS.len()] }; 3];
+static MQTT_PUBACK: OnceLock<Histogram> = OnceLock::new();
+static MQTT_OPEN: OnceLock<metrics::Gauge> = OnceLock::new();
+
+/// `result` is an index into [`MQTT_CONNECT_RESULTS`].
+pub fn mqtt_connect(result: usize) {
+    counter!(MQTT_CONNECTS, "result" => MQTT_CONNECT_RESULTS[result]).increment(1);
+}
+
+/// `qos` 0–2, `result` an index into [`MQTT_MESSAGE_RESULTS`].
+pub fn mqtt_messages(qos: u8, result: usize, n: u64) {
+    let q = usize::from(qos.min(2));
+    MQTT_MESSAGE_COUNTERS[q][result]
+        .get_or_init(|| counter!(MQTT_MESSAGES, "qos" => ["0", "1", "2"][q], "result" => MQTT_MESSAGE_RESULTS[result]))
+        .increment(n);
+}
+
+pub fn mqtt_puback(elapsed: Duration) {
+    MQTT_PUBACK.get_or_init(|| histogram!(MQTT_PUBACK_LATENCY)).record(elapsed.as_secs_f64());
+}
+
+/// One connection more (`1.0`) or fewer (`-1.0`).
+pub fn mqtt_open(delta: f64) {
+    MQTT_OPEN.get_or_init(|| gauge!(MQTT_CONNECTIONS)).increment(delta);
+}
+
+pub fn mqtt_disconnect(reason: &'static str) {
+    counter!(MQTT_DISCONNECTS, "reason" => reason).increment(1);
 }

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use axum::serve::ListenerExt;
@@ -16,7 +17,7 @@ use tokio::runtime::{Builder, Runtime};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
-use crate::{router, stream, AppState, Config};
+use crate::{mqtt, router, stream, AppState, Config};
 
 /// Pending connections per listener, as tokio's own `TcpListener::bind`.
 const BACKLOG: u32 = 1024;
@@ -26,6 +27,8 @@ const BACKLOG: u32 = 1024;
 struct Server {
     runtime: Runtime,
     listener: TcpListener,
+    /// The MQTT listener, when `VT_MQTT_ADDR` is set.
+    mqtt: Option<TcpListener>,
     state: AppState,
 }
 
@@ -59,12 +62,15 @@ pub fn run(config: &Config, metrics: &PrometheusHandle) -> ExitCode {
         Err(code) => return code,
     };
     let addr = servers[0].listener.local_addr().unwrap_or(config.listen_addr);
+    let mqtt_addr = servers[0].mqtt.as_ref().and_then(|l| l.local_addr().ok());
     let count = servers.len();
+    let slots = mqtt::Slots::new(config.mqtt.max_connections);
 
     let bodies = servers.into_iter().enumerate().map(|(index, server)| {
+        let slots = slots.clone();
         move |stop: watch::Receiver<bool>| {
-            let Server { runtime, listener, state } = server;
-            runtime.block_on(serve(listener, state, index == 0, stop))
+            let Server { runtime, listener, mqtt, state } = server;
+            runtime.block_on(serve(listener, mqtt.map(|l| (l, slots)), state, index == 0, stop))
         }
     });
     let threads = match Threads::start(bodies) {
@@ -76,6 +82,7 @@ pub fn run(config: &Config, metrics: &PrometheusHandle) -> ExitCode {
     };
     tracing::info!(
         %addr,
+        mqtt = %mqtt_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         threads = count,
         stream = %config.stream_key,
         shards = config.stream_shards,
@@ -195,11 +202,23 @@ fn prepare(config: &Config, metrics: &PrometheusHandle) -> Result<Vec<Server>, E
         tracing::error!(addr = %config.listen_addr, error = %e, "cannot listen");
         ExitCode::from(1)
     })?;
+    let mut mqtt: Vec<Option<TcpListener>> = match config.mqtt.addr {
+        None => runtimes.iter().map(|_| None).collect(),
+        Some(addr) => bind(addr, &runtimes)
+            .map_err(|e| {
+                tracing::error!(%addr, error = %e, "cannot listen for MQTT");
+                ExitCode::from(1)
+            })?
+            .into_iter()
+            .map(Some)
+            .collect(),
+    };
     Ok(runtimes
         .into_iter()
         .zip(states)
         .zip(listeners)
-        .map(|((runtime, state), listener)| Server { runtime, listener, state })
+        .zip(mqtt.drain(..))
+        .map(|(((runtime, state), listener), mqtt)| Server { runtime, listener, mqtt, state })
         .collect())
 }
 
@@ -234,8 +253,26 @@ fn socket(addr: SocketAddr) -> io::Result<TcpSocket> {
     Ok(socket)
 }
 
-/// One server (the first also sampling the backlogs for all), until `stop` turns true.
+/// One server (the first also sampling the backlogs for all), HTTP and MQTT,
+/// until `stop` turns true; both then finish what they have in flight.
 async fn serve(
+    listener: TcpListener,
+    mqtt: Option<(TcpListener, Arc<mqtt::Slots>)>,
+    state: AppState,
+    samples_backlog: bool,
+    stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let mqtt = async {
+        match mqtt {
+            Some((listener, slots)) => mqtt::serve(listener, state.clone(), slots, stop.clone()).await,
+            None => Ok(()),
+        }
+    };
+    let (http, mqtt) = tokio::join!(serve_http(listener, state.clone(), samples_backlog, stop.clone()), mqtt);
+    http.and(mqtt)
+}
+
+async fn serve_http(
     listener: TcpListener,
     state: AppState,
     samples_backlog: bool,

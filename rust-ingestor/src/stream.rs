@@ -46,6 +46,20 @@ impl Shard {
     }
 }
 
+/// The shard a device writes to.
+pub fn shard_of(state: &AppState, device_id: u64) -> &Shard {
+    &state.shards[shard_index(device_id, state.shards.len())]
+}
+
+/// Whether the shard's last sampled backlog is over the high-water mark (counted as backpressure).
+pub fn over_high_water(state: &AppState, shard: &Shard) -> bool {
+    let over = shard.backlog() > state.config.stream_high_water;
+    if over {
+        metrics::backpressure();
+    }
+    over
+}
+
 /// Appends the compact JSON array of `[metric, ts_ms, value]` triples to `buf`.
 /// Metric names are validated to `[A-Za-z0-9_.:-]`, so they need no escaping.
 pub fn encode_readings(readings: &[Reading], buf: &mut Vec<u8>) {

@@ -16,21 +16,27 @@ use crate::{auth, metrics, stream, validate};
 
 pub async fn ingest(State(state): State<AppState>, request: Request) -> Response {
     let (parts, mut body) = request.into_parts();
-    match handle(&state, &parts, &mut body).await {
+    let device = auth::authenticate(&state, parts.headers.get(header::AUTHORIZATION)).await;
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    match accept(&state, device, content_type, &parts, &mut body).await {
         Ok(accepted) => {
             metrics::accepted(accepted);
             let body = format!("{{\"accepted\":{accepted}}}");
             (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
-        Err(Rejection { error, readings }) => {
-            metrics::rejected(error.code(), readings);
-            let most = DRAIN_FACTOR * state.config.limits.max_body_bytes;
-            if !body.is_end_stream() && content_length(&parts.headers).is_none_or(|n| n <= most) {
-                tokio::spawn(drain(body, most));
-            }
-            error.into_response()
-        }
+        Err(rejection) => refuse(&state, rejection, &parts, body),
     }
+}
+
+/// The error answer of a refused request; what is left of its body is drained beside it.
+pub fn refuse(state: &AppState, rejection: Rejection, parts: &Parts, body: Body) -> Response {
+    let Rejection { error, readings } = rejection;
+    metrics::rejected(error.code(), readings);
+    let most = DRAIN_FACTOR * state.config.limits.max_body_bytes;
+    if !body.is_end_stream() && content_length(&parts.headers).is_none_or(|n| n <= most) {
+        tokio::spawn(drain(body, most));
+    }
+    error.into_response()
 }
 
 /// A refusal before the body was read (token, media type, Content-Length,
@@ -56,7 +62,7 @@ async fn drain(mut body: Body, most: usize) {
 }
 
 /// An error and how many readings it cost (0 when the body was not parsed).
-struct Rejection {
+pub struct Rejection {
     error: ApiError,
     readings: usize,
 }
@@ -68,19 +74,24 @@ impl From<ApiError> for Rejection {
     }
 }
 
-async fn handle(state: &AppState, parts: &Parts, body: &mut Body) -> Result<usize, Rejection> {
-    let device = auth::authenticate(state, parts.headers.get(header::AUTHORIZATION)).await?;
-
-    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+/// Everything after authentication: cheap checks, the capped read, validation,
+/// the XADD. The number of readings stored, or why none were.
+pub async fn accept(
+    state: &AppState,
+    device: Result<auth::Device, ApiError>,
+    content_type: Option<&str>,
+    parts: &Parts,
+    body: &mut Body,
+) -> Result<usize, Rejection> {
+    let device = device?;
     validate::check_media_type(content_type)?;
     let limits = &state.config.limits;
     if content_length(&parts.headers).is_some_and(|n| n > limits.max_body_bytes) {
         return Err(ApiError::PayloadTooLarge(limits.max_body_bytes).into());
     }
 
-    let shard = &state.shards[stream::shard_index(device.id, state.shards.len())];
-    if shard.backlog() > state.config.stream_high_water {
-        metrics::backpressure();
+    let shard = stream::shard_of(state, device.id);
+    if stream::over_high_water(state, shard) {
         return Err(state.unavailable("stream backlog is over its high-water mark").into());
     }
 
@@ -124,6 +135,6 @@ async fn read_capped(body: &mut Body, max: usize) -> Result<Bytes, ApiError> {
     Ok(first.unwrap_or_else(|| Bytes::from(rest)))
 }
 
-fn epoch_ms() -> i64 {
+pub fn epoch_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -4,6 +4,7 @@
 mod health;
 mod ingest;
 mod prometheus;
+mod thingsboard;
 
 use std::time::Instant;
 
@@ -13,6 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+pub use ingest::epoch_ms;
+
 use crate::error::ApiError;
 use crate::metrics;
 use crate::state::AppState;
@@ -20,6 +23,7 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/ingest", post(ingest::ingest))
+        .route("/api/v1/{token}/telemetry", post(thingsboard::telemetry))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(prometheus::router())

@@ -1,0 +1,168 @@
+//! From PUBLISH to stream entry: the topic and payload checks (the payload by
+//! the same `validate` as `/api/ingest`), and batching. The valid PUBLISHes a
+//! connection's one read brought in become one entry, one XADD: the device is
+//! the same, and one round trip per read instead of per message is what lets
+//! a pipelining client go fast. Their PUBACKs follow that XADD's reply.
+
+use std::num::NonZeroU16;
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+
+use crate::state::AppState;
+use crate::stream;
+use crate::validate::{self, Limits, Reading};
+
+/// Topics that carry telemetry: ThingsBoard's device topic, and ours.
+pub const TOPICS: [&str; 2] = ["v1/devices/me/telemetry", "vt/telemetry"];
+
+/// Why a PUBLISH is not stored (the `result` label of the messages metric, too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not JSON, or not readings by the rules of `/api/ingest`.
+    Invalid,
+    /// A payload over `VT_MAX_BODY_BYTES`.
+    TooLarge,
+    /// A topic that carries no telemetry.
+    Topic,
+    /// The device's stream shard is over its high-water mark.
+    Backpressure,
+}
+
+impl Refusal {
+    /// Index into `metrics::MQTT_MESSAGE_RESULTS`.
+    pub fn result(self) -> usize {
+        match self {
+            Self::Invalid => 1,
+            Self::TooLarge => 2,
+            Self::Topic => 3,
+            Self::Backpressure => 4,
+        }
+    }
+}
+
+/// The readings of a PUBLISH, or why it is refused.
+pub fn check(topic: &str, payload: &[u8], now_ms: i64, limits: &Limits) -> Result<Vec<Reading>, Refusal> {
+    if !TOPICS.contains(&topic) {
+        return Err(Refusal::Topic);
+    }
+    if payload.len() > limits.max_body_bytes {
+        return Err(Refusal::TooLarge);
+    }
+    validate::validate(Some("application/json"), payload, now_ms, limits).map_err(|_| Refusal::Invalid)
+}
+
+/// One PUBLISH waiting for its answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Pending {
+    /// QoS 1 only; QoS 0 has nothing to answer.
+    pub packet_id: Option<NonZeroU16>,
+    pub received: Instant,
+}
+
+/// What became of a group of PUBLISHes, in the order they came.
+pub enum Outcome {
+    /// In the stream: PUBACK each.
+    Stored { readings: usize },
+    /// Not stored, and never will be as sent.
+    Refused(Refusal),
+    /// The XADD failed or timed out: nothing may be acknowledged.
+    Unavailable,
+}
+
+pub struct Done {
+    pub pending: Vec<Pending>,
+    pub outcome: Outcome,
+}
+
+/// The valid PUBLISHes of one read of one connection, becoming one entry.
+#[derive(Default)]
+pub struct Batch {
+    readings: Vec<Reading>,
+    pending: Vec<Pending>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    pub fn readings(&self) -> usize {
+        self.readings.len()
+    }
+
+    pub fn push(&mut self, readings: Vec<Reading>, pending: Pending) {
+        if self.readings.is_empty() {
+            self.readings = readings;
+        } else {
+            self.readings.extend(readings);
+        }
+        self.pending.push(pending);
+    }
+
+    /// The XADD of the batch, answered as one; the batch is left empty.
+    pub fn store(&mut self, state: &AppState, device_id: u64, at_ms: i64) -> BoxFuture<'static, Done> {
+        let readings = std::mem::take(&mut self.readings);
+        let pending = std::mem::take(&mut self.pending);
+        let mut encoded = Vec::with_capacity(readings.len() * 40 + 2);
+        stream::encode_readings(&readings, &mut encoded);
+        let cmd = stream::xadd_cmd(&stream::shard_of(state, device_id).key, device_id, &encoded, at_ms);
+        let state = state.clone();
+        let count = readings.len();
+        Box::pin(async move {
+            let outcome = match state.run::<String>(&cmd).await {
+                Ok(_) => Outcome::Stored { readings: count },
+                Err(e) => {
+                    state.redis_failed("xadd", &e);
+                    Outcome::Unavailable
+                }
+            };
+            Done { pending, outcome }
+        })
+    }
+}
+
+/// An answer known without Redis, queued behind the ones before it.
+pub fn refused(pending: Pending, why: Refusal) -> BoxFuture<'static, Done> {
+    Box::pin(std::future::ready(Done { pending: vec![pending], outcome: Outcome::Refused(why) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits =
+        Limits { max_body_bytes: 64, max_readings: 5, max_future_skew_seconds: 300, retention_days: 30 };
+    const NOW: i64 = 1_795_748_400_000;
+
+    #[test]
+    fn both_topics_take_the_three_payload_shapes() {
+        for topic in TOPICS {
+            assert_eq!(check(topic, br#"{"t":1}"#, NOW, &LIMITS).unwrap().len(), 1);
+            assert_eq!(check(topic, br#"[{"t":1},{"h":2}]"#, NOW, &LIMITS).unwrap().len(), 2);
+            assert_eq!(check(topic, br#"{"ts":1795748400000,"values":{"t":1}}"#, NOW, &LIMITS).unwrap().len(), 1);
+        }
+    }
+
+    #[test]
+    fn refusals_name_their_reason() {
+        let t = TOPICS[0];
+        assert_eq!(check("v1/devices/me/attributes", br#"{"t":1}"#, NOW, &LIMITS), Err(Refusal::Topic));
+        assert_eq!(check(t, b"{", NOW, &LIMITS), Err(Refusal::Invalid));
+        assert_eq!(check(t, br#"{"9t":1}"#, NOW, &LIMITS), Err(Refusal::Invalid));
+        assert_eq!(check(t, b"", NOW, &LIMITS), Err(Refusal::Invalid));
+        let big = format!(r#"{{"t":{}}}"#, "1".repeat(64));
+        assert_eq!(check(t, big.as_bytes(), NOW, &LIMITS), Err(Refusal::TooLarge));
+    }
+
+    #[test]
+    fn a_batch_gathers_readings_and_answers() {
+        let mut batch = Batch::default();
+        assert!(batch.is_empty());
+        let p = Pending { packet_id: NonZeroU16::new(1), received: Instant::now() };
+        batch.push(check(TOPICS[0], br#"{"a":1,"b":2}"#, NOW, &LIMITS).unwrap(), p);
+        batch.push(check(TOPICS[1], br#"{"c":3}"#, NOW, &LIMITS).unwrap(), Pending { packet_id: None, ..p });
+        assert_eq!(batch.readings(), 3);
+        assert!(!batch.is_empty());
+    }
+}
