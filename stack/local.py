@@ -4,10 +4,15 @@ Everything lives under run/ in the checkout: data (Postgres, Redis), logs, pid f
 idempotent (a part already running is left alone); `down` stops exactly what `up` started. If `up` fails
 part-way, it stops what that run had started (what an earlier `up` started keeps running), names the part
 that failed with the end of its log, and exits 1.
+
+Whether a part runs is judged by its process, never by a file alone (stack/liveness.py): a crash, an OOM kill
+or a reboot leaves pid files behind, and `up` starts every part whose process is gone, clearing what the
+crash left in its way (Postgres' postmaster.pid and socket lock, records of pids other processes hold now).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import secrets
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from . import liveness
 from . import prometheus as prom
 from .nginx import Nginx
 from .servers import Postgres, Redis, StackError, _tail
@@ -109,27 +115,21 @@ def _postgres_data_dir() -> Path:
 
 
 def _alive(name: str) -> int | None:
+    """The pid of a part recorded in run/pids while that very process runs (stack/liveness.py); a record of
+    a process that is gone (killed, crashed, a reboot since) is removed."""
     pid_file = PIDS / f"{name}.pid"
-    if not pid_file.exists():
-        return None
-    pid = int(pid_file.read_text())
-    try:
-        # A part this process started and stopped is a zombie until reaped, and signal 0 still reaches it.
-        exited = os.waitpid(pid, os.WNOHANG)[0] == pid
-    except ChildProcessError:
-        exited = False  # not a child of this process: started by an earlier `make up`
-    try:
-        if not exited:
-            os.kill(pid, 0)
-            return pid
-    except ProcessLookupError:
-        pass
+    identity = liveness.read_pid_file(pid_file)
+    if identity is not None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(identity.pid, os.WNOHANG)  # reap it if it is a child of ours that exited
+        if liveness.is_running(identity):
+            return identity.pid
     pid_file.unlink(missing_ok=True)
     return None
 
 
 def _record(name: str, pid: int) -> None:
-    (PIDS / f"{name}.pid").write_text(str(pid))
+    liveness.write_pid_file(PIDS / f"{name}.pid", pid)
 
 
 # Every part `up` may start, in the order it starts them (`down` stops them the other way round), with the
@@ -139,16 +139,23 @@ _PARTS = {"postgres": "postgres", "redis": "redis", "registry": "registry", "que
           "postgres-exporter": "postgres_exporter", "prometheus": "prometheus", "nginx": "http", "simulator": None}
 
 
+def _local_postgres() -> Postgres:
+    return Postgres((RUN / "pg").resolve(), Ports().postgres, LOGS / "postgres.log")
+
+
+def _pid(name: str) -> int | None:
+    """The pid of a part while it runs, judged by the process, never by a file alone."""
+    return _local_postgres().pid() if name == "postgres" else _alive(name)
+
+
 def _running(name: str) -> bool:
-    if name == "postgres":
-        return Postgres((RUN / "pg").resolve(), Ports().postgres, LOGS / "postgres.log").running()
-    return _alive(name) is not None
+    return _pid(name) is not None
 
 
 def _stop(name: str) -> bool:
     """Stop a part recorded in run/pids (its whole process group): SIGTERM, then SIGKILL after 30 s."""
     if name == "postgres":
-        pg = Postgres((RUN / "pg").resolve(), Ports().postgres, LOGS / "postgres.log")
+        pg = _local_postgres()
         if not pg.running():
             return False
         pg.stop()
@@ -288,6 +295,10 @@ def _up(ports: Ports, started: list[str]) -> None:
     if pg.running():
         say("Postgres already running")
     else:
+        stale = pg.remove_stale_pid_file()
+        if stale is not None:
+            what = f"pid {stale} is no postmaster of this data directory" if stale else "unreadable"
+            say(f"removed {pg.pid_file}, left by a crash ({what})")
         say(f"starting Postgres on 127.0.0.1:{ports.postgres}")
         started.append("postgres")  # before pg_ctl: it may leave a server behind though it failed
         with _starting("postgres", pg.log):
@@ -400,12 +411,10 @@ def down(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    names = ["redis", "registry", "query", "ingestor", "worker", "beat", "nginx", "simulator", "prometheus",
-             "redis-exporter", "postgres-exporter"]
-    for name in names:
-        pid = _alive(name)
+    """What runs, judged by each part's process (a file a crash left behind says nothing)."""
+    for name in _PARTS:
+        pid = _pid(name)
         print(f"{name:17} {'running (pid %d)' % pid if pid else 'stopped'}")
-    print(f"{'postgres':17} {'running' if _running('postgres') else 'stopped'}")
     return 0
 
 

@@ -6,16 +6,20 @@ Postgres refuses to run as root, so as root it runs as the `postgres` user.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import liveness
 
 
 class StackError(RuntimeError):
@@ -131,6 +135,7 @@ class Postgres:
 
     def start(self, timeout: float = 30.0) -> None:
         self.init()
+        self.remove_stale_pid_file()
         bindir = postgres_bindir()
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.log.touch()
@@ -158,8 +163,51 @@ class Postgres:
                 cur.execute(f'CREATE DATABASE "{self.database}"')
         conn.close()
 
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "postmaster.pid"
+
+    def pid(self) -> int | None:
+        """The postmaster's pid while it runs on this data directory. postmaster.pid alone proves nothing: it
+        outlives a SIGKILL, and its pid may be another process's by now (or a zombie's, which Postgres itself
+        takes for a live postmaster and refuses to start beside)."""
+        try:
+            pid = int(self.pid_file.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+        argv = liveness.command_line(pid)
+        if not argv or Path(argv[0]).name != "postgres" or "-D" not in argv[:-1]:
+            return None
+        data_dir = Path(argv[argv.index("-D") + 1])
+        return pid if data_dir.resolve() == self.data_dir.resolve() else None
+
     def running(self) -> bool:
-        return (self.data_dir / "postmaster.pid").exists()
+        return self.pid() is not None
+
+    def remove_stale_pid_file(self) -> int | None:
+        """Remove the lock files of a postmaster that no longer runs: postmaster.pid and its Unix socket's lock
+        (the socket lives in the data directory, -k), each naming its pid. Postgres would refuse to start
+        beside them if that pid is any process's now, a zombie's included. Returns the pid postmaster.pid
+        named (0 if unreadable), None if there was nothing stale."""
+        if not self.pid_file.exists() or self.running():
+            return None
+        try:
+            stale = int(self.pid_file.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            stale = 0
+        if stale > 0 and not liveness.exists(stale):
+            # A postmaster killed alone leaves its backends for a moment, in its process group (pg_ctl makes it
+            # a session leader; its pid stays reserved while the group lives). A new postmaster must not
+            # recover the data directory while one of them may still write to it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(stale, signal.SIGKILL)
+            if not liveness.wait_group_gone(stale, 10):
+                raise StackError(f"processes of the crashed postmaster {stale} are still running: "
+                                 f"{liveness.group_members(stale)}")
+        for socket_lock in self.data_dir.glob(".s.PGSQL.*.lock"):
+            socket_lock.unlink(missing_ok=True)
+        self.pid_file.unlink(missing_ok=True)
+        return stale
 
     def stop(self) -> None:
         if not self.running():
@@ -190,8 +238,11 @@ class Redis:
             raise StackError("redis-server not found (apt-get install redis-server)")
         # AOF every second: an accepted reading survives a crash of Redis (at most ~1 s of exposure);
         # noeviction: a full Redis refuses writes (writers answer 503) instead of dropping the stream.
+        # aof-load-truncated (Redis' default, spelt out): an AOF whose last command a crash cut in half loads
+        # without that command (it was never acknowledged) instead of keeping Redis down.
         return [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-                "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",
+                "--appendonly", "yes", "--appendfsync", "everysec", "--aof-load-truncated", "yes",
+                "--maxmemory-policy", "noeviction",
                 "--save", "", "--daemonize", "no", "--logfile", str(self.log)]
 
     def start(self) -> None:

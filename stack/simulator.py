@@ -48,10 +48,32 @@ class Api:
                 return exc.code, json.loads(raw)
             except ValueError:
                 return exc.code, {"message": raw.decode(errors="replace")[:200]}
+        except OSError as exc:  # no answer (the ingress restarting, say): counted as refused, and on we go
+            return 0, {"message": f"no answer: {exc}"}
+
+
+def _load_state(state_path: Path) -> dict:
+    """The devices registered earlier; none if the file is missing or unreadable (the simulator killed while
+    writing it by an older version): each is then found by name and given a new token (the 409 below)."""
+    try:
+        state = json.loads(state_path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        log.warning("%s is unreadable; finding the devices again by name", state_path)
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _save_state(state_path: Path, state: dict) -> None:
+    """Written whole or not at all (a rename), so a kill mid-write leaves the previous state."""
+    scratch = state_path.with_name(state_path.name + ".tmp")
+    scratch.write_text(json.dumps(state, indent=1))
+    os.replace(scratch, state_path)
 
 
 def register(api: Api, admin: str, count: int, state_path: Path) -> dict[str, dict]:
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    state = _load_state(state_path)
     for i in range(count):
         name = f"sim-{i:04d}"
         if name in state:
@@ -67,7 +89,7 @@ def register(api: Api, admin: str, count: int, state_path: Path) -> dict[str, di
         if status != 201:
             raise RuntimeError(f"could not register {name}: {status} {body}")
         state[name] = {"id": body["id"], "token": body["token"]}
-        state_path.write_text(json.dumps(state, indent=1))
+        _save_state(state_path, state)
     return {name: state[name] for name in sorted(state)[:count]}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from stack import local, simulator
+from stack import liveness, local, simulator
 from stack import prometheus as prom
 from stack.servers import free_port
 
@@ -86,8 +86,19 @@ class _Fakes:
                 self.data_dir, self.port, self.log = Path(data_dir), port, log
                 self.url = f"postgresql://fake@127.0.0.1:{port}/fake"
 
+            @property
+            def pid_file(self):
+                return self.data_dir / "postmaster.pid"
+
+            def pid(self):
+                pid = int(self.pid_file.read_text()) if self.pid_file.exists() else None
+                return pid if pid and liveness.exists(pid) else None
+
             def running(self):
-                return (self.data_dir / "postmaster.pid").exists()
+                return self.pid() is not None
+
+            def remove_stale_pid_file(self):
+                return None
 
             def start(self):
                 self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -161,7 +172,7 @@ class _Fakes:
         """A part an earlier `make up` started (here: its pid file, as `up` writes it)."""
         proc = self.spawn(name)
         (self.run / "pids").mkdir(parents=True, exist_ok=True)
-        (self.run / "pids" / f"{name}.pid").write_text(str(proc.pid))
+        liveness.write_pid_file(self.run / "pids" / f"{name}.pid", proc.pid)
         return proc
 
     def stop_all(self) -> None:
@@ -204,7 +215,7 @@ def test_a_failure_part_way_stops_what_this_run_started_and_nothing_else(fakes, 
     assert not (fakes.run / "pids" / "nginx.pid").exists()
     for name, proc in earlier.items():  # what was running before this `up` still is
         assert proc.poll() is None, f"{name} was stopped"
-        assert (fakes.run / "pids" / f"{name}.pid").read_text() == str(proc.pid)
+        assert liveness.read_pid_file(fakes.run / "pids" / f"{name}.pid").pid == proc.pid
     assert "error: `make up` failed at nginx; it had started postgres, registry," in err
     assert "all stopped; left running from an earlier `make up`: redis, worker" in err
 
