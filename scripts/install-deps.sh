@@ -13,12 +13,15 @@ have nginx || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 have prometheus || need+=(prometheus)
 have promtool || need+=(prometheus)
 have wrk || need+=(wrk)
+# The MQTT benchmark's yardstick broker, and mosquitto_pub for trying MQTT by hand.
+have mosquitto || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+have mosquitto_pub || need+=(mosquitto-clients)
 pkg_installed prometheus-redis-exporter || need+=(prometheus-redis-exporter)
 pkg_installed prometheus-postgres-exporter || need+=(prometheus-postgres-exporter)
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 have cc || need+=(build-essential)
 have curl || need+=(curl)
-# Rust for the ingestor (needs 1.88+). Debian 12's `cargo` is 1.65; its `cargo-web`/`rustc-web` (kept current
+# Rust for the ingestor (needs 1.94+). Debian 12's `cargo` is 1.65; its `cargo-web`/`rustc-web` (kept current
 # for browser builds) are recent, so prefer those where the distribution has them.
 if ! have cargo; then
   if apt-cache show cargo-web >/dev/null 2>&1; then need+=(cargo-web rustc-web rust-web-clippy)
@@ -40,13 +43,13 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Debian starts packaged services; VisionTrack runs its own instances on its own ports, so stop those.
-for svc in redis-server nginx prometheus prometheus-redis-exporter prometheus-postgres-exporter postgresql; do
+for svc in redis-server nginx mosquitto prometheus prometheus-redis-exporter prometheus-postgres-exporter postgresql; do
   if have systemctl && systemctl is-active --quiet "$svc" 2>/dev/null; then $SUDO systemctl stop "$svc" || true; fi
 done
 echo "==> system packages installed"
 if have cargo; then
   rust_minor=$(cargo --version | sed -E 's/^cargo 1\.([0-9]+).*/\1/')
-  if [ "${rust_minor:-0}" -lt 88 ]; then
-    echo "warning: $(cargo --version) is older than the ingestor needs (1.88); install a newer Rust (rustup)" >&2
+  if [ "${rust_minor:-0}" -lt 94 ]; then
+    echo "warning: $(cargo --version) is older than the ingestor needs (1.94); install a newer Rust (rustup)" >&2
   fi
 fi

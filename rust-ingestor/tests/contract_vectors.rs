@@ -1,11 +1,13 @@
 //! Feeds every case of the shared vectors (`tests/contract/ingest_vectors.json`
-//! at the repository root) to the pure validator; no Redis needed.
+//! at the repository root) to the pure validator, and to the check an MQTT
+//! PUBLISH goes through; no Redis needed.
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::path::PathBuf;
 
 use serde_json::Value;
+use visiontrack_ingestor::mqtt::{check_publish, Refusal, TOPICS};
 use visiontrack_ingestor::timefmt::parse_rfc3339_ms;
 use visiontrack_ingestor::validate::{validate, Limits};
 
@@ -94,6 +96,53 @@ fn every_shared_vector_passes() {
     let failures: Vec<String> =
         cases.iter().filter_map(|c| check(c, now_ms, &limits).err().map(|e| format!("{}: {e}", c["name"]))).collect();
     assert!(failures.is_empty(), "{} of {} vectors failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+/// An MQTT PUBLISH has no Content-Type: its payload is taken as JSON. So a case
+/// refused only for its media type is left out; every other case must give the
+/// same readings over MQTT, or be refused as a bad payload (413 as too large).
+fn check_mqtt(case: &Value, now_ms: i64, limits: &Limits) -> Result<(), String> {
+    let expect = &case["expect"];
+    let status = expect["status"].as_u64().unwrap();
+    if status == 415 {
+        return Ok(());
+    }
+    let body = body_of(case);
+    for topic in TOPICS {
+        match (check_publish(topic, &body, now_ms, limits), status) {
+            (Ok(readings), 202) => {
+                let want = expect["readings"].as_array().unwrap();
+                let got: Vec<Value> =
+                    readings.iter().map(|r| serde_json::json!([r.metric, r.ts_ms, r.value])).collect();
+                let same = got.len() == want.len()
+                    && got
+                        .iter()
+                        .zip(want)
+                        .all(|(g, w)| g[0] == w[0] && g[1].as_i64() == w[1].as_i64() && g[2].as_f64() == w[2].as_f64());
+                if !same {
+                    return Err(format!("{topic}: got {got:?}, expected {want:?}"));
+                }
+            }
+            (Err(Refusal::TooLarge), 413) | (Err(Refusal::Invalid), 400) => {}
+            (got, _) => return Err(format!("{topic}: got {got:?}, expected {status}")),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn every_shared_vector_passes_over_mqtt() {
+    let doc = vectors();
+    let now_ms = parse_rfc3339_ms(doc["now"].as_str().unwrap()).expect("now is RFC 3339");
+    let limits = limits_of(&doc);
+    let cases = doc["cases"].as_array().unwrap();
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|c| check_mqtt(c, now_ms, &limits).err().map(|e| format!("{}: {e}", c["name"])))
+        .collect();
+    assert!(failures.is_empty(), "{} of {} vectors failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    let other_topic = check_publish("v1/devices/me/attributes", br#"{"a":1}"#, now_ms, &limits);
+    assert!(matches!(other_topic, Err(Refusal::Topic)));
 }
 
 #[test]

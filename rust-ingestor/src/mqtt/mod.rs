@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use limits::Slots;
-pub use publish::TOPICS;
+pub use publish::{check as check_publish, Refusal, TOPICS};
 
 use crate::metrics;
 use crate::state::AppState;

@@ -242,3 +242,44 @@ fn futures_iter(
 ) -> impl futures_core::Stream<Item = Result<&'static str, std::io::Error>> + Send + 'static {
     futures_util::stream::iter(items)
 }
+
+fn thingsboard(token: &str, content_type: Option<&str>, body: &'static str) -> Request<Body> {
+    let mut b = Request::builder().method(Method::POST).uri(format!("/api/v1/{token}/telemetry"));
+    if let Some(ct) = content_type {
+        b = b.header(header::CONTENT_TYPE, ct);
+    }
+    b.body(Body::from(body)).unwrap()
+}
+
+#[tokio::test]
+async fn thingsboard_telemetry_refuses_as_thingsboard_does() {
+    let (status, _, _) = send(app(), thingsboard("vtd_unknown_but_cached", None, r#"{"a":1}"#)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "an uncached token with Redis down is not 401");
+    let state = state_with(&[]);
+    state.tokens.insert(token_digest("vtd_gone"), None, Instant::now());
+    let (status, _, body) = send(router(state.clone()), thingsboard("vtd_gone", None, r#"{"a":1}"#)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "unauthorized");
+    let (status, _, _) = send(router(state.clone()), thingsboard(DISABLED, None, r#"{"a":1}"#)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for bad in ["{", r#"{"9a":1}"#] {
+        let (status, _, _) = send(router(state.clone()), thingsboard(TOKEN, None, bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let (status, _, _) = send(router(state.clone()), thingsboard(TOKEN, Some("text/plain"), r#"{"a":1}"#)).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Valid, without a Content-Type: as far as the XADD, which Redis (down) refuses.
+    let (status, headers, _) = send(router(state), thingsboard(TOKEN, None, r#"{"a":1}"#)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers[header::RETRY_AFTER], "3");
+}
+
+#[tokio::test]
+async fn the_thingsboard_route_is_labelled_by_its_template_never_its_token() {
+    let app = app();
+    send(app.clone(), thingsboard("vtd_secret-in-path", None, "{}")).await;
+    let response = app.oneshot(get("/metrics")).await.unwrap();
+    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(text.contains(r#"route="/api/v1/{token}/telemetry""#), "{text}");
+    assert!(!text.contains("vtd_secret-in-path"), "{text}");
+}
