@@ -49,6 +49,7 @@ PORT_SETTINGS: dict[str, tuple[str, int]] = {
     "postgres": ("VT_PG_PORT", 15432),
     "redis": ("VT_REDIS_PORT", 16379),
     "ingestor": ("VT_INGESTOR_PORT", 18001),
+    "mqtt": ("VT_MQTT_PORT", 11883),
     "registry": ("VT_REGISTRY_PORT", 18002),
     "query": ("VT_QUERY_PORT", 18003),
     "worker_metrics": ("VT_WORKER_METRICS_PORT", 19101),
@@ -70,6 +71,7 @@ class Ports:
     postgres: int = _port("postgres")
     redis: int = _port("redis")
     ingestor: int = _port("ingestor")
+    mqtt: int = _port("mqtt")
     registry: int = _port("registry")
     query: int = _port("query")
     worker_metrics: int = _port("worker_metrics")
@@ -316,8 +318,8 @@ def _up(ports: Ports, started: list[str]) -> None:
     _start(started, "query", "query", {**env, "VT_HTTP_BIND": f"127.0.0.1:{ports.query}"}, ports.query)
     upstreams = {"registry": ports.registry, "query": ports.query}
     if INGESTOR_BINARY.exists():
-        _start(started, "ingestor", "ingestor", {**env, "VT_LISTEN_ADDR": f"127.0.0.1:{ports.ingestor}"},
-               ports.ingestor)
+        _start(started, "ingestor", "ingestor", {**env, "VT_LISTEN_ADDR": f"127.0.0.1:{ports.ingestor}",
+                                                 "VT_MQTT_ADDR": f"127.0.0.1:{ports.mqtt}"}, ports.ingestor)
         upstreams["ingestor"] = ports.ingestor
     else:
         say(f"WARNING: {INGESTOR_BINARY} is not built; /api/ingest is off (run `make ingestor-build`)")
@@ -336,7 +338,8 @@ def _up(ports: Ports, started: list[str]) -> None:
     base = f"http://127.0.0.1:{ports.http}"
     if os.environ.get("SIM", "1") != "0":
         sim_env = {"VT_URL": base, "VT_ADMIN_TOKEN": admin, "SIM_DEVICES": os.environ.get("SIM_DEVICES", "20"),
-                   "SIM_STATE": str(RUN / "simulator.json"), "PYTHONPATH": str(ROOT)}
+                   "SIM_STATE": str(RUN / "simulator.json"), "PYTHONPATH": str(ROOT),
+                   "SIM_MQTT": f"127.0.0.1:{ports.mqtt}" if INGESTOR_BINARY.exists() else ""}
         if _alive("simulator"):
             say("simulator already running")
         else:
@@ -386,6 +389,7 @@ def _summary(base: str, admin: str, ports: Ports) -> None:
     print(f"""
 VisionTrack is up.
   API (ingress)   {base}
+  MQTT            127.0.0.1:{ports.mqtt}   (user name: a device token; topic v1/devices/me/telemetry)
   Prometheus      http://127.0.0.1:{ports.prometheus}   (targets: /targets, alerts: /alerts)
   OpenAPI         {base}/api/devices/openapi.json   {base}/api/telemetry/openapi.json
   admin token     {admin}

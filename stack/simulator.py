@@ -2,7 +2,9 @@
 
 Settings: VT_URL (the ingress), VT_ADMIN_TOKEN, SIM_DEVICES (20), SIM_INTERVAL (1.0 s), SIM_STATE (where
 the devices' ids and tokens are kept, so a restart reuses them). Devices send through /api/ingest (the
-Rust ingestor); if it is not there, through the query service's POST /api/telemetry/.
+Rust ingestor); if it is not there, through the query service's POST /api/telemetry/. With SIM_MQTT
+(host:port of the ingestor's MQTT listener) every odd device from the third on speaks MQTT instead, as a
+ThingsBoard device would (token as user name, QoS 1, v1/devices/me/telemetry), MQTT 5 and 3.1.1 in turn.
 
 The alert demo: the first two devices run hot (temperature over 30) for SIM_HOT_SECONDS (40) of every
 SIM_HOT_PERIOD (180 s), half a period apart. The simulator makes sure the demo rule exists (temperature > 30
@@ -117,6 +119,35 @@ def reading(i: int, t: float) -> dict:
                        "battery": round(max(0.0, 100 - (t / 3600) % 100), 2)}}
 
 
+class MqttDevice:
+    """One device over MQTT (paho-mqtt): connects in the background, reconnects by itself, counts PUBACKs."""
+
+    def __init__(self, addr: str, token: str, v5: bool):
+        import paho.mqtt.client as mqtt
+
+        host, port = addr.rsplit(":", 1)
+        self.acked = self.refused = 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                  protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
+        self.client.username_pw_set(token)
+        self.client.on_publish = self._on_publish
+        self.client.connect_async(host, int(port), keepalive=60)
+        self.client.loop_start()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        if reason_code.value == 0:
+            self.acked += 1
+        else:
+            self.refused += 1
+
+    def send(self, body: dict) -> None:
+        self.client.publish("v1/devices/me/telemetry", json.dumps(body), qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
 def serve_webhook(port: int) -> str | None:
     """A tiny receiver that logs the alerts the aggregator posts; its URL, or None if the port is taken."""
 
@@ -195,6 +226,11 @@ def main() -> int:
     last_alert_check = 0.0
     log.info("sending for %d devices every %.1fs; devices 0 and 1 run hot %.0f s of every %.0f s",
              len(devices), interval, HOT_SECONDS, HOT_PERIOD)
+    mqtt_addr = os.environ.get("SIM_MQTT", "")
+    over_mqtt = {name: MqttDevice(mqtt_addr, dev["token"], v5=i % 4 == 1)
+                 for i, (name, dev) in enumerate(devices.items()) if mqtt_addr and i >= 2 and i % 2 == 1}
+    if over_mqtt:
+        log.info("%d of the devices send over MQTT to %s", len(over_mqtt), mqtt_addr)
     path = "/api/ingest"
     sent = accepted = failed = 0
     last_report = time.monotonic()
@@ -202,6 +238,10 @@ def main() -> int:
         started = time.time()
         for i, (name, dev) in enumerate(devices.items()):
             body = reading(i, started)
+            if name in over_mqtt:
+                over_mqtt[name].send(body)
+                sent += 1
+                continue
             if path == "/api/telemetry/":
                 body["device_id"] = dev["id"]
             status, answer = api.call("POST", path, dev["token"], body)
@@ -219,9 +259,13 @@ def main() -> int:
             report_alerts(api, admin, rule_id, alerts)
             last_alert_check = time.monotonic()
         if time.monotonic() - last_report >= 10:
-            log.info("sent %d messages, %d readings accepted, %d refused", sent, accepted, failed)
+            log.info("sent %d messages, %d readings accepted over HTTP, %d refused; MQTT PUBACKs %d, refused %d",
+                     sent, accepted, failed, sum(d.acked for d in over_mqtt.values()),
+                     sum(d.refused for d in over_mqtt.values()))
             last_report = time.monotonic()
         time.sleep(max(0.0, interval - (time.time() - started)))
+    for dev in over_mqtt.values():
+        dev.close()
     log.info("stopped after %d messages", sent)
     return 0
 
