@@ -74,6 +74,7 @@ lint: venv ## Lint the Python code (ruff: unused and undefined names, likely bug
 bench: deps venv ingestor-build ## Measure throughput and latency; prints tables
 	$(PY) -m bench.pipeline
 	$(MAKE) --no-print-directory ingestor-bench
+	$(MAKE) --no-print-directory mqtt-bench
 	$(PY) -m bench.end_to_end
 
 .PHONY: migrate

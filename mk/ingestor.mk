@@ -22,6 +22,10 @@ ingestor-test: ## Ingestor tests (unit, shared contract vectors, real redis-serv
 ingestor-bench: ## Ingestor benchmark with nginx as the yardstick in the same run (about 2 minutes; prints a table)
 	bash bench/ingestor/run.sh
 
+.PHONY: mqtt-bench
+mqtt-bench: ## MQTT benchmark: QoS 1 msg/s with PUBACK after XADD, Mosquitto as yardstick, RSS of 10,000 idle connections
+	bash bench/mqtt/run.sh
+
 .PHONY: ingestor-run
 ingestor-run: ingestor-build ## Run the ingestor in the foreground with the default settings (Redis on 127.0.0.1:6379)
 	$(INGESTOR_BINARY)

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# MQTT benchmark of the ingestor, with Mosquitto as the yardstick in the same run:
+#  (a) QoS 1 messages/s through the ingestor: many connections, each pipelining up to the receive maximum,
+#      every PUBACK written only after the XADD holding the message returned
+#  (b) Mosquitto (no subscribers, no persistence) at the same connection count and window: its QoS 1 rate
+#  (c) the ingestor's RSS with BENCH_MQTT_IDLE idle connections (file descriptor limit raised for it)
+# Everything runs on free loopback ports and is stopped at the end.
+# Knobs: BENCH_DURATION (s, 15), BENCH_MQTT_CONNECTIONS (100), BENCH_MQTT_INFLIGHT (64),
+#        BENCH_MQTT_IDLE (10000), BENCH_MQTT_IDLE_SECONDS (10).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+DURATION="${BENCH_DURATION:-15}"
+CONNS="${BENCH_MQTT_CONNECTIONS:-100}"
+INFLIGHT="${BENCH_MQTT_INFLIGHT:-64}"
+IDLE="${BENCH_MQTT_IDLE:-10000}"
+IDLE_SECONDS="${BENCH_MQTT_IDLE_SECONDS:-10}"
+TOKEN="vtd_mqtt_bench_$(date +%s)"
+BIN="$ROOT/rust-ingestor/target/release/visiontrack-ingestor"
+LOADGEN="$HERE/loadgen/target/release/vt-mqtt-loadgen"
+
+for tool in redis-server redis-cli mosquitto curl python3 cargo; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { echo "bench: $tool is not installed" >&2; exit 1; }
+done
+MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+
+# shellcheck source=bench/ingestor/common.sh
+source "$ROOT/bench/ingestor/common.sh"
+WORK="$(mktemp -d /tmp/vt-mqtt-bench.XXXXXX)"
+cleanup() { stop_started; rm -rf "$WORK"; }
+trap cleanup EXIT
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# Idle connections need a descriptor each, on both ends of the loopback.
+ulimit -n "$(( IDLE * 2 + 4096 ))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+echo "== building (release)"
+(cd "$ROOT/rust-ingestor" && cargo build --release --locked --quiet)
+(cd "$HERE/loadgen" && cargo build --release --locked --quiet)
+
+REDIS_PORT="$(free_port)"; HTTP_PORT="$(free_port)"; MQTT_PORT="$(free_port)"; MOSQ_PORT="$(free_port)"
+start_bench_redis "$REDIS_PORT" "$WORK/redis.log" "$TOKEN"
+# No aggregator here: the high-water mark is raised and the stream deleted between runs (never outside a bench).
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" VT_LISTEN_ADDR="127.0.0.1:$HTTP_PORT" \
+  VT_MQTT_ADDR="127.0.0.1:$MQTT_PORT" VT_MQTT_RECEIVE_MAXIMUM="$INFLIGHT" \
+  VT_STREAM_HIGH_WATER=1000000000 VT_LOG_LEVEL=warn "$BIN" >"$WORK/ingestor.log" 2>&1 &
+APP_PID=$!; PIDS+=("$APP_PID")
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null && break; sleep 0.05; done
+
+cat >"$WORK/mosquitto.conf" <<CONF
+listener $MOSQ_PORT 127.0.0.1
+allow_anonymous true
+persistence false
+max_inflight_messages $INFLIGHT
+max_queued_messages 100000
+CONF
+"$MOSQUITTO" -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
+MOSQ_PID=$!; PIDS+=("$MOSQ_PID")
+sleep 0.5
+
+run() { # port -> "acked rate"
+  "$LOADGEN" --addr "127.0.0.1:$1" --user "$TOKEN" --connections "$CONNS" --inflight "$INFLIGHT" \
+    --duration "$DURATION" | tee -a "$WORK/loadgen.out" | sed -E 's/acked=([0-9]+) rate=([0-9]+).*/\1 \2/'
+}
+
+echo "== warm-up (3 s)"
+"$LOADGEN" --addr "127.0.0.1:$MQTT_PORT" --user "$TOKEN" --connections "$CONNS" --inflight "$INFLIGHT" --duration 3 >/dev/null
+redis-cli -p "$REDIS_PORT" del vt:telemetry >/dev/null
+
+echo "== (a) ingestor, QoS 1, $CONNS connections, window $INFLIGHT, ${DURATION}s"
+read -r A_ACKED A_RATE < <(run "$MQTT_PORT")
+A_ENTRIES=$(redis-cli -p "$REDIS_PORT" xlen vt:telemetry)
+redis-cli -p "$REDIS_PORT" del vt:telemetry >/dev/null
+
+echo "== (b) mosquitto, QoS 1, same settings"
+read -r B_ACKED B_RATE < <(run "$MOSQ_PORT")
+
+echo "== (c) ingestor RSS with $IDLE idle connections"
+IDLE_BEFORE=$(rss_kib "$APP_PID")
+"$LOADGEN" --addr "127.0.0.1:$MQTT_PORT" --user "$TOKEN" --idle "$IDLE" --duration "$IDLE_SECONDS" >"$WORK/idle.out" &
+IDLE_GEN=$!
+for _ in $(seq 600); do grep -q '^ready' "$WORK/idle.out" 2>/dev/null && break; sleep 0.1; done
+READY=$(awk '/^ready/ {print $2}' "$WORK/idle.out")
+sleep 1
+IDLE_RSS=$(rss_kib "$APP_PID")
+wait "$IDLE_GEN" || true
+
+RATIO=$(awk -v a="$A_RATE" -v b="$B_RATE" 'BEGIN { if (b > 0) printf "%.0f", 100 * a / b; else print "n/a" }')
+PER_CONN=$(awk -v a="$IDLE_RSS" -v b="$IDLE_BEFORE" -v n="${READY:-0}" 'BEGIN { if (n > 0) printf "%.1f", (a - b) / n; else print "n/a" }')
+echo
+echo "| measure | value |"
+echo "| --- | --- |"
+echo "| (a) ingestor QoS 1 msg/s (PUBACK after XADD), $CONNS conns, window $INFLIGHT | $A_RATE |"
+echo "| (a) stream entries written (one per connection read) | $A_ENTRIES |"
+echo "| (b) mosquitto QoS 1 msg/s, same load | $B_RATE |"
+echo "| (a) / (b) | ${RATIO}% |"
+echo "| (c) idle connections held | ${READY:-0} of $IDLE |"
+echo "| (c) ingestor RSS before / with them | $((IDLE_BEFORE / 1024)) MiB / $((IDLE_RSS / 1024)) MiB ($PER_CONN KiB each) |"
+echo "| CPUs | $(nproc) (loadgen, ingestor, Redis and mosquitto share them) |"
