@@ -7,6 +7,7 @@ import uuid
 
 import psycopg2
 import pytest
+import redis
 
 from stack.services import Process
 from tests.receiver import Receiver
@@ -44,3 +45,18 @@ def own_database(postgres, base_env: dict, run_dir, prefix: str):
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE {name} WITH (FORCE)")
         admin.close()
+
+
+@pytest.fixture
+def isolated(redis_server, base_env):
+    """A Redis database and stream of the test's own, and a config pointing at them."""
+    from visiontrack import config as config_module
+
+    db_index = 1 + (uuid.uuid4().int % 14)
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{db_index}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    key = f"vt:test:{uuid.uuid4().hex[:8]}"
+    env = {**base_env, "REDIS_URL": url, "VT_STREAM_KEY": key, "VT_DEAD_LETTER_KEY": f"{key}:dead"}
+    yield client, key, env, config_module.load(env)
+    client.flushdb()

@@ -221,4 +221,4 @@ def test_a_refused_dead_letter_is_not_retried_in_a_busy_loop(isolated, db):
 
 
 def _small_pages(read):
-    return lambda count, start: read(1, start)
+    return lambda count, start, block_ms=None: read(1, start, block_ms)

@@ -10,9 +10,11 @@ from typing import Iterable
 
 import redis
 
+from visiontrack.stream import fields_dict
+
 log = logging.getLogger("aggregator.consumer")
 
-Raw = tuple[str, dict]  # (entry id, fields)
+Raw = tuple[str, list | dict]  # (entry id, fields: XREADGROUP's flat list, or a dict)
 
 
 def _text(value) -> str:
@@ -20,22 +22,37 @@ def _text(value) -> str:
 
 
 def _entries(items) -> tuple[list[Raw], list[str]]:
-    """Readable entries, and the ids of pending entries whose content is gone (deleted while pending)."""
+    """Readable entries, and the ids of pending entries whose content is gone (deleted while pending).
+    Fields stay as Redis sent them: XAUTOCLAIM's as a dict, XREADGROUP's (read without redis-py's reply
+    parsing) as the flat [name, value, ...] list; `visiontrack.stream.fields_dict` turns either into a dict."""
     out, gone = [], []
     for entry_id, fields in items or ():
+        entry_id = entry_id.decode() if type(entry_id) is bytes else entry_id
         if fields is None:
-            gone.append(_text(entry_id))
+            gone.append(entry_id)
         else:
-            out.append((_text(entry_id), {_text(k): v for k, v in fields.items()}))
+            out.append((entry_id, fields))
     return out, gone
 
 
 def _stream_reply(reply, key: str) -> list:
-    """XREADGROUP's entries for one key (RESP2 reply: [[key, entries], ...])."""
+    """XREADGROUP's entries for one key, from its unparsed reply: RESP2 [[key, entries], ...], RESP3 a map;
+    None when a blocking read timed out."""
+    if isinstance(reply, dict):
+        reply = reply.items()
     for k, entries in reply or ():
         if _text(k) == key:
             return entries
     return []
+
+
+def unparsed_client(client: redis.Redis) -> redis.Redis:
+    """A client on the same connections whose XREADGROUP replies come back as Redis sent them. redis-py
+    turns every entry's field list into a dict; for entries of one reading that was a fifth of the
+    aggregator's time, and the fields are read by position instead (`visiontrack.stream.decode_fields`)."""
+    raw = redis.Redis(connection_pool=client.connection_pool)
+    raw.response_callbacks.pop("XREADGROUP", None)
+    return raw
 
 
 class StreamConsumer:
@@ -49,6 +66,7 @@ class StreamConsumer:
     def __init__(self, client: redis.Redis, key: str, group: str, consumer: str, dead_letter_key: str,
                  claim_idle_ms: int, max_deliveries: int):
         self.redis = client
+        self.unparsed = unparsed_client(client)
         self.key = key
         self.group = group
         self.consumer = consumer
@@ -66,14 +84,18 @@ class StreamConsumer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def read(self, count: int, start: str) -> list[Raw]:
+    def read(self, count: int, start: str, block_ms: int | None = None) -> list[Raw]:
         """Up to `count` entries, in calls of at most `chunk`. `start` "0": this consumer's own pending entries
-        (after a restart), but for those whose dead letter was refused (left to claim()); ">": new ones."""
+        (after a restart), but for those whose dead letter was refused (left to claim()); ">": new ones.
+        `block_ms`: with nothing new, the first call waits up to that long for an entry (">" only)."""
         out: list[Raw] = []
+        block = max(1, int(block_ms)) if block_ms is not None and start == ">" else None
         while len(out) < count:
             want = min(self.chunk, count - len(out))
             try:
-                reply = self.redis.xreadgroup(self.group, self.consumer, {self.key: start}, count=want)
+                reply = self.unparsed.xreadgroup(self.group, self.consumer, {self.key: start}, count=want,
+                                                 block=block)
+                block = None  # only the first call waits: the rest pick up what is already there
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -158,7 +180,7 @@ class StreamConsumer:
         pipe = self.redis.pipeline(transaction=False)
         for entry_id, fields, reason in items:
             log.warning("dead-lettering entry %s of %s: %s", entry_id, self.key, reason)
-            pipe.xadd(self.dead_letter_key, {**fields, "reason": reason[:1000], "source": self.key,
+            pipe.xadd(self.dead_letter_key, {**fields_dict(fields), "reason": reason[:1000], "source": self.key,
                                              "source_id": entry_id})
         replies = pipe.execute(raise_on_error=False)
         moved = [entry_id for (entry_id, _, _), reply in zip(items, replies) if not isinstance(reply, Exception)]

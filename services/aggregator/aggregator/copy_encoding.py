@@ -53,22 +53,36 @@ class EncodedEntry:
 def encode_entry(entry: Entry, min_day: int, max_day: int) -> EncodedEntry:
     """Encode one entry's readings; days outside [min_day, max_day] make the entry poison."""
     device_id = entry.device_id
+    readings = entry.readings
     packers = _row_packers
-    rows: list[bytes] = []
-    append = rows.append
-    lo, hi = 1 << 62, -(1 << 62)
     try:
-        for metric, ts_ms, value in entry.readings:
+        if len(readings) == 1:  # the commonest entry (a device's one-reading request): no list, no join
+            metric, ts_ms, value = readings[0]
             if type(ts_ms) is not int:
                 raise PoisonEntry(f"bad timestamp {ts_ms!r}")
             if type(value) is not float and type(value) is not int or value - value != 0:
                 raise PoisonEntry(f"bad value {value!r}")
             pack, length, name = packers.get(metric) or _row_packer(metric)
-            append(pack(4, 8, device_id, length, name, 8, (ts_ms - PG_EPOCH_MS) * 1000, 8, value))
-            if ts_ms < lo:
-                lo = ts_ms
-            if ts_ms > hi:
-                hi = ts_ms
+            rows = pack(4, 8, device_id, length, name, 8, (ts_ms - PG_EPOCH_MS) * 1000, 8, value)
+            lo = hi = ts_ms
+            count = 1
+        else:
+            parts: list[bytes] = []
+            append = parts.append
+            lo, hi = 1 << 62, -(1 << 62)
+            for metric, ts_ms, value in readings:
+                if type(ts_ms) is not int:
+                    raise PoisonEntry(f"bad timestamp {ts_ms!r}")
+                if type(value) is not float and type(value) is not int or value - value != 0:
+                    raise PoisonEntry(f"bad value {value!r}")
+                pack, length, name = packers.get(metric) or _row_packer(metric)
+                append(pack(4, 8, device_id, length, name, 8, (ts_ms - PG_EPOCH_MS) * 1000, 8, value))
+                if ts_ms < lo:
+                    lo = ts_ms
+                if ts_ms > hi:
+                    hi = ts_ms
+            rows = b"".join(parts)
+            count = len(parts)
     except (TypeError, ValueError, OverflowError, struct.error) as exc:
         if isinstance(exc, PoisonEntry):
             raise
@@ -76,14 +90,16 @@ def encode_entry(entry: Entry, min_day: int, max_day: int) -> EncodedEntry:
     first_day, last_day = lo // DAY_MS, hi // DAY_MS
     if first_day < min_day or last_day > max_day:
         raise PoisonEntry("timestamp outside the storable range (retention or future skew)")
-    return EncodedEntry(entry, b"".join(rows), len(rows), first_day, last_day)
+    return EncodedEntry(entry, rows, count, first_day, last_day)
 
 
-def fold_rollups(batch: list[EncodedEntry]) -> dict[tuple[int, str, int], Partial]:
+def fold_rollups(batch: list[EncodedEntry], merged: dict | None = None) -> dict[tuple[int, str, int], Partial]:
     """The batch's readings folded per (device, metric, UTC minute since the epoch), in one pass straight
-    into the batch's partials: an entry of one reading (the commonest) costs one dict probe, not a partial
-    of its own merged afterwards. The entries were checked when they were encoded."""
-    merged: dict[tuple[int, str, int], Partial] = {}
+    into the batch's partials (`merged`, when a batch is folded as its entries come in): an entry of one
+    reading (the commonest) costs one dict probe, not a partial of its own merged afterwards. The entries
+    were checked when they were encoded."""
+    if merged is None:
+        merged = {}
     get = merged.get
     for encoded in batch:
         device_id = encoded.entry.device_id

@@ -1,28 +1,35 @@
 """Draining one stream shard into Postgres: read a batch, store it in one transaction, then ack.
 
-While Postgres stores one batch (on a writer thread), the next is read and encoded. Claims, redelivery and
-dead letters: see docs/design.md, "Delivery semantics".
+While Postgres stores one batch (on a writer thread), the next is read and encoded. A batch is closed by
+size (VT_BATCH_READINGS, VT_BATCH_ENTRIES) or by age (VT_BATCH_MAX_WAIT_MS), whichever comes first, and a
+listening drain waits on the stream for the next entry instead of returning when it is empty: see
+docs/design.md, "Draining". Claims, redelivery and dead letters: "Delivery semantics".
 """
 from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import psycopg2
 
-from visiontrack.stream import PoisonEntry, decode_entry
+from visiontrack.stream import fields_dict
 
 from . import metrics
+from .batching import Batch, add, new_batch, seal
 from .consumer import Raw, StreamConsumer
-from .copy_encoding import DAY_MS, EncodedEntry, encode_entry
-from .storage import TelemetryStorage, rollup_payload
+from .storage import TelemetryStorage
 
 log = logging.getLogger("aggregator.pipeline")
 
 # Errors that say nothing about the data: leave the batch pending and try again later.
 TRANSIENT = (psycopg2.OperationalError, psycopg2.InterfaceError)
+# After a read that found less than it asked for, the next waits this long (or until the batch in flight is
+# stored, or the batch's age is up): entries then come in chunks, not one round trip each.
+IDLE_SLICE_SECONDS = 0.005
+# Longest a listening drain's read blocks at once; the budget is checked between two.
+LONGEST_BLOCK_SECONDS = 1.0
 
 
 @dataclass
@@ -42,16 +49,6 @@ class DrainResult:
 
 
 @dataclass
-class Batch:
-    """A batch read from the stream, encoded, and split into what can be stored and what cannot."""
-
-    raw: list[Raw]
-    good: list[EncodedEntry]
-    poison: list[tuple[str, dict, str]]
-    rollup_rows: bytes | None = None  # the good entries' rollups, folded while the previous batch is stored
-
-
-@dataclass
 class Pipeline:
     consumer: StreamConsumer
     storage: TelemetryStorage
@@ -59,31 +56,24 @@ class Pipeline:
     retention_days: int
     batch_readings: int  # readings per batch aimed at, whatever the entries' size (VT_BATCH_READINGS)
     future_days: int = 1
+    max_wait_seconds: float = 0.05  # how old a batch may grow before it is closed (VT_BATCH_MAX_WAIT_MS)
     _own_pending_done: bool = field(default=False, init=False)
     _readings_per_entry: float = field(default=100.0, init=False)
     _writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "pg-writer"), init=False)
 
-    def _day_range(self) -> tuple[int, int]:
-        today = int(time.time() * 1000) // DAY_MS
-        return today - self.retention_days - 1, today + self.future_days
-
     def _next_count(self) -> int:
         return max(1, min(self.batch_entries, int(self.batch_readings / self._readings_per_entry)))
 
-    def prepare(self, raw: list[Raw]) -> Batch:
-        min_day, max_day = self._day_range()
-        batch = Batch(raw, [], [])
-        for entry_id, fields in raw:
-            try:
-                batch.good.append(encode_entry(decode_entry(entry_id, fields), min_day, max_day))
-            except PoisonEntry as exc:
-                batch.poison.append((entry_id, fields, str(exc)))
+    def _seal(self, batch: Batch) -> Batch:
         if batch.good:  # follow the entries' size, so a batch stays near batch_readings
-            size = sum(e.count for e in batch.good) / len(batch.good)
+            size = batch.readings / len(batch.good)
             self._readings_per_entry = 0.7 * self._readings_per_entry + 0.3 * size
-            if self.storage.rollups:
-                batch.rollup_rows = rollup_payload(batch.good)
-        return batch
+        return seal(batch)
+
+    def prepare(self, raw: list[Raw]) -> Batch:
+        batch = new_batch(self.storage.rollups)
+        add(batch, raw, self.retention_days, self.future_days)
+        return self._seal(batch)
 
     def store(self, batch: Batch) -> DrainResult:
         """Write the batch's good entries in one transaction (poison ones are added to batch.poison)."""
@@ -128,12 +118,16 @@ class Pipeline:
                 raise
             except psycopg2.Error as exc:
                 entry_id = encoded.entry.entry_id
-                batch.poison.append((entry_id, fields[entry_id], f"postgres refused it: {exc}".strip()))
+                batch.poison.append((entry_id, fields_dict(fields[entry_id]), f"postgres refused it: {exc}".strip()))
         return readings, inserted
 
-    def drain(self, budget_seconds: float) -> DrainResult:
-        """Store until the shard is empty or the budget is spent; `more` says whether work is left."""
+    def drain(self, budget_seconds: float, listen: bool = False) -> DrainResult:
+        """Store until the budget is spent, or until the shard is empty unless `listen`; `more` says whether
+        work is left. Listening, an empty shard is waited on (a blocking read), and a batch that is neither
+        full nor old enough waits for more entries, so a quiet shard's readings are stored within
+        max_wait_seconds and a busy one's in full batches."""
         started = time.monotonic()
+        deadline = started + budget_seconds
         total = DrainResult()
         fresh, tired = self.consumer.claim(self._next_count())
         moved = self.consumer.dead_letter([(i, f, "delivered too many times without being stored") for i, f in tired])
@@ -143,7 +137,7 @@ class Pipeline:
         if fresh:
             total.add(self.process(fresh))
         while not self._own_pending_done:  # after a restart: what this consumer had taken but not acked
-            if time.monotonic() - started >= budget_seconds:
+            if time.monotonic() >= deadline:
                 total.more, total.seconds = True, time.monotonic() - started
                 return total
             raw = self.consumer.read(self._next_count(), "0")
@@ -152,19 +146,42 @@ class Pipeline:
                 self.consumer.refused.clear()  # only this phase reads past them; claim() takes them from here
             else:
                 total.add(self.process(raw))  # not overlapped: re-reading "0" would return in-flight entries
+        batch, target = new_batch(self.storage.rollups), self._next_count()
         in_flight: tuple[Batch, Future] | None = None
         try:
             while True:
-                if time.monotonic() - started >= budget_seconds:
+                over = time.monotonic() >= deadline
+                if in_flight is not None and in_flight[1].done():
+                    total.add(self.finish(in_flight[0], in_flight[1].result()))
+                    in_flight = None
+                if batch.raw:
+                    full = batch.entries >= target or batch.readings >= self.batch_readings
+                    if full or over or not listen or batch.age() >= self.max_wait_seconds:
+                        if in_flight is None:  # close it: store it while the next one is read
+                            in_flight = (batch, self._writer.submit(self.store, self._seal(batch)))
+                            batch, target = new_batch(self.storage.rollups), self._next_count()
+                            continue
+                        if full or over:  # nothing more to add to it: wait for the writer
+                            total.add(self.finish(in_flight[0], in_flight[1].result()))
+                            in_flight = None
+                            continue
+                elif over:
                     total.more = True
                     break
-                raw = self.consumer.read(self._next_count(), ">")
-                if not raw:
-                    break
-                batch = self.prepare(raw)  # overlaps with the previous batch's COPY and commit
-                if in_flight is not None:
-                    total.add(self.finish(in_flight[0], in_flight[1].result()))
-                in_flight = (batch, self._writer.submit(self.store, batch))
+                want = target - batch.entries
+                block = None
+                if listen and not batch.raw and in_flight is None:
+                    block = 1000 * max(0.001, min(LONGEST_BLOCK_SECONDS, deadline - time.monotonic()))
+                raw = self.consumer.read(want, ">", block)
+                add(batch, raw, self.retention_days, self.future_days)
+                if len(raw) >= want:
+                    continue
+                if in_flight is not None:  # the stream is drained for now: let the store get on
+                    wait([in_flight[1]], timeout=IDLE_SLICE_SECONDS)
+                elif batch.raw and listen:  # a young batch: give it company
+                    time.sleep(max(0.0, min(IDLE_SLICE_SECONDS, self.max_wait_seconds - batch.age())))
+                elif not batch.raw and not listen:
+                    break  # drained
         finally:
             if in_flight is not None:
                 total.add(self.finish(in_flight[0], in_flight[1].result()))

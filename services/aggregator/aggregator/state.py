@@ -11,6 +11,7 @@ from visiontrack import config as config_module
 from visiontrack.db import Database
 
 from .consumer import StreamConsumer
+from .listen_lease import ListenLease
 from .pipeline import Pipeline
 from .storage import TelemetryStorage
 
@@ -38,7 +39,7 @@ class WorkerState:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        # Reads do not block (no BLOCK), so the default-ish timeouts are safe.
+        # A listening drain's reads block for at most pipeline.LONGEST_BLOCK_SECONDS, well inside the timeout.
         return redis.Redis.from_url(self.config.redis_url, socket_timeout=10, socket_connect_timeout=5,
                                     health_check_interval=30)
 
@@ -63,9 +64,17 @@ class WorkerState:
             consumer = self.consumer(key)
             consumer.ensure_group()
             pipe = Pipeline(consumer, TelemetryStorage(self.storage_conn, self.config.rollups_enabled), self.config.batch_entries,
-                            self.config.retention_days, self.config.batch_readings)
+                            self.config.retention_days, self.config.batch_readings,
+                            max_wait_seconds=self.config.batch_max_wait_ms / 1000)
             self._pipelines[key] = pipe
         return pipe
+
+    def listen_lease(self, key: str) -> ListenLease:
+        """The leases a drain of `key` needs to listen (aggregator.listen_lease): they outlive its budget a
+        little, so that a killed listener's are free again soon after it would have handed over."""
+        c = self.config
+        return ListenLease(self.redis, key, NODE_NAME["value"], c.worker_concurrency - 1,
+                           c.drain_budget_seconds + 10)
 
     def close(self) -> None:
         conn = self.__dict__.get("storage_conn")

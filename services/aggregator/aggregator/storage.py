@@ -164,8 +164,13 @@ def copy_in(cur, sql: str, payload: bytes) -> None:
 
 def rollup_payload(batch: list[EncodedEntry]) -> bytes:
     """The batch's 1-minute partial rollups as binary COPY rows (for the fast path, where every row goes in)."""
+    return partials_payload(fold_rollups(batch))
+
+
+def partials_payload(partials: dict) -> bytes:
+    """Folded 1-minute partials (`fold_rollups`) as binary COPY rows."""
     rows = [encode_rollup_row(device_id, metric, minute, part)
-            for (device_id, metric, minute), part in fold_rollups(batch).items()]
+            for (device_id, metric, minute), part in partials.items()]
     return COPY_HEADER + b"".join(rows) + COPY_TRAILER
 
 

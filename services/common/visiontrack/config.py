@@ -159,10 +159,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("VT_BATCH_READINGS", "100000", IntRange(1, 1000000), frozenset({"aggregator"}),
             "Readings a batch aims at; the entries read per batch follow the entries' average size. A batch "
             "upserts a rollup row per series and minute or hour it touches, so bigger batches share them out."),
+    Setting("VT_BATCH_MAX_WAIT_MS", "50", IntRange(1, 10_000), frozenset({"aggregator"}),
+            "Longest a batch waits for more entries before it is stored, counted from its first entry; a busy "
+            "stream fills batches by size first, so this bounds how long a reading waits on a quiet one."),
+    Setting("VT_LIVE_DRAIN", "true", _bool, frozenset({"aggregator"}),
+            "One drain per shard waits on the stream for new entries (a blocking read) instead of returning "
+            "when it is empty, so readings are stored within VT_BATCH_MAX_WAIT_MS of arriving; it takes one "
+            "worker process per shard, never a node's last. Off: readings wait for beat's next drain."),
     Setting("VT_DRAIN_BUDGET_SECONDS", "10", _float(0.1), frozenset({"aggregator"}),
             "How long one drain task runs before handing back to Celery."),
     Setting("VT_DRAIN_INTERVAL_SECONDS", "1", _float(0.1), frozenset({"aggregator"}),
-            "How often beat schedules a drain of every shard."),
+            "How often beat schedules a drain of every shard (a listening drain hands over to the next by "
+            "itself; these ticks start one after a crash and help with a backlog)."),
     Setting("VT_CLAIM_IDLE_MS", "30000", IntRange(100), frozenset({"aggregator"}),
             "Pending entries idle this long are claimed from a dead consumer."),
     Setting("VT_MAX_DELIVERIES", "5", IntRange(1), frozenset({"aggregator"}),

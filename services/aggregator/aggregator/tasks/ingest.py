@@ -11,19 +11,30 @@ log = logging.getLogger("aggregator.tasks.ingest")
 
 @app.task(name="aggregator.drain", ignore_result=True)
 def drain(stream_key: str) -> dict:
-    """Store what the shard holds for up to the drain budget; hand the rest to a fresh task."""
+    """Store what the shard holds for up to the drain budget; hand the rest to a fresh task.
+
+    With VT_LIVE_DRAIN, the drain that holds the shard's listen lease waits on the stream for its whole
+    budget and then hands over to a fresh task at once, so the shard always has a listener; any other drain
+    (beat's ticks) helps with a backlog and returns when the shard is empty."""
     if stream_key not in config.stream_keys:
         log.warning("ignoring drain of unknown stream %s", stream_key)
         return {}
-    result = state.get().pipeline(stream_key).drain(config.drain_budget_seconds)
+    st = state.get()
+    lease = st.listen_lease(stream_key) if config.live_drain else None
+    listen = lease is not None and lease.acquire()
+    try:
+        result = st.pipeline(stream_key).drain(config.drain_budget_seconds, listen=listen)
+    finally:
+        if listen:
+            lease.release()
     if result.entries:
-        log.log(logging.INFO if result.dead_letters or result.seconds >= 1 else logging.DEBUG,
+        log.log(logging.INFO if result.dead_letters or (result.seconds >= 1 and not listen) else logging.DEBUG,
                 "stored %d readings (%d duplicates, %d dead letters) from %d entries of %s in %.2fs",
                 result.inserted, result.readings - result.inserted, result.dead_letters, result.entries,
                 stream_key, result.seconds)
-    if result.more:
+    if result.more or listen:
         drain.apply_async(args=(stream_key,), expires=60)
-    return {"entries": result.entries, "inserted": result.inserted, "more": result.more}
+    return {"entries": result.entries, "inserted": result.inserted, "more": result.more, "listened": listen}
 
 
 @app.task(name="aggregator.trim_streams", ignore_result=True)

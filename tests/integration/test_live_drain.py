@@ -1,0 +1,133 @@
+"""The listening drain against real Redis and Postgres: batches closed by size on a busy stream and by age on
+a quiet one, and the leases that decide who listens."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.conftest import poll
+from tests.integration.test_delivery import _count, _entry, _pipeline
+
+DEVICE_BASE = 7_300_000
+
+
+def _spy_batches(pipe) -> list[int]:
+    sizes: list[int] = []
+    store = pipe.store
+
+    def spy(batch):
+        sizes.append(batch.entries)
+        return store(batch)
+    pipe.store = spy
+    return sizes
+
+
+def test_a_busy_stream_is_stored_in_full_batches_while_listening(isolated, db):
+    client, key, _, cfg = isolated
+    now = int(time.time() * 1000)
+    devices = [DEVICE_BASE + d for d in range(100)]
+    pipe = client.pipeline(transaction=False)
+    for n in range(30_000):
+        pipe.xadd(key, _entry(devices[n % 100], [["t", now - 600_000 + n // 100, float(n)]]))
+        if n % 1000 == 999:
+            pipe.execute()
+    pipe.execute()
+    drain = _pipeline(cfg, client)
+    drain.max_wait_seconds = 0.05
+    sizes = _spy_batches(drain)
+    result = _drain_until(drain, lambda: _count(db, devices) == 30_000)
+    assert _count(db, devices) == 30_000 and client.xpending(key, cfg.stream_group)["pending"] == 0
+    # The batch size follows the entries' size from its first guess (100 readings each) towards the limit
+    # (10,000 entries); what is waiting is never cut into batches by age.
+    assert sum(sizes) == 30_000 and len(sizes) <= 9, sizes
+    assert all(b > a for a, b in zip(sizes, sizes[1:-1])) and sizes[-2] > 5000, sizes
+    assert result.entries == 30_000
+
+
+def test_a_quiet_stream_is_stored_within_the_batch_age(isolated, db):
+    client, key, _, cfg = isolated
+    device = DEVICE_BASE + 500
+    drain = _pipeline(cfg, client)
+    drain.max_wait_seconds = 0.05
+    sizes = _spy_batches(drain)
+    outcome = {}
+    listener = threading.Thread(target=lambda: outcome.update(result=drain.drain(6, listen=True)))
+    listener.start()
+    time.sleep(0.5)  # listening on an empty stream
+    waits = []
+    for i in range(10):
+        client.xadd(key, _entry(device, [["t", int(time.time() * 1000) - 10, float(i)]]))
+        added = time.monotonic()
+        poll(lambda n=i + 1: _count(db, [device]) == n, timeout=5, interval=0.002, what=f"reading {i} stored")
+        waits.append(time.monotonic() - added)
+        time.sleep(0.1)
+    assert listener.is_alive(), "a listening drain returns at the end of its budget, not when the stream is empty"
+    listener.join(10)
+    assert outcome["result"].entries == 10 and sizes == [1] * 10
+    # Stored once 50 ms old, plus the commit; generous for a loaded machine, far below beat's ticks.
+    assert sorted(waits)[len(waits) // 2] < 0.25 and max(waits) < 0.75, waits
+
+
+def test_a_drain_that_does_not_listen_returns_when_the_stream_is_empty(isolated, db):
+    client, key, _, cfg = isolated
+    device = DEVICE_BASE + 600
+    client.xadd(key, _entry(device, [["t", int(time.time() * 1000) - 10, 1.0]]))
+    started = time.monotonic()
+    result = _pipeline(cfg, client).drain(6, listen=False)
+    assert time.monotonic() - started < 2 and result.entries == 1 and not result.more
+    assert _count(db, [device]) == 1
+
+
+def _drain_until(pipe, done, budget: float = 2.0, rounds: int = 30):
+    """Listening drains one after another, as the task hands over, until `done()`; their results summed."""
+    from aggregator.pipeline import DrainResult
+
+    total = DrainResult()
+    for _ in range(rounds):
+        total.add(pipe.drain(budget, listen=True))
+        if done():
+            return total
+    raise AssertionError("the stream was not drained")
+
+
+# --- the leases ----------------------------------------------------------------------------------------
+@pytest.fixture
+def lease_factory(isolated):
+    from aggregator.listen_lease import ListenLease
+
+    client, key, _, _ = isolated
+    return lambda node="n1", slots=1, ttl=5.0, shard=key: ListenLease(client, shard, node, slots, ttl)
+
+
+def test_one_listener_per_shard(lease_factory):
+    first, second = lease_factory(node="n1"), lease_factory(node="n2")
+    assert first.acquire() and not second.acquire()
+    first.release()
+    assert second.acquire()
+
+
+def test_a_node_keeps_a_process_free_for_other_tasks(lease_factory, isolated):
+    _, key, _, _ = isolated
+    a, b = lease_factory(slots=1, shard=f"{key}:a"), lease_factory(slots=1, shard=f"{key}:b")
+    assert a.acquire() and not b.acquire(), "one slot: a second shard's drain on this node must not listen"
+    assert not lease_factory(slots=0, shard=f"{key}:c").acquire(), "one worker process: nothing listens"
+    assert lease_factory(node="n2", slots=1, shard=f"{key}:b").acquire(), \
+        "another node's slot is its own, and the refused drain kept no lease of the shard"
+    c = lease_factory(slots=1, shard=f"{key}:c")
+    assert not c.acquire()
+    a.release()
+    assert c.acquire(), "a released listener frees its node's slot"
+
+
+def test_a_lease_expires_and_a_late_release_frees_nothing_of_another(lease_factory, isolated):
+    client, key, _, _ = isolated
+    killed = lease_factory(ttl=1.0)
+    assert killed.acquire()
+    successor = lease_factory()
+    assert not successor.acquire()
+    time.sleep(1.1)  # the killed listener's leases expire
+    assert successor.acquire()
+    killed.release()  # it comes back: its release must not free the successor's leases
+    assert client.get(f"{key}:listener").decode() == successor.token
