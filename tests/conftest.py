@@ -2,7 +2,8 @@
 
 Layers (markers): unit (no servers), integration (real servers and processes), e2e (over HTTP through
 nginx, routed like the Ingress; or through a deployment's ingress, see tests/e2e/conftest.py), chart (the
-Helm chart, rendered and validated offline), bench (the benchmark harnesses at toy sizes).
+Helm chart, rendered and validated offline), bench (the benchmark harnesses at toy sizes), drill (faults
+under load on a stack of their own, see tests/drills/conftest.py).
 """
 from __future__ import annotations
 
@@ -29,11 +30,16 @@ ADMIN_TOKEN = "test-admin-token-0123456789"
 READER_TOKEN = "test-reader-token-0123456789"
 
 
+# The marker of each folder's tests (pytest.ini describes them).
+LAYER_MARKERS = {"unit": "unit", "contract": "unit", "integration": "integration", "e2e": "e2e", "chart": "chart",
+                 "bench": "bench", "drills": "drill"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         layer = Path(item.fspath).relative_to(ROOT / "tests").parts[0]
-        if layer in ("unit", "integration", "e2e", "chart", "contract", "bench"):
-            item.add_marker(getattr(pytest.mark, "unit" if layer == "contract" else layer))
+        if layer in LAYER_MARKERS:
+            item.add_marker(getattr(pytest.mark, LAYER_MARKERS[layer]))
 
 
 def poll(check: Callable[[], object], timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
