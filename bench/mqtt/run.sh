@@ -92,7 +92,7 @@ echo
 echo "| measure | value |"
 echo "| --- | --- |"
 echo "| (a) ingestor QoS 1 msg/s (PUBACK after XADD), $CONNS conns, window $INFLIGHT | $A_RATE |"
-echo "| (a) stream entries written (one per connection read) | $A_ENTRIES |"
+echo "| (a) stream entries written (one per group of PUBLISHes) | $A_ENTRIES |"
 echo "| (b) mosquitto QoS 1 msg/s, same load | $B_RATE |"
 echo "| (a) / (b) | ${RATIO}% |"
 echo "| (c) idle connections held | ${READY:-0} of $IDLE |"

@@ -1,8 +1,9 @@
 //! From PUBLISH to stream entry: the topic and payload checks (the payload by
-//! the same `validate` as `/api/ingest`), and batching. The valid PUBLISHes a
-//! connection's one read brought in become one entry, one XADD: the device is
-//! the same, and one round trip per read instead of per message is what lets
-//! a pipelining client go fast. Their PUBACKs follow that XADD's reply.
+//! the same `validate` as `/api/ingest`), and batching. The valid PUBLISHes
+//! that come while a connection's previous XADD is in flight become one entry,
+//! one XADD (the device is the same): one round trip per group instead of per
+//! message is what lets a pipelining client go fast. Their PUBACKs follow that
+//! XADD's reply.
 
 use std::num::NonZeroU16;
 use std::time::Instant;

@@ -95,6 +95,7 @@ pub async fn run(tcp: TcpStream, cx: Context, slot: Slot) {
         pending: 0,
         receive_maximum: usize::from(receive_maximum.get()),
         batch: Batch::default(),
+        storing: 0,
         silence: limits::silence_allowed(keep_alive),
     };
     let reason = session.serve(&mut conn, &registered.close, cx.drain).await;
@@ -197,6 +198,9 @@ struct Session {
     pending: usize,
     receive_maximum: usize,
     batch: Batch,
+    /// XADDs of this connection in flight. While one is, new PUBLISHes gather in `batch`
+    /// and go in one XADD when it returns: a pipelining client then costs few round trips.
+    storing: usize,
     silence: Duration,
 }
 
@@ -317,7 +321,9 @@ impl Session {
                 break;
             }
         }
-        self.send_batch(now_ms);
+        if self.storing == 0 || !matches!(next, Next::Continue) {
+            self.send_batch(now_ms);
+        }
         next
     }
 
@@ -372,12 +378,16 @@ impl Session {
         if !self.batch.is_empty() {
             let store = self.batch.store(&self.state, self.device.id, now_ms);
             self.in_flight.push_back(store);
+            self.storing += 1;
         }
     }
 
     /// Writes the answers of one finished group; an error when the connection must close.
     fn answer(&mut self, done: &Done, conn: &mut Conn) -> Result<(), (Closing, &'static str)> {
         self.pending -= done.pending.len();
+        if !matches!(done.outcome, Outcome::Refused(_)) {
+            self.storing -= 1;
+        }
         let (reason, result) = match &done.outcome {
             Outcome::Stored { readings } => {
                 metrics::accepted(*readings);
