@@ -362,3 +362,16 @@ def test_sigkill_with_qos_1_in_flight_stores_every_acknowledged_reading_once(
         agg.stop()
         server.stop()
         server.redis.flushdb()
+
+
+def test_thingsboard_http_device_api(ingestor):
+    import requests
+
+    device_id = 9_100_090
+    token = ingestor.device(device_id)
+    base = f"http://127.0.0.1:{ingestor.http_port}/api/v1"
+    ok = requests.post(f"{base}/{token}/telemetry", data=json.dumps({"temperature": 20.5}), timeout=5)
+    assert (ok.status_code, ok.content) == (200, b"")
+    assert requests.post(f"{base}/vtd_nobody/telemetry", json={"a": 1}, timeout=5).status_code == 401
+    assert requests.post(f"{base}/{token}/telemetry", data="{", timeout=5).status_code == 400
+    assert [v for _, _, v in ingestor.readings(device_id)] == [20.5]
