@@ -329,25 +329,26 @@ def test_sigkill_with_qos_1_in_flight_stores_every_acknowledged_reading_once(
     if not INGESTOR_BINARY.exists():
         pytest.skip("ingestor binary not built")
     server = Ingestor(redis_server, base_env, run_dir).start()
-    device_id = 9_100_080 + uuid.uuid4().int % 1000
-    token = server.device(device_id)
-    agg = aggregator_factory(REDIS_URL=server.url, VT_STREAM_KEY=server.stream,
-                             VT_DEAD_LETTER_KEY=f"{server.stream}:dead").start()
-    dev = Device(server.mqtt_port, token, V311, clean=False, client_id=f"kill-{uuid.uuid4().hex[:6]}").connect()
-    dev.client.reconnect_delay_set(0.2, 1)
-    now = int(time.time() * 1000)
-    total = 3000
-    for n in range(total):
-        dev.publish({"ts": now - 600_000 + n, "values": {"seq": n}})
-        if n == total // 2:
-            poll(lambda: dev.acks, what="a first PUBACK")  # the kill lands with some acknowledged, more in flight
-            os.kill(server.proc.pid, signal.SIGKILL)
-            server.proc.proc.wait(5)
-            acked_before = len(dev.acks)
-            server.start()
-    assert 0 < acked_before < total, "the kill must land with messages in flight"
-    poll(lambda: len(dev.acks) == total, timeout=60, interval=0.2, what="every message acknowledged after resend")
+    agg = dev = None
     try:
+        device_id = 9_100_080 + uuid.uuid4().int % 1000
+        token = server.device(device_id)
+        agg = aggregator_factory(REDIS_URL=server.url, VT_STREAM_KEY=server.stream,
+                                 VT_DEAD_LETTER_KEY=f"{server.stream}:dead").start()
+        dev = Device(server.mqtt_port, token, V311, clean=False, client_id=f"kill-{uuid.uuid4().hex[:6]}").connect()
+        dev.client.reconnect_delay_set(0.2, 1)
+        now = int(time.time() * 1000)
+        total = 3000
+        for n in range(total):
+            dev.publish({"ts": now - 600_000 + n, "values": {"seq": n}})
+            if n == total // 2:
+                poll(lambda: dev.acks, what="a first PUBACK")  # the kill lands with some acknowledged, more in flight
+                os.kill(server.proc.pid, signal.SIGKILL)
+                server.proc.proc.wait(5)
+                acked_before = len(dev.acks)
+                server.start()
+        assert 0 < acked_before < total, "the kill must land with messages in flight"
+        poll(lambda: len(dev.acks) == total, timeout=60, interval=0.2, what="every message acknowledged after resend")
         with db.cursor() as cur:
             def stored():
                 cur.execute("SELECT count(*), count(DISTINCT ts) FROM telemetry WHERE device_id = %s", (device_id,))
@@ -358,8 +359,10 @@ def test_sigkill_with_qos_1_in_flight_stores_every_acknowledged_reading_once(
             cur.execute("SELECT sum(value) FROM telemetry WHERE device_id = %s", (device_id,))
             assert cur.fetchone()[0] == sum(range(total))
     finally:
-        dev.close()
-        agg.stop()
+        if dev:
+            dev.close()
+        if agg:
+            agg.stop()
         server.stop()
         server.redis.flushdb()
 
