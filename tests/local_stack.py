@@ -53,7 +53,8 @@ class LocalStack:
         self.admin_token, self.reader_token = admin_token, reader_token
         self.env = {**os.environ, **{k: str(v) for k, v in self.ports.items()}, "VT_RUN_DIR": str(self.run_dir),
                     "VT_ADMIN_TOKEN": admin_token, "VT_READER_TOKENS": reader_token,
-                    "SIM": "1" if simulator else "0", "SIM_DEVICES": "2", "PYTHONPATH": str(ROOT), **settings}
+                    "SIM": "1" if simulator else "0", "SIM_DEVICES": "2",
+                    "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))), **settings}
 
     @property
     def url(self) -> str:
@@ -80,9 +81,8 @@ class LocalStack:
 
     def down(self) -> None:
         self.command("down", timeout=120)
-        for part in PARTS:  # whatever `down` could not judge running must not outlive the tests
-            pid = self.recorded_pid(part)
-            if pid and liveness.exists(pid):
+        for pid in self.status().values():  # whatever `down` left must not outlive the tests
+            if pid:
                 _kill_group(pid)
 
     def status(self) -> dict[str, int | None]:
