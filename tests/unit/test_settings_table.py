@@ -42,3 +42,11 @@ def test_a_page_without_markers_is_refused(tmp_path):
     page.write_text("# Settings\n")
     with pytest.raises(ValueError, match="settings:start"):
         settings_table.update(page)
+
+
+def test_the_page_names_every_port_of_the_local_stack_with_its_default():
+    from stack.local import PORT_SETTINGS
+
+    text = " ".join(PAGE.read_text().split())  # the page wraps lines anywhere
+    missing = [f"`{name}` ({default}" for name, default in PORT_SETTINGS.values() if f"`{name}` ({default}" not in text]
+    assert not missing, f"docs/settings.md does not name these ports of `make up`: {missing}"
