@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -86,6 +87,16 @@ pub struct MqttSettings {
     pub connect_timeout: Duration,
     /// How often the tokens of open connections are looked up again.
     pub auth_recheck: Duration,
+    /// MQTT over TLS on a listener of its own, when `VT_MQTT_TLS_ADDR` is set.
+    pub tls: Option<MqttTls>,
+}
+
+/// Where MQTT over TLS listens, and the PEM files of its certificate chain and key.
+#[derive(Debug, Clone)]
+pub struct MqttTls {
+    pub addr: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Config {
@@ -137,6 +148,7 @@ impl Config {
                 max_keep_alive: Duration::from_secs(env.int("VT_MQTT_MAX_KEEP_ALIVE_SECONDS", 300, 5, 65_535)?),
                 connect_timeout: Duration::from_millis(env.int("VT_MQTT_CONNECT_TIMEOUT_MS", 10_000, 100, 600_000)?),
                 auth_recheck: Duration::from_millis(env.int("VT_MQTT_AUTH_RECHECK_MS", 1000, 100, 4000)?),
+                tls: mqtt_tls(env)?,
             },
         })
     }
@@ -145,6 +157,20 @@ impl Config {
     pub fn shard_keys(&self) -> Vec<String> {
         crate::stream::shard_keys(&self.stream_key, self.stream_shards)
     }
+}
+
+/// MQTT over TLS: its address turns it on, and then needs both files.
+fn mqtt_tls(env: &Env) -> Result<Option<MqttTls>, ConfigError> {
+    let addr = env.optional_addr("VT_MQTT_TLS_ADDR", "a socket address like 0.0.0.0:8883, or empty for no TLS")?;
+    let cert = env.optional_path("VT_MQTT_TLS_CERT", "the PEM file of the certificate chain, server first");
+    let key = env.optional_path("VT_MQTT_TLS_KEY", "the PEM file of the certificate's private key");
+    let Some(addr) = addr else { return Ok(None) };
+    let needed = |var: &'static str| err(var, "", "required when VT_MQTT_TLS_ADDR is set");
+    Ok(Some(MqttTls {
+        addr,
+        cert: cert.ok_or_else(|| needed("VT_MQTT_TLS_CERT"))?,
+        key: key.ok_or_else(|| needed("VT_MQTT_TLS_KEY"))?,
+    }))
 }
 
 /// `tracing` level names by the names accepted: Python's too, since the services share the variable.
@@ -236,6 +262,12 @@ impl<'a> Env<'a> {
         }
     }
 
+    /// A file's path, or `None` when the variable is unset or empty.
+    fn optional_path(&self, var: &'static str, expected: &'static str) -> Option<PathBuf> {
+        self.record(var, "", Accepts::Text { format: Some(expected) });
+        self.get(var).map(|raw| raw.trim().to_owned()).filter(|raw| !raw.is_empty()).map(PathBuf::from)
+    }
+
     fn int<T>(&self, var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
     where
         T: FromStr + PartialOrd + Copy + std::fmt::Display + Into<Value>,
@@ -306,6 +338,32 @@ mod tests {
         assert_eq!(c.mqtt.max_keep_alive, Duration::from_mins(5));
         assert_eq!(c.mqtt.connect_timeout, Duration::from_secs(10));
         assert_eq!(c.mqtt.auth_recheck, Duration::from_secs(1));
+        assert!(c.mqtt.tls.is_none());
+    }
+
+    #[test]
+    fn mqtt_over_tls_takes_its_address_and_both_files() {
+        let c = with(&[
+            ("VT_MQTT_TLS_ADDR", "0.0.0.0:8883"),
+            ("VT_MQTT_TLS_CERT", "/tls/tls.crt"),
+            ("VT_MQTT_TLS_KEY", " /tls/tls.key "),
+        ])
+        .unwrap();
+        let tls = c.mqtt.tls.unwrap();
+        assert_eq!(tls.addr, "0.0.0.0:8883".parse().unwrap());
+        assert_eq!(tls.cert, PathBuf::from("/tls/tls.crt"));
+        assert_eq!(tls.key, PathBuf::from("/tls/tls.key"));
+        // The files alone do nothing: the address turns TLS on.
+        assert!(with(&[("VT_MQTT_TLS_CERT", "/tls/tls.crt")]).unwrap().mqtt.tls.is_none());
+    }
+
+    #[test]
+    fn mqtt_over_tls_without_a_file_names_the_missing_variable() {
+        let e = with(&[("VT_MQTT_TLS_ADDR", "0.0.0.0:8883"), ("VT_MQTT_TLS_CERT", "/tls/tls.crt")]).unwrap_err();
+        assert_eq!(e.var, "VT_MQTT_TLS_KEY");
+        let e = with(&[("VT_MQTT_TLS_ADDR", "0.0.0.0:8883"), ("VT_MQTT_TLS_KEY", "/k")]).unwrap_err();
+        assert_eq!(e.var, "VT_MQTT_TLS_CERT");
+        assert!(e.to_string().contains("required when VT_MQTT_TLS_ADDR is set"), "{e}");
     }
 
     #[test]

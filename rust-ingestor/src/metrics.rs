@@ -186,8 +186,16 @@ pub fn stream_backlog(shard: usize, backlog: u64) {
 }
 
 /// Results of an MQTT CONNECT (the `result` label).
-pub const MQTT_CONNECT_RESULTS: [&str; 7] =
-    ["accepted", "bad_credentials", "not_authorized", "unavailable", "over_limit", "timeout", "protocol_error"];
+pub const MQTT_CONNECT_RESULTS: [&str; 8] = [
+    "accepted",
+    "bad_credentials",
+    "not_authorized",
+    "unavailable",
+    "over_limit",
+    "timeout",
+    "protocol_error",
+    "tls_failed",
+];
 /// Results of an MQTT PUBLISH (the `result` label).
 pub const MQTT_MESSAGE_RESULTS: [&str; 7] =
     ["accepted", "invalid", "too_large", "topic", "backpressure", "unavailable", "qos_refused"];

@@ -27,8 +27,8 @@ const BACKLOG: u32 = 1024;
 struct Server {
     runtime: Runtime,
     listener: TcpListener,
-    /// The MQTT listener, when `VT_MQTT_ADDR` is set.
-    mqtt: Option<TcpListener>,
+    /// The MQTT listeners: `VT_MQTT_ADDR`'s and `VT_MQTT_TLS_ADDR`'s, those set.
+    mqtt: Vec<mqtt::Listener>,
     state: AppState,
 }
 
@@ -62,7 +62,11 @@ pub fn run(config: &Config, metrics: &PrometheusHandle) -> ExitCode {
         Err(code) => return code,
     };
     let addr = servers[0].listener.local_addr().unwrap_or(config.listen_addr);
-    let mqtt_addr = servers[0].mqtt.as_ref().and_then(|l| l.local_addr().ok());
+    let mqtt_addrs: Vec<String> = servers[0]
+        .mqtt
+        .iter()
+        .filter_map(|l| l.tcp.local_addr().ok().map(|a| format!("{a}{}", if l.tls.is_some() { " (TLS)" } else { "" })))
+        .collect();
     let count = servers.len();
     let slots = mqtt::Slots::new(config.mqtt.max_connections);
 
@@ -70,7 +74,7 @@ pub fn run(config: &Config, metrics: &PrometheusHandle) -> ExitCode {
         let slots = slots.clone();
         move |stop: watch::Receiver<bool>| {
             let Server { runtime, listener, mqtt, state } = server;
-            runtime.block_on(serve(listener, mqtt.map(|l| (l, slots)), state, index == 0, stop))
+            runtime.block_on(serve(listener, (mqtt, slots), state, index == 0, stop))
         }
     });
     let threads = match Threads::start(bodies) {
@@ -82,7 +86,7 @@ pub fn run(config: &Config, metrics: &PrometheusHandle) -> ExitCode {
     };
     tracing::info!(
         %addr,
-        mqtt = %mqtt_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        mqtt = %if mqtt_addrs.is_empty() { "off".to_owned() } else { mqtt_addrs.join(", ") },
         threads = count,
         stream = %config.stream_key,
         shards = config.stream_shards,
@@ -202,17 +206,7 @@ fn prepare(config: &Config, metrics: &PrometheusHandle) -> Result<Vec<Server>, E
         tracing::error!(addr = %config.listen_addr, error = %e, "cannot listen");
         ExitCode::from(1)
     })?;
-    let mut mqtt: Vec<Option<TcpListener>> = match config.mqtt.addr {
-        None => runtimes.iter().map(|_| None).collect(),
-        Some(addr) => bind(addr, &runtimes)
-            .map_err(|e| {
-                tracing::error!(%addr, error = %e, "cannot listen for MQTT");
-                ExitCode::from(1)
-            })?
-            .into_iter()
-            .map(Some)
-            .collect(),
-    };
+    let mut mqtt = mqtt_listeners(config, &runtimes)?;
     Ok(runtimes
         .into_iter()
         .zip(states)
@@ -220,6 +214,33 @@ fn prepare(config: &Config, metrics: &PrometheusHandle) -> Result<Vec<Server>, E
         .zip(mqtt.drain(..))
         .map(|(((runtime, state), listener), mqtt)| Server { runtime, listener, mqtt, state })
         .collect())
+}
+
+/// Each runtime's MQTT listeners (none when MQTT is off). A TLS certificate
+/// that cannot be used stops the start with exit code 2, as a bad setting does.
+fn mqtt_listeners(config: &Config, runtimes: &[Runtime]) -> Result<Vec<Vec<mqtt::Listener>>, ExitCode> {
+    let mut per_runtime: Vec<Vec<mqtt::Listener>> = runtimes.iter().map(|_| Vec::new()).collect();
+    let tls = match &config.mqtt.tls {
+        None => None,
+        Some(tls) => Some((
+            tls.addr,
+            mqtt::tls::acceptor(tls).map_err(|error| {
+                tracing::error!(%error, "cannot use the MQTT TLS certificate");
+                ExitCode::from(2)
+            })?,
+        )),
+    };
+    let wanted = [config.mqtt.addr.map(|addr| (addr, None)), tls.map(|(addr, acceptor)| (addr, Some(acceptor)))];
+    for (addr, acceptor) in wanted.into_iter().flatten() {
+        let bound = bind(addr, runtimes).map_err(|e| {
+            tracing::error!(%addr, error = %e, "cannot listen for MQTT");
+            ExitCode::from(1)
+        })?;
+        for (listeners, tcp) in per_runtime.iter_mut().zip(bound) {
+            listeners.push(mqtt::Listener { tcp, tls: acceptor.clone() });
+        }
+    }
+    Ok(per_runtime)
 }
 
 /// One listener per runtime, all on one port.
@@ -257,15 +278,16 @@ fn socket(addr: SocketAddr) -> io::Result<TcpSocket> {
 /// until `stop` turns true; both then finish what they have in flight.
 async fn serve(
     listener: TcpListener,
-    mqtt: Option<(TcpListener, Arc<mqtt::Slots>)>,
+    (mqtt, slots): (Vec<mqtt::Listener>, Arc<mqtt::Slots>),
     state: AppState,
     samples_backlog: bool,
     stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let mqtt = async {
-        match mqtt {
-            Some((listener, slots)) => mqtt::serve(listener, state.clone(), slots, stop.clone()).await,
-            None => Ok(()),
+        if mqtt.is_empty() {
+            Ok(())
+        } else {
+            mqtt::serve(mqtt, state.clone(), slots, stop.clone()).await
         }
     };
     let (http, mqtt) = tokio::join!(serve_http(listener, state.clone(), samples_backlog, stop.clone()), mqtt);

@@ -10,8 +10,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rmqtt_codec::error::DecodeError;
 use rmqtt_codec::types::{Publish, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use super::codec::{AckReason, Closing, Codec, Connect, Grant, Inbound, Refused};
@@ -38,6 +37,10 @@ const MSG_ACCEPTED: usize = 0;
 const MSG_UNAVAILABLE: usize = 5;
 const MSG_QOS_REFUSED: usize = 6;
 
+/// A connection's byte stream: plain TCP, or TLS over it.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
+
 /// What the server thread hands every connection.
 pub struct Context {
     pub state: AppState,
@@ -49,10 +52,10 @@ pub struct Context {
 }
 
 /// Serves one connection to its end.
-pub async fn run(tcp: TcpStream, cx: Context, slot: Slot) {
+pub async fn run(io: impl Transport, cx: Context, slot: Slot) {
     let _done = cx.done;
     // Small to start: most of 10,000s of connections are idle; the buffer grows for a large PUBLISH.
-    let mut conn = Conn { tcp, inbuf: BytesMut::with_capacity(512), out: BytesMut::with_capacity(64) };
+    let mut conn = Conn { io, inbuf: BytesMut::with_capacity(512), out: BytesMut::with_capacity(64) };
     let settings = &cx.state.config.mqtt;
     let max_packet = limits::max_packet(cx.state.config.limits.max_body_bytes);
     let (mut codec, connect) = match tokio::time::timeout(settings.connect_timeout, conn.read_connect(max_packet)).await
@@ -121,11 +124,11 @@ impl Drop for Open {
 
 /// Checks the CONNECT's user name (the device token) and refuses what cannot
 /// be served; the device and its token digest when the connection may go on.
-async fn authenticate(
+async fn authenticate<S: Transport>(
     state: &AppState,
     codec: &mut Codec,
     connect: &Connect,
-    conn: &mut Conn,
+    conn: &mut Conn<S>,
 ) -> Option<(Device, [u8; 32])> {
     let token = connect.username.as_deref().unwrap_or_default();
     let refused = if token.is_empty() {
@@ -146,13 +149,13 @@ async fn authenticate(
     None
 }
 
-struct Conn {
-    tcp: TcpStream,
+struct Conn<S> {
+    io: S,
     inbuf: BytesMut,
     out: BytesMut,
 }
 
-impl Conn {
+impl<S: Transport> Conn<S> {
     /// The codec of the client's version and its CONNECT; `None` when the client
     /// left first, an error for anything but a CONNECT.
     async fn read_connect(&mut self, max_packet: u32) -> Result<Option<(Codec, Connect)>, DecodeError> {
@@ -171,7 +174,7 @@ impl Conn {
             if self.inbuf.len() > max_packet as usize {
                 return Err(DecodeError::MaxSizeExceeded { size: 0, max: max_packet });
             }
-            if self.tcp.read_buf(&mut self.inbuf).await.map_err(DecodeError::from)? == 0 {
+            if self.io.read_buf(&mut self.inbuf).await.map_err(DecodeError::from)? == 0 {
                 return Ok(None);
             }
         }
@@ -182,7 +185,7 @@ impl Conn {
         if self.out.is_empty() {
             return Ok(());
         }
-        let written = tokio::time::timeout(WRITE_TIMEOUT, self.tcp.write_all(&self.out)).await;
+        let written = tokio::time::timeout(WRITE_TIMEOUT, self.io.write_all(&self.out)).await;
         self.out.clear();
         written.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
     }
@@ -215,9 +218,9 @@ enum Next {
 
 impl Session {
     /// The loop of one connection; the reason it ended (the disconnects metric's label).
-    async fn serve(
+    async fn serve<S: Transport>(
         mut self,
-        conn: &mut Conn,
+        conn: &mut Conn<S>,
         revoked: &tokio::sync::Notify,
         mut drain: watch::Receiver<bool>,
     ) -> &'static str {
@@ -261,7 +264,7 @@ impl Session {
                     reading = false;
                     finishing = "shutdown";
                 }
-                read = conn.tcp.read_buf(&mut conn.inbuf), if may_read => match read {
+                read = conn.io.read_buf(&mut conn.inbuf), if may_read => match read {
                     Ok(0) => { reading = false; finishing = "client"; }
                     Ok(_) => last_heard = Instant::now(),
                     Err(_) => { reading = false; finishing = "io"; }
@@ -280,7 +283,7 @@ impl Session {
 
     /// Decodes what the buffer holds while answers may still be owed, and
     /// starts the XADD of the valid PUBLISHes among them.
-    fn take_buffered(&mut self, conn: &mut Conn) -> Next {
+    fn take_buffered<S>(&mut self, conn: &mut Conn<S>) -> Next {
         let mut next = Next::Continue;
         let now_ms = epoch_ms();
         while self.pending < self.receive_maximum {
@@ -383,7 +386,7 @@ impl Session {
     }
 
     /// Writes the answers of one finished group; an error when the connection must close.
-    fn answer(&mut self, done: &Done, conn: &mut Conn) -> Result<(), (Closing, &'static str)> {
+    fn answer<S>(&mut self, done: &Done, conn: &mut Conn<S>) -> Result<(), (Closing, &'static str)> {
         self.pending -= done.pending.len();
         if !matches!(done.outcome, Outcome::Refused(_)) {
             self.storing -= 1;
@@ -429,10 +432,10 @@ impl Session {
     }
 
     /// Answers nothing more; MQTT 5 is told why.
-    async fn close(&mut self, conn: &mut Conn, why: Closing, reason: &'static str) -> &'static str {
+    async fn close<S: Transport>(&mut self, conn: &mut Conn<S>, why: Closing, reason: &'static str) -> &'static str {
         self.codec.disconnect(why, &mut conn.out);
         let _ = conn.flush().await;
-        let _ = conn.tcp.shutdown().await;
+        let _ = conn.io.shutdown().await;
         reason
     }
 }
