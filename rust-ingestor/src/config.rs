@@ -370,7 +370,7 @@ mod tests {
     fn settings_list_each_variable_read_with_its_default_and_range() {
         let specs = Config::settings();
         let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
-        assert_eq!(names.len(), 25);
+        assert_eq!(names.len(), 28);
         assert_eq!(names.iter().collect::<std::collections::HashSet<_>>().len(), names.len());
         let shards = specs.iter().find(|s| s.name == "VT_STREAM_SHARDS").unwrap();
         assert_eq!(shards.default, 1);
