@@ -2,7 +2,7 @@
 # `make test-cluster`: VisionTrack on the cluster kubectl points at (the local one, kind, minikube).
 # Stages, each timed: images into the cluster, kube-prometheus-stack (make monitoring, unless the
 # cluster has it), install (helm --wait, with tests/cluster/values.yaml), helm test, the e2e suite through
-# the ingress controller, NetworkPolicies both ways, the HTTPRoute through a Gateway, monitoring (targets,
+# the ingress controller, MQTT through its Service (plain and TLS), NetworkPolicies both ways, the HTTPRoute through a Gateway, monitoring (targets,
 # rules, alerts, dashboards), autoscaling, pod-kill drills under load, helm upgrade to another image tag
 # under a steady ingest load, uninstall.
 # A summary of stage times ends the run; a failing stage prints the cluster's state and stops the run.
@@ -76,7 +76,22 @@ monitoring() {
     fi
 }
 
+# MQTT over TLS is on in tests/cluster/values.yaml: a self-signed certificate in the Secret it names.
+MQTT_TLS_SECRET=visiontrack-test-mqtt-tls
+mqtt_tls_secret() {
+    $KUBECTL -n "$NAMESPACE" get secret "$MQTT_TLS_SECRET" >/dev/null 2>&1 && return 0
+    local dir
+    dir=$(mktemp -d)
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+        -subj "/CN=$RELEASE-ingestor-mqtt" -addext "subjectAltName=DNS:$RELEASE-ingestor-mqtt.$NAMESPACE.svc" \
+        -keyout "$dir/tls.key" -out "$dir/tls.crt" 2>/dev/null
+    $KUBECTL create namespace "$NAMESPACE" --dry-run=client -o yaml | $KUBECTL apply -f - >/dev/null
+    $KUBECTL -n "$NAMESPACE" create secret tls "$MQTT_TLS_SECRET" --cert "$dir/tls.crt" --key "$dir/tls.key"
+    rm -rf "$dir"
+}
+
 install() {
+    mqtt_tls_secret
     $HELM upgrade --install "$RELEASE" charts/visiontrack --namespace "$NAMESPACE" --create-namespace \
         --set imageDefaults.tag="$IMAGE_TAG" -f tests/cluster/values.yaml --wait --timeout 10m
 }
@@ -97,6 +112,7 @@ e2e_suite() {
 
 uninstall() {
     $HELM uninstall "$RELEASE" --namespace "$NAMESPACE" --wait --timeout 5m
+    $KUBECTL -n "$NAMESPACE" delete secret "$MQTT_TLS_SECRET" --ignore-not-found
     pytest_stage tests/cluster/test_uninstall.py
     $KUBECTL delete namespace "$NAMESPACE" --wait=true --timeout=5m
 }
@@ -107,6 +123,7 @@ stage "install (helm --wait)" install
 stage "helm test" helm_test
 stage "a clean install: pods, restarts, logs" pytest_stage tests/cluster/test_clean_install.py
 stage "e2e suite through the ingress" e2e_suite
+stage "MQTT through its Service, plain and TLS" pytest_stage tests/cluster/test_mqtt.py
 stage "NetworkPolicies both ways" pytest_stage tests/cluster/test_network_policies.py
 stage "HTTPRoute through the Gateway" pytest_stage tests/cluster/test_gateway_route.py
 stage "monitoring: targets, rules, alerts, dashboards" pytest_stage tests/cluster/test_monitoring.py

@@ -87,7 +87,8 @@ def ingestor(redis_server, base_env, run_dir):
 class Device:
     """A paho client with what the tests wait for: the CONNACK, each PUBACK (mid -> reason code), the close."""
 
-    def __init__(self, port: int, token: str | None, protocol=V5, client_id: str = "", clean: bool = True):
+    def __init__(self, port: int, token: str | None, protocol=V5, client_id: str = "", clean: bool = True,
+                 host: str = "127.0.0.1"):
         self.protocol = protocol
         kwargs = {"protocol": protocol, "client_id": client_id or f"c-{uuid.uuid4().hex[:8]}"}
         if protocol == V311:
@@ -97,7 +98,7 @@ class Device:
         self.client.max_queued_messages_set(0)
         if token is not None:
             self.client.username_pw_set(token)
-        self.port, self.clean = port, clean
+        self.host, self.port, self.clean = host, port, clean
         self.connected = threading.Event()
         self.disconnected = threading.Event()
         self.connack = None
@@ -128,9 +129,9 @@ class Device:
         if self.protocol == V5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 0 if self.clean else 3600
-            self.client.connect("127.0.0.1", self.port, keepalive=30, clean_start=self.clean, properties=props)
+            self.client.connect(self.host, self.port, keepalive=30, clean_start=self.clean, properties=props)
         else:
-            self.client.connect("127.0.0.1", self.port, keepalive=30)
+            self.client.connect(self.host, self.port, keepalive=30)
         self.client.loop_start()
         assert self.connected.wait(10), "no CONNACK"
         if expect_ok:
