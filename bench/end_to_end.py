@@ -16,8 +16,9 @@ readings/s, and at the highest rate sustained above (90% of the best stored rate
 requests), a probe device posts BENCH_FRESH_PROBES readings one at a time and times each until
 `GET /api/telemetry/latest` shows it; p50 and p99 per offered rate.
 
-Environment: BENCH_E2E_READINGS (100), BENCH_E2E_RATE (requests/s of the batched shapes, 4,000 = 400,000
-readings/s of 100: above what the machine sustains, so the stored rate is the pipeline's capacity), BENCH_E2E_SINGLE_RATE (requests/s of one reading, 55,000), BENCH_E2E_SECONDS (60),
+Environment: BENCH_E2E_READINGS ("100,1": both shapes), BENCH_E2E_RATE (requests/s of the batched shapes,
+4,000 = 400,000 readings/s of 100: above what the machine sustains, so the stored rate is the pipeline's
+capacity), BENCH_E2E_SINGLE_RATE (requests/s of one reading, 55,000), BENCH_E2E_SECONDS (60),
 BENCH_E2E_WORKERS (aggregator processes, 2), BENCH_FRESH_PROBES (200; 0 skips freshness).
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ from stack.services import INGESTOR_BINARY, Process  # noqa: E402
 from visiontrack.stream import backlog  # noqa: E402
 from visiontrack.tokens import index_value, token_sha256  # noqa: E402
 
-SHAPES = [int(n) for n in os.environ.get("BENCH_E2E_READINGS", "100").split(",") if n.strip()]
+SHAPES = [int(n) for n in os.environ.get("BENCH_E2E_READINGS", "100,1").split(",") if n.strip()]
 RATE = int(os.environ.get("BENCH_E2E_RATE", "4000"))
 SINGLE_RATE = int(os.environ.get("BENCH_E2E_SINGLE_RATE", "55000"))
 SECONDS = int(os.environ.get("BENCH_E2E_SECONDS", "60"))
@@ -102,7 +103,8 @@ class Stack:
     def loadgen_argv(self, readings: int, requests_per_second: float, seconds: float, run: int) -> list[str]:
         host = self.ingest_url.removeprefix("http://")
         return [str(self.gen), "--addr", host, "--path", "/api/ingest", "--rate", f"{requests_per_second:.1f}",
-                "--duration", str(seconds), "--connections", "64" if readings == 1 else "16", "--threads", "1", "--seq-start", str(SEQ_START),
+                "--duration", str(seconds), "--connections", "64" if readings == 1 else "16", "--threads", "1",
+                "--seq-start", str(SEQ_START),
                 "--header", f"Authorization: Bearer {TOKEN}", "--header", "Content-Type: application/json",
                 "--body", body_template(readings, time_prefix(run))]
 
@@ -283,7 +285,8 @@ def main() -> int:
              f"{r.stats['requests']} requests, p99 {r.stats['p99_ms']} ms, non-2xx {r.stats['non_2xx']}"),
             (f"{shape}: stored in Postgres during the run", f"{r.stored_rate:,.0f} readings/s",
              f"{r.stored_rate / copy_rate:.0%} of COPY"),
-            (f"{shape}: stream backlog (entries), 2nd half", f"max {max(tail)}, last {r.backlogs[-1] if r.backlogs else 0}",
+            (f"{shape}: stream backlog (entries), 2nd half",
+             f"max {max(tail)}, last {r.backlogs[-1] if r.backlogs else 0}",
              f"first half max {max(r.backlogs[:len(r.backlogs) // 2] or [0])}; flat = the aggregator keeps up"),
             (f"{shape}: every accepted reading stored exactly once", "yes" if once else "NO",
              f"{r.stored:,} rows for {r.accepted:,} accepted readings"),
@@ -291,7 +294,8 @@ def main() -> int:
              r.cpu_per_reading().split(": ", 1)[1]),
         ]
     for label, f, offered, left in fresh:
-        rows.append((f"freshness beside {label}", f"p50 {f.median * 1000:.0f} ms, p99 {f.quantile(0.99) * 1000:.0f} ms",
+        rows.append((f"freshness beside {label}",
+                     f"p50 {f.median * 1000:.0f} ms, p99 {f.quantile(0.99) * 1000:.0f} ms",
                      f"{len(f.seconds)} probes, {f.lost} lost; offered {offered:,.0f} readings/s; backlog at end {left}"))
     print_table(rows)
     print(json.dumps({f"backlog_by_second_{r.readings}": r.backlogs for r in results}))
