@@ -268,7 +268,9 @@ async fn serve(
             None => Ok(()),
         }
     };
+    tokio::spawn(crate::device_stats::flush_forever(state.clone()));
     let (http, mqtt) = tokio::join!(serve_http(listener, state.clone(), samples_backlog, stop.clone()), mqtt);
+    crate::device_stats::flush(&state).await;
     http.and(mqtt)
 }
 

@@ -1,8 +1,8 @@
 """One batch of stream entries into Postgres, in one transaction.
 
 Raw rows by binary COPY (or, when the batch holds duplicates, through a temporary table and `INSERT ... ON
-CONFLICT DO NOTHING`), with the rollups, latest values and `last_seen_at` of the rows really inserted, in
-the same transaction: see docs/design.md, "Storing a batch".
+CONFLICT DO NOTHING`), with the rollups, latest values, `last_seen_at` and per-device stored counts of the
+rows really inserted, in the same transaction: see docs/design.md, "Storing a batch".
 """
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ _STAGING = """CREATE TEMP TABLE IF NOT EXISTS telemetry_incoming (
               ) ON COMMIT DELETE ROWS"""
 _COPY_STAGING = "COPY telemetry_incoming (device_id, metric, ts, value) FROM STDIN WITH (FORMAT binary)"
 _MERGE = "INSERT INTO telemetry SELECT * FROM telemetry_incoming ON CONFLICT DO NOTHING"
+# Without rollups, what was inserted per device (for device_stats).
+_MERGE_PER_DEVICE = """WITH inserted AS (
+                           INSERT INTO telemetry SELECT * FROM telemetry_incoming ON CONFLICT DO NOTHING
+                           RETURNING device_id)
+                       SELECT device_id, count(*) FROM inserted GROUP BY 1"""
 
 _ROLLUP_STAGING = """CREATE TEMP TABLE IF NOT EXISTS rollup_incoming (
                          device_id bigint, metric text COLLATE "C", bucket timestamptz, count bigint,
@@ -67,6 +72,15 @@ _LAST_SEEN = """WITH seen AS (
                 UPDATE devices d SET last_seen_at = greatest(d.last_seen_at, seen.at) FROM seen
                 WHERE d.id = seen.id"""
 
+# Readings stored per device and minute (GET /api/devices/{id}/stats): one row per device per batch, from
+# the rows really inserted, in the batch's transaction, so a redelivered batch adds nothing. Sorted, like
+# the rollups, so concurrent batches lock rows in the same order.
+_DEVICE_STATS = """INSERT INTO device_stats (device_id, bucket, stored)
+                   SELECT u.id, date_trunc('minute', now()), u.n
+                   FROM unnest(%s::bigint[], %s::bigint[]) AS u(id, n) ORDER BY 1
+                   ON CONFLICT (device_id, bucket) DO UPDATE SET stored = device_stats.stored + excluded.stored"""
+_STORED_PER_DEVICE = "SELECT device_id, sum(count) FROM rollup_incoming GROUP BY 1"
+
 
 @dataclass(frozen=True)
 class StoreResult:
@@ -79,9 +93,10 @@ class StoreResult:
 
 
 class TelemetryStorage:
-    def __init__(self, conn, rollups: bool = True):
+    def __init__(self, conn, rollups: bool = True, device_stats: bool = True):
         self.conn = conn
         self.rollups = rollups  # off only to measure what they cost
+        self.device_stats = device_stats  # off only to measure what it costs (bench/pipeline.py)
         self.known_days: set[int] = set()
         self._staged = False
 
@@ -122,6 +137,7 @@ class TelemetryStorage:
                     cur.execute(_ROLLUP_STAGING)
                     self._staged = True
                 cur.execute("SAVEPOINT fast_path")
+                per_device: dict[int, int] | None = None  # what was inserted, when not the whole batch
                 try:
                     copy_in(cur, COPY_TELEMETRY, payload)
                     inserted = total
@@ -129,7 +145,10 @@ class TelemetryStorage:
                         copy_in(cur, _COPY_ROLLUP, rollup_rows)
                 except psycopg2.errors.UniqueViolation:
                     cur.execute("ROLLBACK TO SAVEPOINT fast_path")
-                    inserted = self._deduplicating_insert(cur, payload)
+                    inserted, per_device = self._deduplicating_insert(cur, payload)
+                if self.device_stats and inserted:
+                    ids, counts = _stored(batch) if per_device is None else (list(per_device), list(per_device.values()))
+                    cur.execute(_DEVICE_STATS, (ids, counts))
                 if self.rollups and inserted:
                     cur.execute(_UPSERT_1M)
                     cur.execute(_UPSERT_1H)
@@ -144,15 +163,24 @@ class TelemetryStorage:
             raise
         return StoreResult(total, inserted)
 
-    def _deduplicating_insert(self, cur, payload: bytes) -> int:
+    def _deduplicating_insert(self, cur, payload: bytes) -> tuple[int, dict[int, int] | None]:
+        """The rows inserted, and per device when device_stats needs them."""
         cur.execute(_STAGING)
         copy_in(cur, _COPY_STAGING, payload)
         if not self.rollups:
-            cur.execute(_MERGE)
-            return cur.rowcount
+            if not self.device_stats:
+                cur.execute(_MERGE)
+                return cur.rowcount, None
+            cur.execute(_MERGE_PER_DEVICE)
+            per_device = {int(d): int(n) for d, n in cur.fetchall()}
+            return sum(per_device.values()), per_device
         cur.execute(_MERGE_RETURNING)
-        cur.execute("SELECT coalesce(sum(count), 0) FROM rollup_incoming")
-        return int(cur.fetchone()[0])
+        if not self.device_stats:
+            cur.execute("SELECT coalesce(sum(count), 0) FROM rollup_incoming")
+            return int(cur.fetchone()[0]), None
+        cur.execute(_STORED_PER_DEVICE)
+        per_device = {int(d): int(n) for d, n in cur.fetchall()}
+        return sum(per_device.values()), per_device
 
 
 def copy_in(cur, sql: str, payload: bytes) -> None:
@@ -172,6 +200,15 @@ def partials_payload(partials: dict) -> bytes:
     rows = [encode_rollup_row(device_id, metric, minute, part)
             for (device_id, metric, minute), part in partials.items()]
     return COPY_HEADER + b"".join(rows) + COPY_TRAILER
+
+
+def _stored(batch: list[EncodedEntry]) -> tuple[list[int], list[int]]:
+    """Per device, the readings of the batch (all inserted, on the fast path)."""
+    stored: dict[int, int] = {}
+    for encoded in batch:
+        device_id = encoded.entry.device_id
+        stored[device_id] = stored.get(device_id, 0) + encoded.count
+    return list(stored), list(stored.values())
 
 
 def _last_seen(batch: list[EncodedEntry]) -> tuple[list[int], list[int]]:
