@@ -18,12 +18,16 @@ use crate::validate::Reading;
 
 /// How often a server thread flushes its counters.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
-/// Lifetime of a per-minute hash: the registry sums the last 60 minutes.
-pub const MINUTE_TTL_SECONDS: u64 = 3_900;
-/// Most devices (of one minute) per `EVAL`: a script holds Redis while it runs.
+/// Span of the short buckets: the registry sums the twelve that make the last
+/// hour. Five minutes, not one: a device active all hour then holds 12 small
+/// hashes (about 2 KB of Redis), not 60.
+pub const BUCKET_MS: i64 = 300_000;
+/// Lifetime of a bucket's hash after its last write: past the hour it is summed in.
+pub const BUCKET_TTL_SECONDS: u64 = 3_900;
+/// Most devices (of one bucket) per `EVAL`: a script holds Redis while it runs.
 const DEVICES_PER_EVAL: usize = 500;
 
-/// The counters of one device in one minute.
+/// The counters of one device in one bucket.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counts {
     pub received: u64,
@@ -61,7 +65,7 @@ impl Counts {
     }
 }
 
-/// (device id, epoch minute) → counts.
+/// (device id, epoch bucket: epoch ms / [`BUCKET_MS`]) → counts.
 pub type Deltas = HashMap<(u64, i64), Counts>;
 
 thread_local! {
@@ -69,7 +73,7 @@ thread_local! {
 }
 
 fn with(device_id: u64, at_ms: i64, f: impl FnOnce(&mut Counts)) {
-    DELTAS.with(|d| f(d.borrow_mut().entry((device_id, at_ms.div_euclid(60_000))).or_insert_with(Counts::new)));
+    DELTAS.with(|d| f(d.borrow_mut().entry((device_id, at_ms.div_euclid(BUCKET_MS))).or_insert_with(Counts::new)));
 }
 
 /// `messages` accepted (one request, or PUBLISHes stored as one entry) holding `readings`.
@@ -147,20 +151,20 @@ pub fn key_prefix(device_id: u64) -> String {
 }
 
 /// Adds the deltas of each device to its since-ever hash (`…:total`) and to its
-/// hash of that minute (`…:m:<epoch minute>`, expiring), and raises
+/// hash of that bucket (`…:b:<epoch bucket>`, expiring), and raises
 /// `last_accepted_ms` / `newest_ts_ms` of the since-ever hash to their maximum.
 const SCRIPT: &str = r"
 local ttl = tonumber(ARGV[1])
 local a = 2
 for i = 1, #KEYS, 2 do
-  local total, minute = KEYS[i], KEYS[i + 1]
+  local total, bucket = KEYS[i], KEYS[i + 1]
   local n = tonumber(ARGV[a]); a = a + 1
   for _ = 1, n do
     local f, d = ARGV[a], tonumber(ARGV[a + 1]); a = a + 2
     redis.call('HINCRBY', total, f, d)
-    redis.call('HINCRBY', minute, f, d)
+    redis.call('HINCRBY', bucket, f, d)
   end
-  redis.call('EXPIRE', minute, ttl)
+  redis.call('EXPIRE', bucket, ttl)
   for _, f in ipairs({'last_accepted_ms', 'newest_ts_ms'}) do
     local v = ARGV[a]; a = a + 1
     if v ~= '' then
@@ -172,7 +176,7 @@ end
 return #KEYS / 2
 ";
 
-/// The (device, minute) keys of `deltas` in order, at most [`DEVICES_PER_EVAL`] per `EVAL`.
+/// The (device, bucket) keys of `deltas` in order, at most [`DEVICES_PER_EVAL`] per `EVAL`.
 pub fn chunks(deltas: &Deltas) -> Vec<Vec<(u64, i64)>> {
     let mut keys: Vec<_> = deltas.keys().copied().collect();
     keys.sort_unstable();
@@ -183,11 +187,11 @@ pub fn chunks(deltas: &Deltas) -> Vec<Vec<(u64, i64)>> {
 pub fn eval_cmd(deltas: &Deltas, chunk: &[(u64, i64)]) -> redis::Cmd {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(SCRIPT).arg(chunk.len() * 2);
-    for (device_id, minute) in chunk {
+    for (device_id, bucket) in chunk {
         let prefix = key_prefix(*device_id);
-        cmd.arg(format!("{prefix}:total")).arg(format!("{prefix}:m:{minute}"));
+        cmd.arg(format!("{prefix}:total")).arg(format!("{prefix}:b:{bucket}"));
     }
-    cmd.arg(MINUTE_TTL_SECONDS);
+    cmd.arg(BUCKET_TTL_SECONDS);
     for key in chunk {
         let c = &deltas[key];
         let mut fields: Vec<(String, u64)> =
@@ -277,24 +281,24 @@ mod tests {
     }
 
     #[test]
-    fn counts_add_up_per_device_and_minute_and_keep_maxima() {
+    fn counts_add_up_per_device_and_bucket_and_keep_maxima() {
         take();
         accepted(7, 1, &[reading(NOW - 5), reading(NOW - 9)], NOW);
         accepted(7, 2, &[reading(NOW - 50)], NOW + 10);
         rejected(7, 1, "malformed_json", NOW + 20);
         rejected(7, 2, "malformed_json", NOW + 30);
-        rejected(8, 1, "unavailable", NOW + 60_000);
+        rejected(8, 1, "unavailable", NOW + BUCKET_MS);
         let d = take();
         assert!(take().is_empty());
-        let c = &d[&(7, NOW / 60_000)];
+        let c = &d[&(7, NOW / BUCKET_MS)];
         assert_eq!((c.received, c.accepted, c.readings), (6, 3, 3));
         assert_eq!(c.rejected, vec![("malformed_json", 3)]);
         assert_eq!((c.last_accepted_ms, c.newest_ts_ms), (NOW + 10, NOW - 5));
-        let c8 = &d[&(8, NOW / 60_000 + 1)];
+        let c8 = &d[&(8, NOW / BUCKET_MS + 1)];
         assert_eq!((c8.received, c8.accepted, c8.newest_ts_ms), (1, 0, i64::MIN));
         restore(d.clone());
         restore(d);
-        assert_eq!(take()[&(7, NOW / 60_000)].received, 12);
+        assert_eq!(take()[&(7, NOW / BUCKET_MS)].received, 12);
     }
 
     #[test]
@@ -325,9 +329,9 @@ mod tests {
             [
                 "4",
                 "vt:device-stats:4:total",
-                "vt:device-stats:4:m:100",
+                "vt:device-stats:4:b:100",
                 "vt:device-stats:5:total",
-                "vt:device-stats:5:m:100",
+                "vt:device-stats:5:b:100",
                 "3900",
                 "4",
                 "received",

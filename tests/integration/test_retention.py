@@ -107,7 +107,7 @@ def test_deleting_a_device_purges_its_rollups_latest_values_and_alerts(registry_
     # The ingestor's counters of the device, as its flush leaves them.
     counters = redis.Redis.from_url(base_env["REDIS_URL"])
     keys = [device_stats.total_key(device["id"]),
-            device_stats.minute_key(device["id"], device_stats.window(int(time.time() * 1000))[-1])]
+            device_stats.bucket_key(device["id"], device_stats.window(int(time.time() * 1000))[-1])]
     for key in keys:
         counters.hset(key, mapping={"received": 1, "accepted": 1, "readings": 1})
     assert counts() == [1, 1, 1, 1, 1, 1]
@@ -117,7 +117,7 @@ def test_deleting_a_device_purges_its_rollups_latest_values_and_alerts(registry_
     poll(lambda: counters.exists(*keys) == 0, timeout=10, what="the device's counters deleted")
 
 
-def test_old_minutes_of_stored_counts_fold_into_one_row_per_device(db, base_env, worker):
+def test_old_buckets_of_stored_counts_fold_into_one_row_per_device(db, base_env, worker):
     device_id = 8_500_000_000 + uuid.uuid4().int % 1_000_000
     with db.cursor() as cur:
         cur.execute("""INSERT INTO device_stats (device_id, bucket, stored) VALUES
@@ -134,7 +134,7 @@ def test_old_minutes_of_stored_counts_fold_into_one_row_per_device(db, base_env,
 
     try:
         Celery(broker=base_env["REDIS_URL"]).send_task("aggregator.compact_device_stats", queue="visiontrack")
-        poll(lambda: rows() == [(True, 112), (False, 2)], timeout=30, what="old minutes folded")
+        poll(lambda: rows() == [(True, 112), (False, 2)], timeout=30, what="old buckets folded")
     finally:
         with db.cursor() as cur:
             cur.execute("DELETE FROM device_stats WHERE device_id = %s", (device_id,))

@@ -9,16 +9,15 @@ from visiontrack import device_stats
 pytestmark = pytest.mark.unit
 
 
-def test_keys_are_per_device_and_minute():
+def test_keys_are_per_device_and_bucket():
     assert device_stats.total_key(12) == "vt:device-stats:12:total"
-    assert device_stats.minute_key(12, 29_929_140) == "vt:device-stats:12:m:29929140"
+    assert device_stats.bucket_key(12, 5_985_828) == "vt:device-stats:12:b:5985828"
 
 
-def test_the_window_is_this_minute_and_the_59_before():
-    now_ms = 29_929_140 * 60_000 + 59_999
-    minutes = device_stats.window(now_ms)
-    assert len(minutes) == 60 and minutes[-1] == 29_929_140 and minutes[0] == 29_929_081
-    assert minutes == sorted(minutes)
+def test_the_window_is_this_bucket_and_the_11_before():
+    now_ms = 5_985_828 * 300_000 + 299_999
+    buckets = device_stats.window(now_ms)
+    assert buckets == list(range(5_985_817, 5_985_829))
 
 
 def test_counts_sum_hashes_and_split_the_reasons():
@@ -34,10 +33,12 @@ def test_counts_sum_hashes_and_split_the_reasons():
     assert device_stats.counts([]) == {"received": 0, "accepted": 0, "readings": 0, "rejected": {}}
 
 
-def test_every_live_minute_is_deleted_with_the_device():
-    now_ms = 29_929_140 * 60_000
+def test_every_live_bucket_is_deleted_with_the_device():
+    now_ms = 5_985_828 * 300_000 + 1
     keys = device_stats.all_keys(7, now_ms)
     assert keys[0] == "vt:device-stats:7:total"
-    for minute in device_stats.window(now_ms):
-        assert device_stats.minute_key(7, minute) in keys
-    assert device_stats.minute_key(7, 29_929_140 - device_stats.MINUTE_TTL_MINUTES) in keys
+    for bucket in device_stats.window(now_ms):
+        assert device_stats.bucket_key(7, bucket) in keys
+    # A bucket last written just before it ended lives 65 minutes past that: still there now.
+    oldest_alive = (now_ms - device_stats.BUCKET_TTL_MS) // device_stats.BUCKET_MS
+    assert device_stats.bucket_key(7, oldest_alive) in keys

@@ -72,11 +72,11 @@ _LAST_SEEN = """WITH seen AS (
                 UPDATE devices d SET last_seen_at = greatest(d.last_seen_at, seen.at) FROM seen
                 WHERE d.id = seen.id"""
 
-# Readings stored per device and minute (GET /api/devices/{id}/stats): one row per device per batch, from
-# the rows really inserted, in the batch's transaction, so a redelivered batch adds nothing. Sorted, like
-# the rollups, so concurrent batches lock rows in the same order.
-_DEVICE_STATS = """INSERT INTO device_stats (device_id, bucket, stored)
-                   SELECT u.id, date_trunc('minute', now()), u.n
+# Readings stored per device and 5-minute bucket (GET /api/devices/{id}/stats): one row per device per
+# batch, from the rows really inserted, in the batch's transaction, so a redelivered batch adds nothing.
+# Sorted, like the rollups, so concurrent batches lock rows in the same order.
+_DEVICE_STATS = f"""INSERT INTO device_stats (device_id, bucket, stored)
+                   SELECT u.id, date_bin('5 minutes', now(), {_EPOCH}), u.n
                    FROM unnest(%s::bigint[], %s::bigint[]) AS u(id, n) ORDER BY 1
                    ON CONFLICT (device_id, bucket) DO UPDATE SET stored = device_stats.stored + excluded.stored"""
 _STORED_PER_DEVICE = "SELECT device_id, sum(count) FROM rollup_incoming GROUP BY 1"
@@ -146,9 +146,6 @@ class TelemetryStorage:
                 except psycopg2.errors.UniqueViolation:
                     cur.execute("ROLLBACK TO SAVEPOINT fast_path")
                     inserted, per_device = self._deduplicating_insert(cur, payload)
-                if self.device_stats and inserted:
-                    ids, counts = _stored(batch) if per_device is None else (list(per_device), list(per_device.values()))
-                    cur.execute(_DEVICE_STATS, (ids, counts))
                 if self.rollups and inserted:
                     cur.execute(_UPSERT_1M)
                     cur.execute(_UPSERT_1H)
@@ -156,6 +153,9 @@ class TelemetryStorage:
                 if self.rollups:
                     ids, seen = _last_seen(batch)
                     cur.execute(_LAST_SEEN, (ids, seen))
+                if self.device_stats and inserted:  # last: its row locks are held the shortest
+                    ids, counts = _stored(batch) if per_device is None else (list(per_device), list(per_device.values()))
+                    cur.execute(_DEVICE_STATS, (ids, counts))
             self.conn.commit()
         except BaseException:
             self.conn.rollback()

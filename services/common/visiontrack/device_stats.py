@@ -2,20 +2,20 @@
 
 The ingestor adds to them (rust-ingestor/src/device_stats.rs, about once a second per server thread); the
 registry reads them (GET /api/devices/{id}/stats); the aggregator's purge deletes them with the device.
-Layout (docs/contracts.md, section 5), per device, under `vt:device-stats:<id>` (not under the stream key, whose
-pattern the Redis exporter scans for streams):
+Layout (docs/contracts.md, section 5), per device, under `vt:device-stats:<id>` (not under the stream key,
+whose pattern the Redis exporter scans for streams):
 
 - `:total`, a hash since registration: `received`, `accepted`, `readings`, `rejected:<reason>` (counts),
   `last_accepted_ms` and `newest_ts_ms` (epoch ms, only ever raised);
-- `:m:<epoch minute>`, a hash of the same counts for one minute, expiring after 65 minutes.
+- `:b:<epoch bucket>`, a hash of the same counts for one 5-minute bucket (epoch ms // 300,000), expiring
+  65 minutes after its last write.
 """
 from __future__ import annotations
 
-MINUTES = 60  # the window of "last hour": this minute and the 59 before it
-MINUTE_TTL_MINUTES = 65  # the ingestor's expiry of a minute hash (MINUTE_TTL_SECONDS), with some slack
-
-
 PREFIX = "vt:device-stats"
+BUCKET_MS = 300_000  # the ingestor's BUCKET_MS; device_stats rows use the same buckets
+BUCKETS = 12  # the window of "last hour": this bucket and the 11 before it
+BUCKET_TTL_MS = 3_900_000  # the ingestor's expiry of a bucket hash after its last write
 
 
 def prefix(device_id: int) -> str:
@@ -26,19 +26,19 @@ def total_key(device_id: int) -> str:
     return f"{prefix(device_id)}:total"
 
 
-def minute_key(device_id: int, minute: int) -> str:
-    return f"{prefix(device_id)}:m:{minute}"
+def bucket_key(device_id: int, bucket: int) -> str:
+    return f"{prefix(device_id)}:b:{bucket}"
 
 
 def window(now_ms: int) -> list[int]:
-    """The epoch minutes of the last hour, oldest first."""
-    current = now_ms // 60_000
-    return list(range(current - MINUTES + 1, current + 1))
+    """The epoch buckets of the last hour, oldest first."""
+    current = now_ms // BUCKET_MS
+    return list(range(current - BUCKETS + 1, current + 1))
 
 
 def counts(hashes: list[dict]) -> dict:
     """Sums hashes of counts (bytes or str keys and values) into
-    {"received", "accepted", "rejected": {reason: n}, "readings"}."""
+    {"received", "accepted", "readings", "rejected": {reason: n}}."""
     out = {"received": 0, "accepted": 0, "readings": 0, "rejected": {}}
     for h in hashes:
         for raw_field, raw_value in h.items():
@@ -53,6 +53,7 @@ def counts(hashes: list[dict]) -> dict:
 
 
 def all_keys(device_id: int, now_ms: int) -> list[str]:
-    """Every key the device's counters may be under now (the minute hashes that have not expired)."""
-    current = now_ms // 60_000
-    return [total_key(device_id)] + [minute_key(device_id, m) for m in range(current - MINUTE_TTL_MINUTES, current + 2)]
+    """Every key the device's counters may be under now (the bucket hashes that have not expired)."""
+    current = now_ms // BUCKET_MS
+    oldest = (now_ms - BUCKET_TTL_MS) // BUCKET_MS - 1
+    return [total_key(device_id)] + [bucket_key(device_id, b) for b in range(oldest, current + 2)]

@@ -1,6 +1,7 @@
 """A device's accounting (GET /api/devices/{id}/stats): what the ingestor counted (Redis, flushed about once
 a second by each of its server threads) and what the aggregator stored (Postgres `device_stats`, counted in
-the transaction of the batch). See docs/design.md, "Per-device accounting"."""
+the transaction of the batch), both in 5-minute buckets, the last hour being the last twelve. See
+docs/design.md, "Per-device accounting"."""
 from __future__ import annotations
 
 import time
@@ -33,8 +34,8 @@ class DeviceStatsStore:
 
     def get(self, device_id: int) -> dict:
         now_ms = int(time.time() * 1000)
-        minutes = device_stats.window(now_ms)
-        since = _at(minutes[0] * 60_000)
+        buckets = device_stats.window(now_ms)
+        since = _at(buckets[0] * device_stats.BUCKET_MS)
         with self.db.transaction() as cur:
             cur.execute("SELECT created_at FROM devices WHERE id = %s", (device_id,))
             device = cur.fetchone()
@@ -45,8 +46,8 @@ class DeviceStatsStore:
         try:
             pipe = self.redis.pipeline(transaction=False)
             pipe.hgetall(device_stats.total_key(device_id))
-            for minute in minutes:
-                pipe.hgetall(device_stats.minute_key(device_id, minute))
+            for bucket in buckets:
+                pipe.hgetall(device_stats.bucket_key(device_id, bucket))
             total, *recent = pipe.execute()
         except redis.RedisError:
             raise ApiError("unavailable", "the device counters (Redis) are unreachable; retry later",

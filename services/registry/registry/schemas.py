@@ -89,7 +89,8 @@ class DeviceStatsSchema(Schema):
     device_id = fields.Integer()
     as_of = Timestamp()
     last_hour = fields.Nested(DeviceStatsPeriodSchema, metadata={
-        "description": "This minute and the 59 before it (UTC minutes)."})
+        "description": "The current 5-minute bucket (UTC) and the 11 before it: the last 55 to 60 "
+                       "minutes."})
     since_registration = fields.Nested(DeviceStatsPeriodSchema)
     last_accepted_at = Timestamp(allow_none=True, metadata={
         "description": "Receive time of the last accepted message; null before any."})

@@ -109,8 +109,8 @@ def _forget_ingest_counts(st, device_ids: list[int]) -> None:
         log.warning("could not delete the ingest counters of deleted devices %s: %s", device_ids, exc)
 
 
-# Minutes older than this are folded into one row per device (bucket '-infinity'): the stats endpoint only
-# tells the last hour apart, and a device then keeps about 120 rows, not one per minute it ever sent in.
+# Buckets older than this are folded into one row per device (bucket '-infinity'): the stats endpoint only
+# tells the last hour apart, and a device then keeps about 25 rows, not one per 5 minutes it ever sent in.
 _COMPACT = """WITH old AS (
                   DELETE FROM device_stats WHERE bucket < now() - interval '2 hours' AND bucket > '-infinity'
                   RETURNING device_id, stored)
@@ -121,7 +121,7 @@ _COMPACT = """WITH old AS (
 
 @app.task(name="aggregator.compact_device_stats", ignore_result=True)
 def compact_device_stats() -> int:
-    """Fold the per-minute stored counts older than two hours into each device's running total."""
+    """Fold the stored counts of buckets older than two hours into each device's running total."""
     with state.get().db.transaction() as cur:
         cur.execute(_COMPACT)
         return cur.rowcount
