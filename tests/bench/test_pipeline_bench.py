@@ -17,7 +17,7 @@ from bench.pipeline import QUERY_KINDS, RollupCost, Rounds
 from tests.conftest import ROOT
 
 TOY = {"BENCH_ENTRIES": "3000", "BENCH_SINGLE_ENTRIES": "50000", "BENCH_QUERY_ROWS": "20000",
-       "BENCH_QUERY_SECONDS": "1", "BENCH_ROUNDS": "1", "BENCH_STALL_ENTRIES": "5000"}
+       "BENCH_QUERY_SECONDS": "1", "BENCH_ROUNDS": "1", "BENCH_STALL_ENTRIES": "5000", "BENCH_TX_BATCHES": "4"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def table() -> dict[str, tuple[str, str]]:
 
 
 def test_every_row_should_carry_a_figure(table):
-    assert len(table) == 11 + len(QUERY_KINDS) + 2
+    assert len(table) == 12 + len(QUERY_KINDS) + 2
     for measure, (result, _) in table.items():
         assert re.search(r"\d", result), f"{measure}: {result!r}"
 
@@ -51,6 +51,8 @@ def test_the_device_stats_rows_should_report_their_cost_against_the_target(table
         result, note = table[f"as deployed, {shape}, device stats on vs off"]
         assert re.fullmatch(r"[\d,]+ vs [\d,]+ readings/s", result)
         assert re.match(r"device stats cost -?\d+\.\d% \(pair by pair -?\d+\.\d%", note) and "(target <= 5%)" in note
+    result, note = table["one batch's transaction, 10,000 one-reading entries of 1,000 devices"]
+    assert re.fullmatch(r"\d+\.\d ms vs \d+\.\d ms", result) and re.match(r"with device stats vs without: [+-]\d", note)
 
 
 def test_the_redis_stall_row_should_compare_the_aggregators_calls_with_whole_batches(table):

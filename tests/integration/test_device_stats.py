@@ -215,3 +215,41 @@ def test_a_worker_redelivery_does_not_count_stored_twice(stack, base_env, redis_
     with psycopg2.connect(stack.env["DATABASE_URL"]) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM telemetry WHERE device_id = %s", (device["id"],))
         assert cur.fetchone()[0] == 5
+
+
+@pytest.mark.parametrize("rollups", [True, False], ids=["rollups", "no-rollups"])
+def test_stored_counts_only_the_rows_really_inserted_on_both_paths(postgres, db, base_env, rollups):
+    """The fast path (COPY, every row new) and the slow path (duplicates dropped), with rollups (counted from
+    the staged partials) and without (counted in Python, or from what the INSERT returned)."""
+    from aggregator.copy_encoding import encode_entry
+    from aggregator.storage import TelemetryStorage
+    from visiontrack.stream import Entry
+
+    first, second = (8_800_000_000 + uuid.uuid4().int % 1_000_000 for _ in range(2))
+    now = int(time.time() * 1000)
+
+    def entry(device: int, *offsets: int) -> object:
+        return encode_entry(Entry(f"{device}-{offsets[0]}", device, [["t", now - o, 1.0] for o in offsets], now),
+                            -10**9, 10**9)
+
+    def stored() -> dict[int, int]:
+        with db.cursor() as cur:
+            cur.execute("SELECT device_id, sum(stored)::int FROM device_stats WHERE device_id IN (%s, %s) "
+                        "GROUP BY 1", (first, second))
+            return dict(cur.fetchall())
+
+    conn = psycopg2.connect(postgres.url)
+    try:
+        storage = TelemetryStorage(conn, rollups=rollups)
+        assert storage.store([entry(first, 1, 2, 3), entry(second, 1)]).inserted == 4  # fast path
+        assert stored() == {first: 3, second: 1}
+        # Slow path: two of first's readings and second's one again, one new reading of each.
+        assert storage.store([entry(first, 2, 3, 4), entry(second, 1, 5)]).inserted == 2
+        assert stored() == {first: 4, second: 2}
+        assert storage.store([entry(first, 1, 2, 3, 4), entry(second, 1, 5)]).inserted == 0  # a redelivery
+        assert stored() == {first: 4, second: 2}
+    finally:
+        conn.close()
+        with db.cursor() as cur:
+            for table in ("device_stats", "telemetry", "telemetry_1m", "telemetry_1h", "telemetry_latest"):
+                cur.execute(f"DELETE FROM {table} WHERE device_id IN (%s, %s)", (first, second))

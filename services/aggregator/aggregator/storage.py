@@ -79,7 +79,13 @@ _DEVICE_STATS = f"""INSERT INTO device_stats (device_id, bucket, stored)
                    SELECT u.id, date_bin('5 minutes', now(), {_EPOCH}), u.n
                    FROM unnest(%s::bigint[], %s::bigint[]) AS u(id, n) ORDER BY 1
                    ON CONFLICT (device_id, bucket) DO UPDATE SET stored = device_stats.stored + excluded.stored"""
-_STORED_PER_DEVICE = "SELECT device_id, sum(count) FROM rollup_incoming GROUP BY 1"
+# With rollups, the staged 1-minute partials hold exactly the rows inserted, on either path: counted
+# there, in Postgres, with no arrays to send.
+_DEVICE_STATS_FROM_ROLLUPS = f"""INSERT INTO device_stats (device_id, bucket, stored)
+                                SELECT device_id, date_bin('5 minutes', now(), {_EPOCH}), sum(count)::bigint
+                                FROM rollup_incoming GROUP BY 1 ORDER BY 1
+                                ON CONFLICT (device_id, bucket) DO UPDATE
+                                SET stored = device_stats.stored + excluded.stored"""
 
 
 @dataclass(frozen=True)
@@ -154,8 +160,12 @@ class TelemetryStorage:
                     ids, seen = _last_seen(batch)
                     cur.execute(_LAST_SEEN, (ids, seen))
                 if self.device_stats and inserted:  # last: its row locks are held the shortest
-                    ids, counts = _stored(batch) if per_device is None else (list(per_device), list(per_device.values()))
-                    cur.execute(_DEVICE_STATS, (ids, counts))
+                    if self.rollups:
+                        cur.execute(_DEVICE_STATS_FROM_ROLLUPS)
+                    else:
+                        ids, counts = _stored(batch) if per_device is None else (list(per_device),
+                                                                                 list(per_device.values()))
+                        cur.execute(_DEVICE_STATS, (ids, counts))
             self.conn.commit()
         except BaseException:
             self.conn.rollback()
@@ -164,7 +174,7 @@ class TelemetryStorage:
         return StoreResult(total, inserted)
 
     def _deduplicating_insert(self, cur, payload: bytes) -> tuple[int, dict[int, int] | None]:
-        """The rows inserted, and per device when device_stats needs them."""
+        """The rows inserted, and per device when device_stats needs them without rollups."""
         cur.execute(_STAGING)
         copy_in(cur, _COPY_STAGING, payload)
         if not self.rollups:
@@ -175,12 +185,8 @@ class TelemetryStorage:
             per_device = {int(d): int(n) for d, n in cur.fetchall()}
             return sum(per_device.values()), per_device
         cur.execute(_MERGE_RETURNING)
-        if not self.device_stats:
-            cur.execute("SELECT coalesce(sum(count), 0) FROM rollup_incoming")
-            return int(cur.fetchone()[0]), None
-        cur.execute(_STORED_PER_DEVICE)
-        per_device = {int(d): int(n) for d, n in cur.fetchall()}
-        return sum(per_device.values()), per_device
+        cur.execute("SELECT coalesce(sum(count), 0) FROM rollup_incoming")
+        return int(cur.fetchone()[0]), None  # device stats are counted from rollup_incoming
 
 
 def copy_in(cur, sql: str, payload: bytes) -> None:
