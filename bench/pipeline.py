@@ -9,7 +9,8 @@ entries of one reading each (as most devices send them). The query latencies com
 measured in the same run: a bare WSGI app behind the same gunicorn and nginx, and the machine's own CPU
 jitter (bench/machine.py).
 
-Environment: BENCH_ENTRIES (20,000 entries of 100 readings: fewer make the rates swing by 20%),
+BENCH_ONLY=device_stats runs only the comparison of the aggregator with and without its per-device stored
+counts (GET /api/devices/{id}/stats). Environment: BENCH_ENTRIES (20,000 entries of 100 readings: fewer make the rates swing by 20%),
 BENCH_SINGLE_ENTRIES (300,000 entries of 1 reading), BENCH_QUERY_ROWS (10,000,000), BENCH_QUERY_SECONDS
 (20 per query kind), BENCH_ROUNDS (4), BENCH_STALL_ENTRIES (200,000 entries drained while a writer times its
 XADDs, bench/redis_stalls.py).
@@ -55,7 +56,9 @@ QUERY_KINDS = (  # wrk script kind, what the table calls it, p99 target (ms)
 )
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
 STALL_ENTRIES = int(os.environ.get("BENCH_STALL_ENTRIES", "200000"))
-DERIVED = ("telemetry_1m", "telemetry_1h", "telemetry_latest", "alert_state", "alert_events")
+DERIVED = ("telemetry_1m", "telemetry_1h", "telemetry_latest", "alert_state", "alert_events", "device_stats")
+# "device_stats": only the comparison of the aggregator with and without its per-device stored counts.
+ONLY = os.environ.get("BENCH_ONLY", "")
 
 
 def log(msg: str) -> None:
@@ -153,7 +156,8 @@ def _postmaster(pg: Postgres) -> int:
 
 
 def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups: bool = True,
-                     pg: Postgres | None = None, processes: int = 1, shape: Shape = BATCHED) -> tuple[float, float]:
+                     pg: Postgres | None = None, processes: int = 1, shape: Shape = BATCHED,
+                     device_stats: bool = True) -> tuple[float, float]:
     """Readings/s of a Celery worker with `processes` processes draining a pre-filled stream, steady state.
 
     With `rollups`, the worker keeps the rollups, latest values and last_seen_at, and beat evaluates alert
@@ -183,7 +187,8 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups:
     total = fill_stream(client, "vt:telemetry", shape, start_ms)
     log(f"stream pre-filled with {shape.entries} {shape.name} ({total} readings)")
     agg_env = {**env, "VT_WORKER_CONCURRENCY": str(processes), "VT_DRAIN_INTERVAL_SECONDS": "0.2",
-               "VT_ROLLUPS_ENABLED": "true" if rollups else "false"}
+               "VT_ROLLUPS_ENABLED": "true" if rollups else "false",
+               "VT_DEVICE_STATS_ENABLED": "true" if device_stats else "false"}
     pg_cpu = _cpu_seconds([_postmaster(pg)]) if pg else 0.0
     worker = Process("bench-worker", "worker", agg_env, run_dir / "logs" / "worker.log").start(run_dir)
     beat = Process("bench-beat", "beat", agg_env, run_dir / "logs" / "beat.log").start(run_dir)
@@ -211,6 +216,11 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups:
             cur.execute("SELECT sum(count) FROM telemetry_1m")
             if cur.fetchone()[0] != total:
                 raise RuntimeError("the 1-minute rollups do not add up to the readings stored")
+    if device_stats:
+        with db.cursor() as cur:
+            cur.execute("SELECT coalesce(sum(stored), 0) FROM device_stats")
+            if cur.fetchone()[0] != total:
+                raise RuntimeError("the per-device stored counts do not add up to the readings stored")
     # Steady state: from the first sample past 10% to the first past 90% (start-up excluded).
     t1, n1 = next(s for s in samples if s[1] >= total * 0.1)
     t2, n2 = next(s for s in samples if s[1] >= total * 0.9)
@@ -268,6 +278,79 @@ def compare_rollups(env: dict, run_dir: Path, db, client: redis.Redis, pg: Postg
             rounds.cpus.append(cpu)
             log(f"aggregator, {what}: {rate:,.0f} readings/s, {cpu:.2f} CPU s per million readings")
     return cost
+
+
+def compare_device_stats(env: dict, run_dir: Path, db, client: redis.Redis, pg: Postgres, processes: int,
+                         shape: Shape = BATCHED) -> RollupCost:
+    """BENCH_ROUNDS rounds of the aggregator as deployed (rollups+alerts) without (`raw`) and with (`full`)
+    the per-device stored counts, in ABBA order like compare_rollups."""
+    cost = RollupCost()
+    for round_ in range(ROUNDS):
+        for stats in ((False, True) if round_ % 2 == 0 else (True, False)):
+            what = "with device stats" if stats else "without device stats"
+            log(f"aggregator round {round_ + 1}/{ROUNDS}, {processes} worker process(es), {shape.name}, {what}")
+            rate, cpu = bench_aggregator(env, run_dir, db, client, True, pg, processes, shape, device_stats=stats)
+            rounds = cost.full if stats else cost.raw
+            rounds.rates.append(rate)
+            rounds.cpus.append(cpu)
+            log(f"aggregator, {what}: {rate:,.0f} readings/s, {cpu:.2f} CPU s per million readings")
+    return cost
+
+
+TX_BATCHES = int(os.environ.get("BENCH_TX_BATCHES", "40"))
+
+
+def transaction_cost(db_url: str, db) -> tuple[float, float]:
+    """Median ms of one batch's transaction (10,000 one-reading entries of 1,000 devices, rollups on) with
+    and without the device stats upsert, BENCH_TX_BATCHES batches each, alternating batch by batch on two
+    connections, so whatever else the machine runs weighs on both alike. The rollup rows are made before
+    the clock starts, as the pipeline makes them off the writer thread."""
+    from aggregator.copy_encoding import encode_entry
+    from aggregator.storage import TelemetryStorage, rollup_payload
+    from visiontrack.stream import Entry
+
+    with db.cursor() as cur:
+        cur.execute(f"TRUNCATE telemetry, {', '.join(DERIVED)}")
+        cur.execute("INSERT INTO devices (id, name, type) SELECT i, 'bench-' || i, 'bench' "
+                    "FROM generate_series(1, 1000) i ON CONFLICT DO NOTHING")
+    base_ms = int(time.time() * 1000) - 3_600_000
+    stores = {stats: TelemetryStorage(psycopg2.connect(db_url), True, stats) for stats in (True, False)}
+    took: dict[bool, list[float]] = {True: [], False: []}
+    n = 0
+    try:
+        for i in range(2 * TX_BATCHES):
+            stats = i % 4 in (0, 3)  # ABBA
+            batch = []
+            for _ in range(10_000):
+                device, readings = single_entry(n, base_ms)
+                batch.append(encode_entry(Entry(str(n), device, readings, base_ms), -10**9, 10**9))
+                n += 1
+            rows = rollup_payload(batch)
+            started = time.perf_counter()
+            stores[stats].store(batch, rows)
+            took[stats].append((time.perf_counter() - started) * 1000)
+    finally:
+        for store in stores.values():
+            store.conn.close()
+    return statistics.median(took[True]), statistics.median(took[False])
+
+
+def device_stats_rows(env: dict, run_dir: Path, db, client: redis.Redis, pg: Postgres) -> list[tuple]:
+    """The table rows: what the per-device stored counts cost the aggregator as deployed (target <= 5%)."""
+    log(f"one batch's transaction with and without device stats, {TX_BATCHES} batches each")
+    on, off = transaction_cost(pg.url, db)
+    rows = [("one batch's transaction, 10,000 one-reading entries of 1,000 devices",
+             f"{on:.1f} ms vs {off:.1f} ms", f"with device stats vs without: {on / off - 1:+.1%} (medians of "
+             f"{TX_BATCHES} batches each, alternating)")]
+    for shape in (BATCHED, SINGLE):
+        cost = compare_device_stats(env, run_dir, db, client, pg, processes=2, shape=shape)
+        pairs = sorted(1 - f / r for f, r in zip(cost.full.rates, cost.raw.rates))
+        rows.append((f"as deployed, {shape.name}, device stats on vs off",
+                     f"{cost.full.rate:,.0f} vs {cost.raw.rate:,.0f} readings/s",
+                     f"device stats cost {1 - cost.full.rate / cost.raw.rate:.1%} (pair by pair "
+                     f"{statistics.median(pairs):.1%}, pairs {pairs[0]:.1%} to {pairs[-1]:.1%}); CPU per 1M "
+                     f"readings {cost.full.cpu:.1f} s vs {cost.raw.cpu:.1f} s (target <= 5%)"))
+    return rows
 
 
 def bench_copy(db) -> float:
@@ -426,6 +509,15 @@ def main() -> int:
     db.autocommit = True
     client = redis.Redis.from_url(rs.url)
     results = []
+    if ONLY == "device_stats":
+        try:
+            results += device_stats_rows(env, run_dir, db, client, pg)
+        finally:
+            db.close()
+            rs.stop()
+            pg.stop()
+        print_table(results)
+        return 0
     try:
         log("raw COPY yardstick")
         copy_rate = bench_copy(db)
@@ -452,6 +544,7 @@ def main() -> int:
              f"1 process; rollups+alerts cost {one_process.full.cpu / one_process.raw.cpu - 1:.0%} more CPU; "
              f"2 processes: {deployed.full.cpu:.1f} s vs {deployed.raw.cpu:.1f} s"),
         ]
+        results += device_stats_rows(env, run_dir, db, client, pg)
         results.append(redis_stalls(rs.url, run_dir))
         log(f"loading {QUERY_ROWS:,} rows for the range queries")
         t = time.perf_counter()

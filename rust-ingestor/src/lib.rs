@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod device_stats;
 pub mod error;
 pub mod metrics;
 pub mod mqtt;

@@ -290,7 +290,9 @@ async fn serve(
             mqtt::serve(mqtt, state.clone(), slots, stop.clone()).await
         }
     };
+    tokio::spawn(crate::device_stats::flush_forever(state.clone()));
     let (http, mqtt) = tokio::join!(serve_http(listener, state.clone(), samples_backlog, stop.clone()), mqtt);
+    crate::device_stats::flush(&state).await;
     http.and(mqtt)
 }
 

@@ -17,13 +17,13 @@ from bench.pipeline import QUERY_KINDS, RollupCost, Rounds
 from tests.conftest import ROOT
 
 TOY = {"BENCH_ENTRIES": "3000", "BENCH_SINGLE_ENTRIES": "50000", "BENCH_QUERY_ROWS": "20000",
-       "BENCH_QUERY_SECONDS": "1", "BENCH_ROUNDS": "1", "BENCH_STALL_ENTRIES": "5000"}
+       "BENCH_QUERY_SECONDS": "1", "BENCH_ROUNDS": "1", "BENCH_STALL_ENTRIES": "5000", "BENCH_TX_BATCHES": "4"}
 
 
 @pytest.fixture(scope="module")
 def table() -> dict[str, tuple[str, str]]:
     out = subprocess.run([sys.executable, "-m", "bench.pipeline"], cwd=ROOT, env={**os.environ, **TOY},
-                         capture_output=True, text=True, timeout=280)
+                         capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lines = out.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("measure ") and line.endswith("| note"))
@@ -35,7 +35,7 @@ def table() -> dict[str, tuple[str, str]]:
 
 
 def test_every_row_should_carry_a_figure(table):
-    assert len(table) == 9 + len(QUERY_KINDS) + 2
+    assert len(table) == 12 + len(QUERY_KINDS) + 2
     for measure, (result, _) in table.items():
         assert re.search(r"\d", result), f"{measure}: {result!r}"
 
@@ -44,6 +44,15 @@ def test_the_rollup_rows_should_report_their_cost_against_the_target(table):
     result, note = table["aggregator as deployed (2 worker processes), rollups+alerts"]
     assert result.endswith("readings/s")
     assert re.search(r"rollups\+alerts cost -?\d+% \(pair by pair -?\d+%", note) and "(target <= 20%)" in note
+
+
+def test_the_device_stats_rows_should_report_their_cost_against_the_target(table):
+    for shape in ("entries of 100 readings", "entries of 1 reading"):
+        result, note = table[f"as deployed, {shape}, device stats on vs off"]
+        assert re.fullmatch(r"[\d,]+ vs [\d,]+ readings/s", result)
+        assert re.match(r"device stats cost -?\d+\.\d% \(pair by pair -?\d+\.\d%", note) and "(target <= 5%)" in note
+    result, note = table["one batch's transaction, 10,000 one-reading entries of 1,000 devices"]
+    assert re.fullmatch(r"\d+\.\d ms vs \d+\.\d ms", result) and re.match(r"with device stats vs without: [+-]\d", note)
 
 
 def test_the_redis_stall_row_should_compare_the_aggregators_calls_with_whole_batches(table):

@@ -41,6 +41,7 @@ def _registry_calls(url: str) -> list[tuple[str, str, requests.Response]]:
         ("/api/devices/{device_id}", "patch", requests.patch(f"{url}{device}", json={"location": "hall"},
                                                              headers=ADMIN)),
         ("/api/devices/{device_id}/token", "post", requests.post(f"{url}{device}/token", headers=ADMIN)),
+        ("/api/devices/{device_id}/stats", "get", requests.get(f"{url}{device}/stats", headers=ADMIN)),
         ("/api/devices/{device_id}", "delete", requests.delete(f"{url}/api/devices/{second['id']}", headers=ADMIN)),
     ]
     rule = {"name": "doc", "kind": "inactivity", "after_seconds": 600, "device_id": first["id"], "enabled": False}

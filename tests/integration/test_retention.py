@@ -9,12 +9,14 @@ from datetime import date, timedelta
 
 import psycopg2
 import pytest
+import redis
 import requests
 from celery import Celery
 
 from aggregator.copy_encoding import encode_entry
 from aggregator.storage import TelemetryStorage
 from aggregator.tasks.retention import drop_expired, expired
+from visiontrack import device_stats
 from visiontrack.db import Database
 from visiontrack.stream import Entry
 
@@ -92,7 +94,7 @@ def test_deleting_a_device_purges_its_rollups_latest_values_and_alerts(registry_
     with db.cursor() as cur:
         cur.execute("INSERT INTO alert_events (rule_id, device_id, state, value, started_at) "
                     "VALUES (%s, %s, 'firing', 1, now())", (rule["id"], device["id"]))
-    tables = ("telemetry", "telemetry_1m", "telemetry_1h", "telemetry_latest", "alert_events")
+    tables = ("telemetry", "telemetry_1m", "telemetry_1h", "telemetry_latest", "alert_events", "device_stats")
 
     def counts():
         with db.cursor() as cur:
@@ -102,10 +104,40 @@ def test_deleting_a_device_purges_its_rollups_latest_values_and_alerts(registry_
                 out.append(cur.fetchone()[0])
             return out
 
-    assert counts() == [1, 1, 1, 1, 1]
+    # The ingestor's counters of the device, as its flush leaves them.
+    counters = redis.Redis.from_url(base_env["REDIS_URL"])
+    keys = [device_stats.total_key(device["id"]),
+            device_stats.bucket_key(device["id"], device_stats.window(int(time.time() * 1000))[-1])]
+    for key in keys:
+        counters.hset(key, mapping={"received": 1, "accepted": 1, "readings": 1})
+    assert counts() == [1, 1, 1, 1, 1, 1]
     assert requests.delete(f"{registry_url}/api/devices/{device['id']}", headers=ADMIN).status_code == 204
     _send_purge(base_env)
-    poll(lambda: counts() == [0, 0, 0, 0, 0], timeout=30, what="the device's data purged")
+    poll(lambda: counts() == [0, 0, 0, 0, 0, 0], timeout=30, what="the device's data purged")
+    poll(lambda: counters.exists(*keys) == 0, timeout=10, what="the device's counters deleted")
+
+
+def test_old_buckets_of_stored_counts_fold_into_one_row_per_device(db, base_env, worker):
+    device_id = 8_500_000_000 + uuid.uuid4().int % 1_000_000
+    with db.cursor() as cur:
+        cur.execute("""INSERT INTO device_stats (device_id, bucket, stored) VALUES
+                       (%(d)s, date_trunc('minute', now()) - interval '3 hours', 5),
+                       (%(d)s, date_trunc('minute', now()) - interval '5 hours', 7),
+                       (%(d)s, date_trunc('minute', now()) - interval '10 minutes', 2),
+                       (%(d)s, '-infinity', 100)""", {"d": device_id})
+
+    def rows():
+        with db.cursor() as cur:
+            cur.execute("SELECT bucket = '-infinity', stored FROM device_stats WHERE device_id = %s ORDER BY bucket",
+                        (device_id,))
+            return cur.fetchall()
+
+    try:
+        Celery(broker=base_env["REDIS_URL"]).send_task("aggregator.compact_device_stats", queue="visiontrack")
+        poll(lambda: rows() == [(True, 112), (False, 2)], timeout=30, what="old buckets folded")
+    finally:
+        with db.cursor() as cur:
+            cur.execute("DELETE FROM device_stats WHERE device_id = %s", (device_id,))
 
 
 def test_a_deletion_is_not_held_back_by_earlier_ones_waiting_out_their_grace(registry_url, db, postgres, base_env,

@@ -11,8 +11,8 @@ use std::time::Instant;
 use futures_util::future::BoxFuture;
 
 use crate::state::AppState;
-use crate::stream;
 use crate::validate::{self, Limits, Reading};
+use crate::{device_stats, stream};
 
 /// Topics that carry telemetry: ThingsBoard's device topic, and ours.
 pub const TOPICS: [&str; 2] = ["v1/devices/me/telemetry", "vt/telemetry"];
@@ -51,6 +51,23 @@ pub fn check(topic: &str, payload: &[u8], now_ms: i64, limits: &Limits) -> Resul
         return Err(Refusal::TooLarge);
     }
     validate::validate(Some("application/json"), payload, now_ms, limits).map_err(|_| Refusal::Invalid)
+}
+
+/// Counts a refused PUBLISH against its device (`device_stats`). The reason of
+/// invalid readings is found by validating again: refusals are rare, and the
+/// accepted path keeps no error it does not need.
+pub fn count_refusal<T>(device_id: u64, checked: &Result<T, Refusal>, payload: &[u8], now_ms: i64, limits: &Limits) {
+    let Err(why) = checked else { return };
+    let reason = match why {
+        Refusal::Topic => "topic",
+        Refusal::TooLarge => "payload_too_large",
+        Refusal::Backpressure => "unavailable",
+        Refusal::Invalid => match validate::validate(Some("application/json"), payload, now_ms, limits) {
+            Err(e) => device_stats::reason(&e),
+            Ok(_) => "validation_error",
+        },
+    };
+    device_stats::rejected(device_id, 1, reason, now_ms);
 }
 
 /// One PUBLISH waiting for its answer.
@@ -111,9 +128,14 @@ impl Batch {
         let state = state.clone();
         let count = readings.len();
         Box::pin(async move {
+            let messages = pending.len() as u64;
             let outcome = match state.run::<String>(&cmd).await {
-                Ok(_) => Outcome::Stored { readings: count },
+                Ok(_) => {
+                    device_stats::accepted(device_id, messages, &readings, at_ms);
+                    Outcome::Stored { readings: count }
+                }
                 Err(e) => {
+                    device_stats::rejected(device_id, messages, "unavailable", at_ms);
                     state.redis_failed("xadd", &e);
                     Outcome::Unavailable
                 }

@@ -337,6 +337,7 @@ impl Session {
             QoS::AtMostOnce | QoS::AtLeastOnce => {}
             QoS::ExactlyOnce => {
                 metrics::mqtt_messages(qos, MSG_QOS_REFUSED, 1);
+                crate::device_stats::rejected(self.device.id, 1, "qos_not_supported", now_ms);
                 // MQTT 5 was granted QoS 1 at most in the CONNACK; 3.1.1 cannot be told.
                 return Next::Close(Closing::QosNotSupported, "qos2");
             }
@@ -349,6 +350,7 @@ impl Session {
                 Ok(readings)
             }
         });
+        publish::count_refusal(self.device.id, &checked, &publish.payload, now_ms, limits);
         match checked {
             Ok(readings) => {
                 if self.batch.readings() + readings.len() > limits.max_readings {

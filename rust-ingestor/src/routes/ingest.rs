@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{auth, metrics, stream, validate};
+use crate::{auth, device_stats, metrics, stream, validate};
 
 pub async fn ingest(State(state): State<AppState>, request: Request) -> Response {
     let (parts, mut body) = request.into_parts();
@@ -84,6 +84,20 @@ pub async fn accept(
     body: &mut Body,
 ) -> Result<usize, Rejection> {
     let device = device?;
+    let outcome = accept_for(state, device, content_type, parts, body).await;
+    if let Err(rejection) = &outcome {
+        device_stats::rejected(device.id, 1, device_stats::reason(&rejection.error), epoch_ms());
+    }
+    outcome
+}
+
+async fn accept_for(
+    state: &AppState,
+    device: auth::Device,
+    content_type: Option<&str>,
+    parts: &Parts,
+    body: &mut Body,
+) -> Result<usize, Rejection> {
     validate::check_media_type(content_type)?;
     let limits = &state.config.limits;
     if content_length(&parts.headers).is_some_and(|n| n > limits.max_body_bytes) {
@@ -103,6 +117,7 @@ pub async fn accept(
     stream::encode_readings(&readings, &mut encoded);
     let cmd = stream::xadd_cmd(&shard.key, device.id, &encoded, now_ms);
     let _id: String = state.redis("xadd", &cmd).await.map_err(|error| Rejection { error, readings: readings.len() })?;
+    device_stats::accepted(device.id, 1, &readings, now_ms);
     Ok(readings.len())
 }
 

@@ -57,6 +57,7 @@ def _schedule() -> dict:
                                "schedule": config.token_index_repair_seconds,
                                "options": {"expires": config.token_index_repair_seconds}},
         "purge-deleted-devices": {"task": "aggregator.purge_deleted_devices", "schedule": 30.0},
+        "compact-device-stats": {"task": "aggregator.compact_device_stats", "schedule": 600.0},
         "evaluate-alerts": {"task": "aggregator.evaluate_alerts", "schedule": config.alert_eval_seconds,
                             "options": {"expires": max(config.alert_eval_seconds * 2, 2)}},
         "apply-retention": {"task": "aggregator.apply_retention", "schedule": config.retention_interval_seconds},

@@ -1,8 +1,8 @@
 """One batch of stream entries into Postgres, in one transaction.
 
 Raw rows by binary COPY (or, when the batch holds duplicates, through a temporary table and `INSERT ... ON
-CONFLICT DO NOTHING`), with the rollups, latest values and `last_seen_at` of the rows really inserted, in
-the same transaction: see docs/design.md, "Storing a batch".
+CONFLICT DO NOTHING`), with the rollups, latest values, `last_seen_at` and per-device stored counts of the
+rows really inserted, in the same transaction: see docs/design.md, "Storing a batch".
 """
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ _STAGING = """CREATE TEMP TABLE IF NOT EXISTS telemetry_incoming (
               ) ON COMMIT DELETE ROWS"""
 _COPY_STAGING = "COPY telemetry_incoming (device_id, metric, ts, value) FROM STDIN WITH (FORMAT binary)"
 _MERGE = "INSERT INTO telemetry SELECT * FROM telemetry_incoming ON CONFLICT DO NOTHING"
+# Without rollups, what was inserted per device (for device_stats).
+_MERGE_PER_DEVICE = """WITH inserted AS (
+                           INSERT INTO telemetry SELECT * FROM telemetry_incoming ON CONFLICT DO NOTHING
+                           RETURNING device_id)
+                       SELECT device_id, count(*) FROM inserted GROUP BY 1"""
 
 _ROLLUP_STAGING = """CREATE TEMP TABLE IF NOT EXISTS rollup_incoming (
                          device_id bigint, metric text COLLATE "C", bucket timestamptz, count bigint,
@@ -67,6 +72,21 @@ _LAST_SEEN = """WITH seen AS (
                 UPDATE devices d SET last_seen_at = greatest(d.last_seen_at, seen.at) FROM seen
                 WHERE d.id = seen.id"""
 
+# Readings stored per device and 5-minute bucket (GET /api/devices/{id}/stats): one row per device per
+# batch, from the rows really inserted, in the batch's transaction, so a redelivered batch adds nothing.
+# Sorted, like the rollups, so concurrent batches lock rows in the same order.
+_DEVICE_STATS = f"""INSERT INTO device_stats (device_id, bucket, stored)
+                   SELECT u.id, date_bin('5 minutes', now(), {_EPOCH}), u.n
+                   FROM unnest(%s::bigint[], %s::bigint[]) AS u(id, n) ORDER BY 1
+                   ON CONFLICT (device_id, bucket) DO UPDATE SET stored = device_stats.stored + excluded.stored"""
+# With rollups, the staged 1-minute partials hold exactly the rows inserted, on either path: counted
+# there, in Postgres, with no arrays to send.
+_DEVICE_STATS_FROM_ROLLUPS = f"""INSERT INTO device_stats (device_id, bucket, stored)
+                                SELECT device_id, date_bin('5 minutes', now(), {_EPOCH}), sum(count)::bigint
+                                FROM rollup_incoming GROUP BY 1 ORDER BY 1
+                                ON CONFLICT (device_id, bucket) DO UPDATE
+                                SET stored = device_stats.stored + excluded.stored"""
+
 
 @dataclass(frozen=True)
 class StoreResult:
@@ -79,9 +99,10 @@ class StoreResult:
 
 
 class TelemetryStorage:
-    def __init__(self, conn, rollups: bool = True):
+    def __init__(self, conn, rollups: bool = True, device_stats: bool = True):
         self.conn = conn
         self.rollups = rollups  # off only to measure what they cost
+        self.device_stats = device_stats  # off only to measure what it costs (bench/pipeline.py)
         self.known_days: set[int] = set()
         self._staged = False
 
@@ -122,6 +143,7 @@ class TelemetryStorage:
                     cur.execute(_ROLLUP_STAGING)
                     self._staged = True
                 cur.execute("SAVEPOINT fast_path")
+                per_device: dict[int, int] | None = None  # what was inserted, when not the whole batch
                 try:
                     copy_in(cur, COPY_TELEMETRY, payload)
                     inserted = total
@@ -129,7 +151,7 @@ class TelemetryStorage:
                         copy_in(cur, _COPY_ROLLUP, rollup_rows)
                 except psycopg2.errors.UniqueViolation:
                     cur.execute("ROLLBACK TO SAVEPOINT fast_path")
-                    inserted = self._deduplicating_insert(cur, payload)
+                    inserted, per_device = self._deduplicating_insert(cur, payload)
                 if self.rollups and inserted:
                     cur.execute(_UPSERT_1M)
                     cur.execute(_UPSERT_1H)
@@ -137,6 +159,13 @@ class TelemetryStorage:
                 if self.rollups:
                     ids, seen = _last_seen(batch)
                     cur.execute(_LAST_SEEN, (ids, seen))
+                if self.device_stats and inserted:  # last: its row locks are held the shortest
+                    if self.rollups:
+                        cur.execute(_DEVICE_STATS_FROM_ROLLUPS)
+                    else:
+                        ids, counts = _stored(batch) if per_device is None else (list(per_device),
+                                                                                 list(per_device.values()))
+                        cur.execute(_DEVICE_STATS, (ids, counts))
             self.conn.commit()
         except BaseException:
             self.conn.rollback()
@@ -144,15 +173,20 @@ class TelemetryStorage:
             raise
         return StoreResult(total, inserted)
 
-    def _deduplicating_insert(self, cur, payload: bytes) -> int:
+    def _deduplicating_insert(self, cur, payload: bytes) -> tuple[int, dict[int, int] | None]:
+        """The rows inserted, and per device when device_stats needs them without rollups."""
         cur.execute(_STAGING)
         copy_in(cur, _COPY_STAGING, payload)
         if not self.rollups:
-            cur.execute(_MERGE)
-            return cur.rowcount
+            if not self.device_stats:
+                cur.execute(_MERGE)
+                return cur.rowcount, None
+            cur.execute(_MERGE_PER_DEVICE)
+            per_device = {int(d): int(n) for d, n in cur.fetchall()}
+            return sum(per_device.values()), per_device
         cur.execute(_MERGE_RETURNING)
         cur.execute("SELECT coalesce(sum(count), 0) FROM rollup_incoming")
-        return int(cur.fetchone()[0])
+        return int(cur.fetchone()[0]), None  # device stats are counted from rollup_incoming
 
 
 def copy_in(cur, sql: str, payload: bytes) -> None:
@@ -172,6 +206,15 @@ def partials_payload(partials: dict) -> bytes:
     rows = [encode_rollup_row(device_id, metric, minute, part)
             for (device_id, metric, minute), part in partials.items()]
     return COPY_HEADER + b"".join(rows) + COPY_TRAILER
+
+
+def _stored(batch: list[EncodedEntry]) -> tuple[list[int], list[int]]:
+    """Per device, the readings of the batch (all inserted, on the fast path)."""
+    stored: dict[int, int] = {}
+    for encoded in batch:
+        device_id = encoded.entry.device_id
+        stored[device_id] = stored.get(device_id, 0) + encoded.count
+    return list(stored), list(stored.values())
 
 
 def _last_seen(batch: list[EncodedEntry]) -> tuple[list[int], list[int]]:

@@ -186,6 +186,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("VT_ROLLUPS_ENABLED", "true", _bool, frozenset({"aggregator"}),
             "Maintain rollups, latest values and last_seen_at with every batch (turn off only to measure their "
             "cost: aggregates, latest and alerts depend on them)."),
+    Setting("VT_DEVICE_STATS_ENABLED", "true", _bool, frozenset({"aggregator"}),
+            "Count the readings stored per device with every batch, for GET /api/devices/{id}/stats (turn off "
+            "only to measure its cost: the endpoint's stored counts then stay at zero)."),
     Setting("VT_ROLLUP_1M_RETENTION_DAYS", "90", IntRange(1, 36500), frozenset({"aggregator"}),
             "1-minute rollups kept this many days (whole daily partitions dropped)."),
     Setting("VT_ROLLUP_1H_RETENTION_DAYS", "730", IntRange(1, 36500), frozenset({"aggregator"}),

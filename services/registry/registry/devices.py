@@ -1,4 +1,4 @@
-"""`/api/devices/`: register, list, read, change, delete devices and rotate their tokens."""
+"""`/api/devices/`: register, list, read, change, delete devices, rotate their tokens, read their accounting."""
 from __future__ import annotations
 
 from flask.views import MethodView
@@ -7,10 +7,11 @@ from flask_smorest import Blueprint
 from visiontrack.web.app import services
 from visiontrack.web.pagination import keyset_page
 
+from .device_stats_store import DeviceStatsStore
 from .device_store import DeviceStore
 from .json_body import json_body
 from .schemas import (DeviceCreateSchema, DeviceListArgsSchema, DevicePageSchema, DeviceSchema,
-                      DeviceUpdateSchema, DeviceWithTokenSchema, TokenSchema)
+                      DeviceStatsSchema, DeviceUpdateSchema, DeviceWithTokenSchema, TokenSchema)
 
 blp = Blueprint("devices", __name__, url_prefix="/api/devices", description="Devices and their tokens")
 
@@ -69,3 +70,13 @@ class DeviceToken(MethodView):
     def post(self, device_id):
         """Issue a new token; the old one stops working within seconds."""
         return {"token": _store().rotate_token(device_id)}
+
+
+@blp.route("/<id:device_id>/stats")
+class DeviceStats(MethodView):
+    @blp.response(200, DeviceStatsSchema)
+    def get(self, device_id):
+        """What the device sent in the last hour and since registration: messages received, accepted and
+        rejected by reason, readings accepted and stored, and when it was last accepted."""
+        svc = services()
+        return DeviceStatsStore(svc.db, svc.redis).get(device_id)

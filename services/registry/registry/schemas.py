@@ -62,6 +62,42 @@ class TokenSchema(Schema):
     token = fields.String()
 
 
+class MessageCountsSchema(Schema):
+    received = fields.Integer(metadata={"description": "Requests and MQTT PUBLISHes the ingestor took from the "
+                                                       "device (its token known): accepted plus rejected."})
+    accepted = fields.Integer(metadata={"description": "Those answered 2xx or PUBACKed: their readings are in "
+                                                       "the stream."})
+    rejected = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
+        "description": "Those refused, by reason (an open set: the error code, or the kind of the first bad "
+                       "reading, e.g. malformed_json, invalid_metric_name, ts_in_future, unavailable); "
+                       "reasons never seen are absent."})
+
+
+class ReadingCountsSchema(Schema):
+    accepted = fields.Integer(metadata={"description": "Readings in the accepted messages."})
+    stored = fields.Integer(metadata={"description": "Readings that reached Postgres (duplicates, dropped, "
+                                                     "are not counted)."})
+
+
+class DeviceStatsPeriodSchema(Schema):
+    from_ = Timestamp(data_key="from", attribute="from", metadata={"description": "Start of the period."})
+    messages = fields.Nested(MessageCountsSchema)
+    readings = fields.Nested(ReadingCountsSchema)
+
+
+class DeviceStatsSchema(Schema):
+    device_id = fields.Integer()
+    as_of = Timestamp()
+    last_hour = fields.Nested(DeviceStatsPeriodSchema, metadata={
+        "description": "The current 5-minute bucket (UTC) and the 11 before it: the last 55 to 60 "
+                       "minutes."})
+    since_registration = fields.Nested(DeviceStatsPeriodSchema)
+    last_accepted_at = Timestamp(allow_none=True, metadata={
+        "description": "Receive time of the last accepted message; null before any."})
+    newest_reading_ts = Timestamp(allow_none=True, metadata={
+        "description": "The newest `ts` among the accepted readings; null before any."})
+
+
 # --- alert rules ------------------------------------------------------------------------------------------------
 
 OPS = [">", ">=", "<", "<=", "==", "!="]

@@ -1,8 +1,13 @@
-"""Housekeeping: partitions ahead of time, the token index rebuilt from Postgres, deleted devices purged."""
+"""Housekeeping: partitions ahead of time, the token index rebuilt from Postgres, deleted devices purged,
+per-device stored counts compacted."""
 from __future__ import annotations
 
 import logging
+import time
 
+import redis
+
+from visiontrack import device_stats
 from visiontrack.migrate import ensure_partitions as ensure_partition_range
 from visiontrack.tokens import RebuildSkipped, rebuild_index
 
@@ -71,7 +76,7 @@ def purge_deleted_devices(batch_rows: int = 50_000) -> int:
                                     SELECT metric, {col} FROM {table} WHERE device_id = %(d)s LIMIT %(n)s)""",
                             {"d": device_id, "n": batch_rows})
                 deleted += cur.rowcount
-            for table in ("telemetry_latest", "alert_state"):
+            for table in ("telemetry_latest", "alert_state", "device_stats"):
                 cur.execute(f"DELETE FROM {table} WHERE device_id = %s", (device_id,))
                 deleted += cur.rowcount
             cur.execute("DELETE FROM alert_events WHERE device_id = %s AND state = 'resolved'", (device_id,))
@@ -86,8 +91,37 @@ def purge_deleted_devices(batch_rows: int = 50_000) -> int:
                             {"d": device_id})
                 if cur.rowcount:
                     log.info("purged the telemetry of deleted device %d", device_id)
+    _forget_ingest_counts(st, device_ids)
     # Again at once while there is more to do: rows left, or purges never visited yet (a burst of deletions),
     # which come first in the order above. Purges only waiting out their grace wait for the schedule.
     if removed >= batch_rows or (len(purges) == _PURGES_PER_ROUND and purges[-1]["fresh"]):
         purge_deleted_devices.apply_async(countdown=1)
     return removed
+
+
+def _forget_ingest_counts(st, device_ids: list[int]) -> None:
+    """The ingestor's counters of deleted devices (accounting: a failure waits for the next round)."""
+    now_ms = int(time.time() * 1000)
+    keys = [k for d in device_ids for k in device_stats.all_keys(d, now_ms)]
+    try:
+        st.redis.delete(*keys)
+    except redis.RedisError as exc:
+        log.warning("could not delete the ingest counters of deleted devices %s: %s", device_ids, exc)
+
+
+# Buckets older than this are folded into one row per device (bucket '-infinity'): the stats endpoint only
+# tells the last hour apart, and a device then keeps about 25 rows, not one per 5 minutes it ever sent in.
+_COMPACT = """WITH old AS (
+                  DELETE FROM device_stats WHERE bucket < now() - interval '2 hours' AND bucket > '-infinity'
+                  RETURNING device_id, stored)
+              INSERT INTO device_stats (device_id, bucket, stored)
+              SELECT device_id, '-infinity', sum(stored) FROM old GROUP BY 1 ORDER BY 1
+              ON CONFLICT (device_id, bucket) DO UPDATE SET stored = device_stats.stored + excluded.stored"""
+
+
+@app.task(name="aggregator.compact_device_stats", ignore_result=True)
+def compact_device_stats() -> int:
+    """Fold the stored counts of buckets older than two hours into each device's running total."""
+    with state.get().db.transaction() as cur:
+        cur.execute(_COMPACT)
+        return cur.rowcount

@@ -1,0 +1,357 @@
+//! Per-device accounting: how many requests and PUBLISHes each device sent,
+//! how many were accepted (and their readings), and why the others were
+//! refused. The registry serves the sums (`GET /api/devices/{id}/stats`).
+//!
+//! The hot path only adds to counters of its own server thread (a thread-local
+//! map, no lock, no Redis round trip); each server thread flushes its deltas
+//! about once a second, as one `EVAL` (`flush_forever`). Counts are accounting,
+//! not data: a crash loses at most the last second of them. Key layout and
+//! reasons: `docs/contracts.md`, section 5.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::validate::Reading;
+
+/// How often a server thread flushes its counters.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Span of the short buckets: the registry sums the twelve that make the last
+/// hour. Five minutes, not one: a device active all hour then holds 12 small
+/// hashes (about 2 KB of Redis), not 60.
+pub const BUCKET_MS: i64 = 300_000;
+/// Lifetime of a bucket's hash after its last write: past the hour it is summed in.
+pub const BUCKET_TTL_SECONDS: u64 = 3_900;
+/// Most devices (of one bucket) per `EVAL`: a script holds Redis while it runs.
+const DEVICES_PER_EVAL: usize = 500;
+
+/// The counters of one device in one bucket.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    pub received: u64,
+    pub accepted: u64,
+    pub readings: u64,
+    /// Refusal reason → messages, few distinct per device.
+    pub rejected: Vec<(&'static str, u64)>,
+    /// Receive time of the last accepted message (epoch ms), 0 if none.
+    pub last_accepted_ms: i64,
+    /// Newest `ts` among the accepted readings (epoch ms), `i64::MIN` if none.
+    pub newest_ts_ms: i64,
+}
+
+impl Counts {
+    fn new() -> Self {
+        Self { newest_ts_ms: i64::MIN, ..Self::default() }
+    }
+
+    fn merge(&mut self, other: &Counts) {
+        self.received += other.received;
+        self.accepted += other.accepted;
+        self.readings += other.readings;
+        for (reason, n) in &other.rejected {
+            self.reject(reason, *n);
+        }
+        self.last_accepted_ms = self.last_accepted_ms.max(other.last_accepted_ms);
+        self.newest_ts_ms = self.newest_ts_ms.max(other.newest_ts_ms);
+    }
+
+    fn reject(&mut self, reason: &'static str, n: u64) {
+        match self.rejected.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, count)) => *count += n,
+            None => self.rejected.push((reason, n)),
+        }
+    }
+}
+
+/// (device id, epoch bucket: epoch ms / [`BUCKET_MS`]) → counts.
+pub type Deltas = HashMap<(u64, i64), Counts>;
+
+thread_local! {
+    static DELTAS: RefCell<Deltas> = RefCell::new(HashMap::new());
+}
+
+fn with(device_id: u64, at_ms: i64, f: impl FnOnce(&mut Counts)) {
+    DELTAS.with(|d| f(d.borrow_mut().entry((device_id, at_ms.div_euclid(BUCKET_MS))).or_insert_with(Counts::new)));
+}
+
+/// `messages` accepted (one request, or PUBLISHes stored as one entry) holding `readings`.
+pub fn accepted(device_id: u64, messages: u64, readings: &[Reading], at_ms: i64) {
+    let newest = readings.iter().map(|r| r.ts_ms).max().unwrap_or(i64::MIN);
+    with(device_id, at_ms, |c| {
+        c.received += messages;
+        c.accepted += messages;
+        c.readings += readings.len() as u64;
+        c.last_accepted_ms = c.last_accepted_ms.max(at_ms);
+        c.newest_ts_ms = c.newest_ts_ms.max(newest);
+    });
+}
+
+/// `messages` refused for `reason` (see [`reason`]).
+pub fn rejected(device_id: u64, messages: u64, reason: &'static str, at_ms: i64) {
+    with(device_id, at_ms, |c| {
+        c.received += messages;
+        c.reject(reason, messages);
+    });
+}
+
+/// What this thread counted since the last call.
+pub fn take() -> Deltas {
+    DELTAS.with(|d| std::mem::take(&mut *d.borrow_mut()))
+}
+
+/// Puts counts back (a flush Redis refused), to go with the next one.
+pub fn restore(deltas: Deltas) {
+    DELTAS.with(|d| {
+        let mut map = d.borrow_mut();
+        for (key, counts) in deltas {
+            map.entry(key).or_insert_with(Counts::new).merge(&counts);
+        }
+    });
+}
+
+/// The reason a refused request is counted under: the error code, or for bad
+/// readings the kind of the first problem (one reason per request, so that
+/// received = accepted + the sum of rejected).
+pub fn reason(error: &ApiError) -> &'static str {
+    let ApiError::Validation { message, details } = error else { return error.code() };
+    let Some(first) = details.first() else {
+        return if message.starts_with("too many readings") {
+            "too_many_readings"
+        } else if message.starts_with("body holds no readings") {
+            "no_readings"
+        } else {
+            "not_object_or_array"
+        };
+    };
+    let m: &str = &first.message;
+    match m {
+        "must be an object" => "not_an_object",
+        "unknown field" => "unknown_field",
+        "must be an object of metric names to values" => "invalid_values",
+        "must hold at least one metric" => "no_metric",
+        "must be a finite number or a boolean" => "invalid_value",
+        "must be a finite number between -1e300 and 1e300" => "value_out_of_range",
+        "must be an RFC 3339 time or integer epoch milliseconds" => "invalid_ts",
+        _ if m.starts_with("invalid metric name") => "invalid_metric_name",
+        _ if m.ends_with("in the future") => "ts_in_future",
+        _ if m.starts_with("is older than") => "ts_too_old",
+        _ => "validation_error",
+    }
+}
+
+/// Where the counters live; not under the stream key, whose pattern the Redis
+/// exporter scans for streams.
+pub const KEY_PREFIX: &str = "vt:device-stats";
+
+/// The key prefix of one device's counters: `vt:device-stats:<id>`.
+pub fn key_prefix(device_id: u64) -> String {
+    format!("{KEY_PREFIX}:{device_id}")
+}
+
+/// Adds the deltas of each device to its since-ever hash (`…:total`) and to its
+/// hash of that bucket (`…:b:<epoch bucket>`, expiring), and raises
+/// `last_accepted_ms` / `newest_ts_ms` of the since-ever hash to their maximum.
+const SCRIPT: &str = r"
+local ttl = tonumber(ARGV[1])
+local a = 2
+for i = 1, #KEYS, 2 do
+  local total, bucket = KEYS[i], KEYS[i + 1]
+  local n = tonumber(ARGV[a]); a = a + 1
+  for _ = 1, n do
+    local f, d = ARGV[a], tonumber(ARGV[a + 1]); a = a + 2
+    redis.call('HINCRBY', total, f, d)
+    redis.call('HINCRBY', bucket, f, d)
+  end
+  redis.call('EXPIRE', bucket, ttl)
+  for _, f in ipairs({'last_accepted_ms', 'newest_ts_ms'}) do
+    local v = ARGV[a]; a = a + 1
+    if v ~= '' then
+      local cur = redis.call('HGET', total, f)
+      if not cur or tonumber(cur) < tonumber(v) then redis.call('HSET', total, f, v) end
+    end
+  end
+end
+return #KEYS / 2
+";
+
+/// The (device, bucket) keys of `deltas` in order, at most [`DEVICES_PER_EVAL`] per `EVAL`.
+pub fn chunks(deltas: &Deltas) -> Vec<Vec<(u64, i64)>> {
+    let mut keys: Vec<_> = deltas.keys().copied().collect();
+    keys.sort_unstable();
+    keys.chunks(DEVICES_PER_EVAL).map(<[_]>::to_vec).collect()
+}
+
+/// The `EVAL` that adds the deltas of `chunk`.
+pub fn eval_cmd(deltas: &Deltas, chunk: &[(u64, i64)]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(SCRIPT).arg(chunk.len() * 2);
+    for (device_id, bucket) in chunk {
+        let prefix = key_prefix(*device_id);
+        cmd.arg(format!("{prefix}:total")).arg(format!("{prefix}:b:{bucket}"));
+    }
+    cmd.arg(BUCKET_TTL_SECONDS);
+    for key in chunk {
+        let c = &deltas[key];
+        let mut fields: Vec<(String, u64)> =
+            [("received", c.received), ("accepted", c.accepted), ("readings", c.readings)]
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(f, n)| (f.to_owned(), n))
+                .collect();
+        fields.extend(c.rejected.iter().map(|(r, n)| (format!("rejected:{r}"), *n)));
+        cmd.arg(fields.len());
+        for (f, n) in fields {
+            cmd.arg(f).arg(n);
+        }
+        cmd.arg(if c.accepted > 0 { c.last_accepted_ms.to_string() } else { String::new() });
+        cmd.arg(if c.newest_ts_ms > i64::MIN { c.newest_ts_ms.to_string() } else { String::new() });
+    }
+    cmd
+}
+
+/// Sends this thread's deltas to Redis. What Redis refused is kept for the next
+/// flush; an `EVAL` whose answer was lost (a timeout after Redis ran it) may
+/// count its second twice, which accounting tolerates better than losing a
+/// Redis outage's refusals.
+pub async fn flush(state: &AppState) {
+    let mut deltas = take();
+    if deltas.is_empty() {
+        return;
+    }
+    for chunk in chunks(&deltas) {
+        if let Err(e) = state.run::<i64>(&eval_cmd(&deltas, &chunk)).await {
+            state.redis_failed("device_stats", &e);
+            restore(deltas);
+            return;
+        }
+        for key in &chunk {
+            deltas.remove(key);
+        }
+    }
+}
+
+/// Flushes this server thread's counters every [`FLUSH_EVERY`], for ever.
+pub async fn flush_forever(state: AppState) {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        flush(&state).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::{validate, Limits};
+
+    const LIMITS: Limits =
+        Limits { max_body_bytes: 64, max_readings: 3, max_future_skew_seconds: 300, retention_days: 30 };
+    const NOW: i64 = 1_795_748_400_000;
+
+    fn reason_of(body: &str) -> &'static str {
+        reason(&validate(Some("application/json"), body.as_bytes(), NOW, &LIMITS).unwrap_err())
+    }
+
+    #[test]
+    fn every_refusal_has_its_reason() {
+        assert_eq!(reason_of("{"), "malformed_json");
+        assert_eq!(reason_of(&format!(r#"{{"t":"{}"}}"#, "x".repeat(64))), "payload_too_large");
+        assert_eq!(reason(&ApiError::UnsupportedMediaType), "unsupported_media_type");
+        assert_eq!(reason(&ApiError::Unavailable { message: "x", retry_after_seconds: 1 }), "unavailable");
+        assert_eq!(reason_of("[]"), "no_readings");
+        assert_eq!(reason_of("5"), "not_object_or_array");
+        assert_eq!(reason_of(r#"{"a":1,"b":2,"c":3,"d":4}"#), "too_many_readings");
+        assert_eq!(reason_of("[1]"), "not_an_object");
+        assert_eq!(reason_of(r#"{"values":{"a":1},"x":1}"#), "unknown_field");
+        assert_eq!(reason_of(r#"{"values":5}"#), "invalid_values");
+        assert_eq!(reason_of(r#"{"ts":1795748400000}"#), "no_metric");
+        assert_eq!(reason_of(r#"{"a":"x"}"#), "invalid_value");
+        assert_eq!(reason_of(r#"{"a":1e301}"#), "value_out_of_range");
+        assert_eq!(reason_of(r#"{"9a":1}"#), "invalid_metric_name");
+        assert_eq!(reason_of(r#"{"a":1,"ts":"x"}"#), "invalid_ts");
+        assert_eq!(reason_of(r#"{"a":1,"ts":1895748400000}"#), "ts_in_future");
+        assert_eq!(reason_of(r#"{"a":1,"ts":1000}"#), "ts_too_old");
+    }
+
+    fn reading(ts_ms: i64) -> Reading {
+        Reading { metric: "t".into(), ts_ms, value: 1.0 }
+    }
+
+    #[test]
+    fn counts_add_up_per_device_and_bucket_and_keep_maxima() {
+        take();
+        accepted(7, 1, &[reading(NOW - 5), reading(NOW - 9)], NOW);
+        accepted(7, 2, &[reading(NOW - 50)], NOW + 10);
+        rejected(7, 1, "malformed_json", NOW + 20);
+        rejected(7, 2, "malformed_json", NOW + 30);
+        rejected(8, 1, "unavailable", NOW + BUCKET_MS);
+        let d = take();
+        assert!(take().is_empty());
+        let c = &d[&(7, NOW / BUCKET_MS)];
+        assert_eq!((c.received, c.accepted, c.readings), (6, 3, 3));
+        assert_eq!(c.rejected, vec![("malformed_json", 3)]);
+        assert_eq!((c.last_accepted_ms, c.newest_ts_ms), (NOW + 10, NOW - 5));
+        let c8 = &d[&(8, NOW / BUCKET_MS + 1)];
+        assert_eq!((c8.received, c8.accepted, c8.newest_ts_ms), (1, 0, i64::MIN));
+        restore(d.clone());
+        restore(d);
+        assert_eq!(take()[&(7, NOW / BUCKET_MS)].received, 12);
+    }
+
+    #[test]
+    fn one_eval_carries_keys_fields_and_maxima() {
+        let mut d = Deltas::new();
+        let mut c = Counts::new();
+        c.received = 3;
+        c.accepted = 2;
+        c.readings = 5;
+        c.rejected = vec![("invalid_ts", 1)];
+        c.last_accepted_ms = 10;
+        c.newest_ts_ms = 9;
+        d.insert((4, 100), c);
+        d.insert((5, 100), Counts { received: 1, rejected: vec![("topic", 1)], ..Counts::new() });
+        let chunks = chunks(&d);
+        assert_eq!(chunks.len(), 1);
+        let cmd = eval_cmd(&d, &chunks[0]);
+        let args: Vec<String> = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => String::new(),
+            })
+            .collect();
+        assert_eq!(args[0], "EVAL");
+        assert_eq!(
+            &args[2..],
+            [
+                "4",
+                "vt:device-stats:4:total",
+                "vt:device-stats:4:b:100",
+                "vt:device-stats:5:total",
+                "vt:device-stats:5:b:100",
+                "3900",
+                "4",
+                "received",
+                "3",
+                "accepted",
+                "2",
+                "readings",
+                "5",
+                "rejected:invalid_ts",
+                "1",
+                "10",
+                "9",
+                "2",
+                "received",
+                "1",
+                "rejected:topic",
+                "1",
+                "",
+                "",
+            ]
+        );
+    }
+}
