@@ -67,11 +67,15 @@ bin_dir() { echo "$TOOLS_CACHE/$1-${VERSION[$1]}"; }
 # The go flags that build TOOL from a copy of its module with a placeholder UI page (see UI_DIR): a
 # replace in a copy of the wrapper's go.mod points at the copy. Run in the tool's module folder.
 placeholder_ui_flags() {
-    local tool=$1 module=${UI_DIR[$1]%@*} folder=${UI_DIR[$1]#*@} copy
+    local tool=$1 module=${UI_DIR[$1]%@*} folder=${UI_DIR[$1]#*@} copy source
     copy="$TOOLS_CACHE/src/$tool-${VERSION[$tool]}"
     rm -rf "$copy" "$copy.mod"
     mkdir -p "$copy.mod"
-    cp -r "$(go list -m -f '{{.Dir}}' "$module")" "$copy"
+    # Downloaded first: on a cold module cache `go list -m` knows the module but has no folder for it.
+    go mod download "$module"
+    source=$(go list -m -f '{{.Dir}}' "$module")
+    [ -n "$source" ] || die "go mod download $module left no source folder"
+    cp -r "$source" "$copy"
     chmod -R u+w "$copy"
     mkdir -p "$copy/$folder"
     echo "<!doctype html><title>$tool</title><p>Built without its web UI; the API is whole." \
