@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod mqtt;
+pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod state;

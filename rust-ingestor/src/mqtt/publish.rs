@@ -28,6 +28,10 @@ pub enum Refusal {
     Topic,
     /// The device's stream shard is over its high-water mark.
     Backpressure,
+    /// The device is over its live rate limit.
+    RateLimited,
+    /// The device is over its backfill rate limit.
+    BackfillRateLimited,
 }
 
 impl Refusal {
@@ -38,7 +42,26 @@ impl Refusal {
             Self::TooLarge => 2,
             Self::Topic => 3,
             Self::Backpressure => 4,
+            Self::RateLimited => 7,
+            Self::BackfillRateLimited => 8,
         }
+    }
+}
+
+impl From<crate::ratelimit::Budget> for Refusal {
+    fn from(budget: crate::ratelimit::Budget) -> Self {
+        match budget {
+            crate::ratelimit::Budget::Live => Self::RateLimited,
+            crate::ratelimit::Budget::Backfill => Self::BackfillRateLimited,
+        }
+    }
+}
+
+impl Refusal {
+    /// Refusals that say "not now" rather than "never": nothing is acknowledged
+    /// on 3.1.1, which has no negative PUBACK (the connection is closed instead).
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Backpressure | Self::RateLimited | Self::BackfillRateLimited)
     }
 }
 

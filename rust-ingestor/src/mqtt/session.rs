@@ -343,7 +343,8 @@ impl Session {
             if crate::stream::over_high_water(&self.state, crate::stream::shard_of(&self.state, self.device.id)) {
                 Err(Refusal::Backpressure)
             } else {
-                Ok(readings)
+                let taken = self.state.limiter.take(self.device.id, &readings, now_ms, Instant::now());
+                taken.map(|()| readings).map_err(|limited| Refusal::from(limited.budget))
             }
         });
         match checked {
@@ -359,11 +360,11 @@ impl Session {
                 metrics::mqtt_messages(0, why.result(), 1);
                 Next::Continue
             }
-            Err(Refusal::Backpressure) if !self.codec.is_v5() => {
+            Err(why) if why.is_retryable() && !self.codec.is_v5() => {
                 // 3.1.1 has no negative PUBACK: closing leaves the message with the client, to resend.
-                metrics::mqtt_messages(qos, Refusal::Backpressure.result(), 1);
+                metrics::mqtt_messages(qos, why.result(), 1);
                 self.send_batch(now_ms);
-                Next::Finish("backpressure")
+                Next::Finish(if why == Refusal::Backpressure { "backpressure" } else { "rate_limited" })
             }
             Err(why) => {
                 self.send_batch(now_ms);
@@ -398,7 +399,9 @@ impl Session {
                 match why {
                     Refusal::Invalid | Refusal::TooLarge => AckReason::PayloadFormatInvalid,
                     Refusal::Topic => AckReason::NotAuthorized,
-                    Refusal::Backpressure => AckReason::QuotaExceeded,
+                    Refusal::Backpressure | Refusal::RateLimited | Refusal::BackfillRateLimited => {
+                        AckReason::QuotaExceeded
+                    }
                 },
                 why.result(),
             ),
