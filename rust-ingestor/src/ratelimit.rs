@@ -242,11 +242,8 @@ impl Limiter {
         let budget = self.budget_of(readings, now_ms);
         let Some(rate) = self.rate_of(budget).copied() else { return Ok(()) };
         self.with_device(device_id, now, |d| {
-            let slot = match budget {
-                Budget::Live => &mut d.live,
-                Budget::Backfill if self.settings.backfill.is_some() => &mut d.backfill,
-                Budget::Backfill => &mut d.live,
-            };
+            // `budget_of` says Backfill only when there is a backfill budget.
+            let slot = if budget == Budget::Backfill { &mut d.backfill } else { &mut d.live };
             slot.get_or_insert_with(|| Bucket::full(&rate, now))
                 .take(readings.len(), &rate, now)
                 .map_err(|wait| Limited { budget, wait })
@@ -340,7 +337,7 @@ mod tests {
         assert!(b.take(6, &r, t0 + Duration::from_millis(500)).is_err());
         assert!(b.take(5, &r, t0 + Duration::from_millis(500)).is_ok());
         // An hour idle fills it to the burst, not beyond.
-        let later = t0 + Duration::from_secs(3600);
+        let later = t0 + Duration::from_hours(1);
         assert!(b.take(50, &r, later).is_ok());
         assert!(b.take(1, &r, later).is_err());
     }
