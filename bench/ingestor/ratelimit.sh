@@ -51,7 +51,9 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int(
 declare -A RPS CPU
 for mode in off on; do run "$mode" >/dev/null; done   # warm-up
 for i in $(seq "$ROUNDS"); do
-  for mode in off on; do
+  # Which goes first alternates, so neither always runs on a machine warmed (or disturbed) by the other.
+  order="off on"; [ $((i % 2)) -eq 0 ] && order="on off"
+  for mode in $order; do
     read -r r c < <(run "$mode")
     echo "round $i, limit $mode: $r req/s, $c us CPU/request"
     RPS[$mode]+="$r "; CPU[$mode]+="$c "
