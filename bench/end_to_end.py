@@ -80,7 +80,8 @@ def main() -> int:
             cur.execute("INSERT INTO devices (id, name) VALUES (1, 'bench-e2e') ON CONFLICT DO NOTHING")
         client.hset("vt:device-tokens", token_sha256(TOKEN), index_value(1, "active"))
         port = free_port()
-        ingestor = Process("ingestor", "ingestor", {**env, "VT_LISTEN_ADDR": f"127.0.0.1:{port}"},
+        # One device sends the whole load: its rate limit is off.
+        ingestor = Process("ingestor", "ingestor", {**env, "VT_LISTEN_ADDR": f"127.0.0.1:{port}", "VT_RATE_LIMIT": "0"},
                            run_dir / "logs" / "ingestor.log").start(run_dir)
         procs.append(ingestor)
         ingestor.wait_http(port)
