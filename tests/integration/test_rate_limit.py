@@ -166,7 +166,7 @@ OTHER_RATE = 15         # requests/s each, one reading a request: under their li
 FLOOD_LIMIT = 20        # readings/s of every device
 FLOOD_RATE = 10 * FLOOD_LIMIT
 ROUND_SECONDS = 4.0
-ROUNDS = 5              # pairs of (quiet, flood) rounds, alternated; medians compared
+ROUNDS = 7              # pairs of (quiet, flood) rounds, alternated; medians compared
 TOLERANCE = 0.10
 
 
