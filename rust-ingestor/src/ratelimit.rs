@@ -125,6 +125,14 @@ impl Bucket {
         }
     }
 
+    /// Puts `n` readings back, up to the burst.
+    pub fn give_back(&mut self, n: usize, rate: &Rate, now: Instant) {
+        self.refill(rate, now);
+        #[allow(clippy::cast_precision_loss)]
+        let n = n as f64;
+        self.tokens = (self.tokens + n).min(rate.share_burst);
+    }
+
     /// How long until one reading could be taken (zero if now), taking nothing.
     pub fn wait_for_one(&mut self, rate: &Rate, now: Instant) -> Duration {
         self.refill(rate, now);
@@ -234,20 +242,36 @@ impl Limiter {
         out
     }
 
-    /// Takes a batch's readings from its budget, or refuses it (nothing taken).
-    pub fn take(&self, device_id: u64, readings: &[Reading], now_ms: i64, now: Instant) -> Result<(), Limited> {
+    /// Takes a batch's readings from its budget (which it says), or refuses it (nothing taken).
+    pub fn take(&self, device_id: u64, readings: &[Reading], now_ms: i64, now: Instant) -> Result<Budget, Limited> {
         if !self.enabled() || readings.is_empty() {
-            return Ok(());
+            return Ok(Budget::Live);
         }
         let budget = self.budget_of(readings, now_ms);
-        let Some(rate) = self.rate_of(budget).copied() else { return Ok(()) };
+        let Some(rate) = self.rate_of(budget).copied() else { return Ok(budget) };
         self.with_device(device_id, now, |d| {
             // `budget_of` says Backfill only when there is a backfill budget.
             let slot = if budget == Budget::Backfill { &mut d.backfill } else { &mut d.live };
             slot.get_or_insert_with(|| Bucket::full(&rate, now))
                 .take(readings.len(), &rate, now)
+                .map(|()| budget)
                 .map_err(|wait| Limited { budget, wait })
         })
+    }
+
+    /// Gives back what a batch took when it could not be stored after all (Redis failed): the device
+    /// resends it, and must not pay for it twice.
+    pub fn give_back(&self, device_id: u64, budget: Budget, readings: usize, now: Instant) {
+        if !self.enabled() || readings == 0 {
+            return;
+        }
+        let Some(rate) = self.rate_of(budget).copied() else { return };
+        self.with_device(device_id, now, |d| {
+            let slot = if budget == Budget::Backfill { &mut d.backfill } else { &mut d.live };
+            if let Some(bucket) = slot.as_mut() {
+                bucket.give_back(readings, &rate, now);
+            }
+        });
     }
 
     /// Before the body is read: a refusal when not even one reading could pass,
@@ -404,6 +428,23 @@ mod tests {
         assert_eq!(refused.budget, Budget::Backfill);
         // Other devices have buckets of their own.
         assert!(limiter.take(2, &readings(10, NOW_MS), NOW_MS, t0).is_ok());
+    }
+
+    #[test]
+    fn what_could_not_be_stored_is_given_back() {
+        let limiter = Limiter::new(settings(10, 10, Some((100, 100))));
+        let t0 = Instant::now();
+        let budget = limiter.take(1, &readings(10, NOW_MS), NOW_MS, t0).unwrap();
+        assert_eq!(budget, Budget::Live);
+        assert!(limiter.take(1, &readings(1, NOW_MS), NOW_MS, t0).is_err());
+        limiter.give_back(1, budget, 10, t0);
+        assert!(limiter.take(1, &readings(10, NOW_MS), NOW_MS, t0).is_ok());
+        // Never above the burst.
+        limiter.give_back(1, budget, 1000, t0);
+        assert!(limiter.take(1, &readings(10, NOW_MS), NOW_MS, t0).is_ok());
+        assert!(limiter.take(1, &readings(1, NOW_MS), NOW_MS, t0).is_err());
+        let old = NOW_MS - 3_600_000;
+        assert_eq!(limiter.take(1, &readings(100, old), NOW_MS, t0), Ok(Budget::Backfill));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 
+use crate::ratelimit::Budget;
 use crate::state::AppState;
 use crate::stream;
 use crate::validate::{self, Limits, Reading};
@@ -97,13 +98,19 @@ pub enum Outcome {
 pub struct Done {
     pub pending: Vec<Pending>,
     pub outcome: Outcome,
+    /// Readings taken from each rate-limit budget, to give back if they were not stored.
+    pub taken: [(Budget, usize); 2],
 }
+
+const NOTHING_TAKEN: [(Budget, usize); 2] = [(Budget::Live, 0), (Budget::Backfill, 0)];
 
 /// The valid PUBLISHes of one read of one connection, becoming one entry.
 #[derive(Default)]
 pub struct Batch {
     readings: Vec<Reading>,
     pending: Vec<Pending>,
+    /// Readings taken from the live and the backfill budget.
+    taken: [usize; 2],
 }
 
 impl Batch {
@@ -115,7 +122,8 @@ impl Batch {
         self.readings.len()
     }
 
-    pub fn push(&mut self, readings: Vec<Reading>, pending: Pending) {
+    pub fn push(&mut self, readings: Vec<Reading>, budget: Budget, pending: Pending) {
+        self.taken[usize::from(budget == Budget::Backfill)] += readings.len();
         if self.readings.is_empty() {
             self.readings = readings;
         } else {
@@ -128,6 +136,8 @@ impl Batch {
     pub fn store(&mut self, state: &AppState, device_id: u64, at_ms: i64) -> BoxFuture<'static, Done> {
         let readings = std::mem::take(&mut self.readings);
         let pending = std::mem::take(&mut self.pending);
+        let [live, backfill] = std::mem::take(&mut self.taken);
+        let taken = [(Budget::Live, live), (Budget::Backfill, backfill)];
         let mut encoded = Vec::with_capacity(readings.len() * 40 + 2);
         stream::encode_readings(&readings, &mut encoded);
         let cmd = stream::xadd_cmd(&stream::shard_of(state, device_id).key, device_id, &encoded, at_ms);
@@ -141,14 +151,14 @@ impl Batch {
                     Outcome::Unavailable
                 }
             };
-            Done { pending, outcome }
+            Done { pending, outcome, taken }
         })
     }
 }
 
 /// An answer known without Redis, queued behind the ones before it.
 pub fn refused(pending: Pending, why: Refusal) -> BoxFuture<'static, Done> {
-    Box::pin(std::future::ready(Done { pending: vec![pending], outcome: Outcome::Refused(why) }))
+    Box::pin(std::future::ready(Done { pending: vec![pending], outcome: Outcome::Refused(why), taken: NOTHING_TAKEN }))
 }
 
 #[cfg(test)]
@@ -184,9 +194,11 @@ mod tests {
         let mut batch = Batch::default();
         assert!(batch.is_empty());
         let p = Pending { packet_id: NonZeroU16::new(1), received: Instant::now() };
-        batch.push(check(TOPICS[0], br#"{"a":1,"b":2}"#, NOW, &LIMITS).unwrap(), p);
-        batch.push(check(TOPICS[1], br#"{"c":3}"#, NOW, &LIMITS).unwrap(), Pending { packet_id: None, ..p });
+        batch.push(check(TOPICS[0], br#"{"a":1,"b":2}"#, NOW, &LIMITS).unwrap(), Budget::Live, p);
+        let q0 = Pending { packet_id: None, ..p };
+        batch.push(check(TOPICS[1], br#"{"c":3}"#, NOW, &LIMITS).unwrap(), Budget::Backfill, q0);
         assert_eq!(batch.readings(), 3);
+        assert_eq!(batch.taken, [2, 1]);
         assert!(!batch.is_empty());
     }
 }

@@ -344,15 +344,15 @@ impl Session {
                 Err(Refusal::Backpressure)
             } else {
                 let taken = self.state.limiter.take(self.device.id, &readings, now_ms, Instant::now());
-                taken.map(|()| readings).map_err(|limited| Refusal::from(limited.budget))
+                taken.map(|budget| (readings, budget)).map_err(|limited| Refusal::from(limited.budget))
             }
         });
         match checked {
-            Ok(readings) => {
+            Ok((readings, budget)) => {
                 if self.batch.readings() + readings.len() > limits.max_readings {
                     self.send_batch(now_ms);
                 }
-                self.batch.push(readings, pending);
+                self.batch.push(readings, budget, pending);
                 self.pending += 1;
                 Next::Continue
             }
@@ -406,6 +406,11 @@ impl Session {
                 why.result(),
             ),
             Outcome::Unavailable => {
+                // Not stored: the client resends these, and must not pay for them twice.
+                let now = Instant::now();
+                for (budget, n) in done.taken {
+                    self.state.limiter.give_back(self.device.id, budget, n, now);
+                }
                 for p in &done.pending {
                     metrics::mqtt_messages(u8::from(p.packet_id.is_some()), MSG_UNAVAILABLE, 1);
                 }

@@ -101,14 +101,18 @@ pub async fn accept(
     let bytes = read_capped(body, limits.max_body_bytes).await?;
     let now_ms = epoch_ms();
     let readings = validate::validate(content_type, &bytes, now_ms, limits)?;
-    limiter
+    let budget = limiter
         .take(device.id, &readings, now_ms, Instant::now())
         .map_err(|limited| Rejection { error: limiter.error(device.id, limited), readings: readings.len() })?;
 
     let mut encoded = Vec::with_capacity(readings.len() * 40 + 2);
     stream::encode_readings(&readings, &mut encoded);
     let cmd = stream::xadd_cmd(&shard.key, device.id, &encoded, now_ms);
-    let _id: String = state.redis("xadd", &cmd).await.map_err(|error| Rejection { error, readings: readings.len() })?;
+    let _id: String = state.redis("xadd", &cmd).await.map_err(|error| {
+        // Not stored: the device will resend these readings, and must not pay for them twice.
+        limiter.give_back(device.id, budget, readings.len(), Instant::now());
+        Rejection { error, readings: readings.len() }
+    })?;
     Ok(readings.len())
 }
 
