@@ -26,6 +26,8 @@ use crate::state::AppState;
 
 /// A client that reads nothing for this long is gone (or a slowloris): closed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a refused 3.1.1 client to close its side (`Conn::linger`).
+const LINGER: Duration = Duration::from_secs(2);
 /// Indexes into `metrics::MQTT_CONNECT_RESULTS`.
 const ACCEPTED: usize = 0;
 const BAD_CREDENTIALS: usize = 1;
@@ -177,6 +179,22 @@ impl Conn {
         }
     }
 
+    /// Closes after a refusal the client did not see coming (3.1.1 has no negative PUBACK), while
+    /// it may still be sending: our side is shut first, so the PUBACKs already written go out before
+    /// the FIN, and what the client still sends is read and dropped until it closes too (at most
+    /// `LINGER`). Closed at once with unread bytes, the socket would answer with a reset instead, and
+    /// the client's kernel may drop PUBACKs it had not handed to the client yet.
+    async fn linger(&mut self) {
+        if self.tcp.shutdown().await.is_err() {
+            return;
+        }
+        let drain = async {
+            let mut sink = [0u8; 4096];
+            while matches!(self.tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+
     /// Writes what is queued, within `WRITE_TIMEOUT`.
     async fn flush(&mut self) -> std::io::Result<()> {
         if self.out.is_empty() {
@@ -243,6 +261,9 @@ impl Session {
                 if finishing == "shutdown" {
                     self.codec.disconnect(Closing::ShuttingDown, &mut conn.out);
                     let _ = conn.flush().await;
+                }
+                if matches!(finishing, "backpressure" | "rate_limited") {
+                    conn.linger().await;
                 }
                 return finishing;
             }
