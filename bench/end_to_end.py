@@ -239,7 +239,8 @@ def main() -> int:
         client.hset("vt:device-tokens", mapping={token_sha256(TOKEN): index_value(LOAD_DEVICE, "active"),
                                                  token_sha256(PROBE_TOKEN): index_value(PROBE_DEVICE, "active")})
         port, query_port = free_port(), free_port()
-        ingestor = Process("ingestor", "ingestor", {**env, "VT_LISTEN_ADDR": f"127.0.0.1:{port}"},
+        # One device sends the whole load: its rate limit is off.
+        ingestor = Process("ingestor", "ingestor", {**env, "VT_LISTEN_ADDR": f"127.0.0.1:{port}", "VT_RATE_LIMIT": "0"},
                            run_dir / "logs" / "ingestor.log").start(run_dir)
         procs.append(ingestor)
         ingestor.wait_http(port)

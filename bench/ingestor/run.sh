@@ -56,10 +56,11 @@ echo "== building (release)"
 REDIS_PORT="$(free_port)"; APP_PORT="$(free_port)"; NGINX_PORT="$(free_port)"
 start_bench_redis "$REDIS_PORT" "$WORK/redis.log" "$TOKEN"
 
+# One device sends everything, so its rate limit is off (BENCH_RATE_LIMIT sets VT_RATE_LIMIT).
 # The bench has no aggregator: the high-water mark is raised and the stream is
 # deleted between runs instead (never do that outside a bench).
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" VT_LISTEN_ADDR="127.0.0.1:$APP_PORT" \
-  VT_STREAM_HIGH_WATER=1000000000 VT_LOG_LEVEL=warn "$BIN" >"$WORK/ingestor.log" 2>&1 &
+  VT_STREAM_HIGH_WATER=1000000000 VT_RATE_LIMIT="${BENCH_RATE_LIMIT:-0}" VT_LOG_LEVEL=warn "$BIN" >"$WORK/ingestor.log" 2>&1 &
 APP_PID=$!; PIDS+=("$APP_PID")
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$APP_PORT/readyz" >/dev/null && break; sleep 0.05; done
 curl -fs "http://127.0.0.1:$APP_PORT/readyz" >/dev/null || { echo "bench: ingestor not ready"; cat "$WORK/ingestor.log"; exit 1; }

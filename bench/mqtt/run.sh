@@ -42,9 +42,10 @@ echo "== building (release)"
 REDIS_PORT="$(free_port)"; HTTP_PORT="$(free_port)"; MQTT_PORT="$(free_port)"; MOSQ_PORT="$(free_port)"
 start_bench_redis "$REDIS_PORT" "$WORK/redis.log" "$TOKEN"
 # No aggregator here: the high-water mark is raised and the stream deleted between runs (never outside a bench).
+# Every connection is the same device, so its rate limit is off (BENCH_RATE_LIMIT sets VT_RATE_LIMIT).
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" VT_LISTEN_ADDR="127.0.0.1:$HTTP_PORT" \
   VT_MQTT_ADDR="127.0.0.1:$MQTT_PORT" VT_MQTT_RECEIVE_MAXIMUM="$INFLIGHT" \
-  VT_STREAM_HIGH_WATER=1000000000 VT_LOG_LEVEL=warn "$BIN" >"$WORK/ingestor.log" 2>&1 &
+  VT_STREAM_HIGH_WATER=1000000000 VT_RATE_LIMIT="${BENCH_RATE_LIMIT:-0}" VT_LOG_LEVEL=warn "$BIN" >"$WORK/ingestor.log" 2>&1 &
 APP_PID=$!; PIDS+=("$APP_PID")
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null && break; sleep 0.05; done
 

@@ -73,6 +73,8 @@ pub struct Config {
     pub log_level: &'static str,
     pub log_format: LogFormat,
     pub mqtt: MqttSettings,
+    /// Per-device rate limits (`docs/design.md`, "Fair share per device").
+    pub rate_limit: crate::ratelimit::Settings,
 }
 
 /// The MQTT listener's settings (`docs/design.md`, "MQTT"); `addr` `None` turns it off.
@@ -150,6 +152,19 @@ impl Config {
                 auth_recheck: Duration::from_millis(env.int("VT_MQTT_AUTH_RECHECK_MS", 1000, 100, 4000)?),
                 tls: mqtt_tls(env)?,
             },
+            rate_limit: {
+                let replicas = env.int("VT_RATE_LIMIT_REPLICAS", 1, 1, 10_000)?;
+                let live = env.int("VT_RATE_LIMIT", 1000, 0, MAX_RATE)?;
+                let live_burst = env.int("VT_RATE_LIMIT_BURST", 5000, 1, MAX_RATE)?;
+                let backfill = env.int("VT_BACKFILL_RATE_LIMIT", 10_000, 0, MAX_RATE)?;
+                let backfill_burst = env.int("VT_BACKFILL_RATE_LIMIT_BURST", 100_000, 1, MAX_RATE)?;
+                let backfill_after: i64 = env.int("VT_BACKFILL_AFTER_SECONDS", 600, 1, 31_536_000)?;
+                crate::ratelimit::Settings {
+                    live: crate::ratelimit::Rate::new(live, live_burst, replicas),
+                    backfill: crate::ratelimit::Rate::new(backfill, backfill_burst, replicas),
+                    backfill_after_ms: backfill_after * 1000,
+                }
+            },
         })
     }
 
@@ -190,6 +205,8 @@ fn redis_url_problem(url: &str) -> Option<String> {
 }
 
 const MAX_WORKER_THREADS: usize = 256;
+/// Largest rate or burst, readings (a billion a second is no limit in practice).
+const MAX_RATE: u64 = 1_000_000_000;
 
 /// CPUs this process may use: `available_parallelism` honours the affinity mask
 /// and cgroup CPU quotas, so a container limited to 2 CPUs gets 2 servers, not one per host core.
@@ -339,6 +356,17 @@ mod tests {
         assert_eq!(c.mqtt.connect_timeout, Duration::from_secs(10));
         assert_eq!(c.mqtt.auth_recheck, Duration::from_secs(1));
         assert!(c.mqtt.tls.is_none());
+        let rl = c.rate_limit;
+        assert_eq!(rl.live.map(|r| (r.per_second, r.burst)), Some((1000, 5000)));
+        assert_eq!(rl.backfill.map(|r| (r.per_second, r.burst)), Some((10_000, 100_000)));
+        assert_eq!(rl.backfill_after_ms, 600_000);
+    }
+
+    #[test]
+    fn rate_zero_turns_a_limit_off() {
+        let c = with(&[("VT_RATE_LIMIT", "0"), ("VT_BACKFILL_RATE_LIMIT", "0")]).unwrap();
+        assert_eq!(c.rate_limit.live, None);
+        assert_eq!(c.rate_limit.backfill, None);
     }
 
     #[test]
@@ -370,7 +398,7 @@ mod tests {
     fn settings_list_each_variable_read_with_its_default_and_range() {
         let specs = Config::settings();
         let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
-        assert_eq!(names.len(), 28);
+        assert_eq!(names.len(), 34);
         assert_eq!(names.iter().collect::<std::collections::HashSet<_>>().len(), names.len());
         let shards = specs.iter().find(|s| s.name == "VT_STREAM_SHARDS").unwrap();
         assert_eq!(shards.default, 1);
@@ -437,6 +465,10 @@ mod tests {
             ("VT_MQTT_ADDR", "1883"),
             ("VT_MQTT_RECEIVE_MAXIMUM", "0"),
             ("VT_MQTT_AUTH_RECHECK_MS", "5000"),
+            ("VT_RATE_LIMIT", "-1"),
+            ("VT_RATE_LIMIT_BURST", "0"),
+            ("VT_RATE_LIMIT_REPLICAS", "0"),
+            ("VT_BACKFILL_AFTER_SECONDS", "0"),
         ];
         for (var, value) in cases {
             let e = with(&[(var, value)]).expect_err(var);

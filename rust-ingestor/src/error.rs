@@ -37,6 +37,9 @@ pub enum ApiError {
     /// Redis is unreachable, too slow, or the stream is over its high-water mark.
     #[error("{message}")]
     Unavailable { message: &'static str, retry_after_seconds: u32 },
+    /// The device is over its rate limit (`reason`: which budget, the metrics' label).
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_seconds: u32, reason: &'static str },
 }
 
 impl ApiError {
@@ -56,6 +59,15 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable { .. } => "unavailable",
+            Self::RateLimited { .. } => "rate_limited",
+        }
+    }
+
+    /// The `reason` label of rejections: the code, or which rate limit refused.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::RateLimited { reason, .. } => reason,
+            other => other.code(),
         }
     }
 
@@ -69,6 +81,7 @@ impl ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -94,7 +107,7 @@ impl IntoResponse for ApiError {
         let mut response = (self.status(), [(header::CONTENT_TYPE, "application/json")], json).into_response();
         let headers = response.headers_mut();
         match self {
-            Self::Unavailable { retry_after_seconds, .. } => {
+            Self::Unavailable { retry_after_seconds, .. } | Self::RateLimited { retry_after_seconds, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
             }
             Self::Unauthorized => {
@@ -143,6 +156,23 @@ mod tests {
         assert_eq!(headers[header::RETRY_AFTER], "7");
         assert_eq!(body["error"], "unavailable");
         assert_eq!(body["details"], serde_json::json!([]));
+    }
+
+    #[tokio::test]
+    async fn rate_limited_is_429_with_retry_after() {
+        let e = ApiError::RateLimited {
+            message: "device 12 exceeds its 1000 readings/s limit (burst 5000); retry after 2 s".into(),
+            retry_after_seconds: 2,
+            reason: "rate_limited",
+        };
+        let (status, headers, body) = render(e).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(headers[header::RETRY_AFTER], "2");
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "rate_limited", "details": [],
+                "message": "device 12 exceeds its 1000 readings/s limit (burst 5000); retry after 2 s"})
+        );
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ pub mod device_stats;
 pub mod error;
 pub mod metrics;
 pub mod mqtt;
+pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod state;

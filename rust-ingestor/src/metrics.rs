@@ -24,6 +24,7 @@ pub const MQTT_CONNECTS: &str = "visiontrack_ingestor_mqtt_connects_total";
 pub const MQTT_MESSAGES: &str = "visiontrack_ingestor_mqtt_messages_total";
 pub const MQTT_PUBACK_LATENCY: &str = "visiontrack_ingestor_mqtt_puback_latency_seconds";
 pub const MQTT_DISCONNECTS: &str = "visiontrack_ingestor_mqtt_disconnects_total";
+pub const RATE_LIMIT_DEVICES: &str = "visiontrack_ingestor_rate_limit_devices";
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0];
@@ -72,7 +73,13 @@ fn describe() {
         "From a QoS 1 PUBLISH read to its PUBACK written (the XADD in between)"
     );
     metrics::describe_counter!(MQTT_DISCONNECTS, "MQTT connections closed by the server or the client, by reason");
+    metrics::describe_gauge!(RATE_LIMIT_DEVICES, "Devices whose rate-limit bucket is not full (held in memory)");
     gauge!(MQTT_CONNECTIONS).set(0.0);
+    gauge!(RATE_LIMIT_DEVICES).set(0.0);
+    // Refusals by rate limit, present at 0 so a dashboard's rate of them starts at once.
+    for reason in ["rate_limited", "backfill_rate_limited"] {
+        counter!(INGEST_REJECTED, "reason" => reason).increment(0);
+    }
     // Present from the start at 0, so rates and alerts do not depend on a first event.
     for name in [READINGS_ACCEPTED, BACKPRESSURE, TOKEN_CACHE_HITS, TOKEN_CACHE_MISSES] {
         counter!(name).increment(0);
@@ -87,7 +94,7 @@ pub const REDIS_OPS: [&str; 4] = ["xadd", "token_lookup", "backlog", "ping"];
 
 /// The route templates we serve; anything else is one bounded label value.
 const ROUTES: [&str; 6] = ["/api/ingest", "/api/v1/{token}/telemetry", "/healthz", "/readyz", "/metrics", "unmatched"];
-const STATUSES: [&str; 15] = [
+const STATUSES: [&str; 16] = [
     "200",
     "202",
     "400",
@@ -98,6 +105,7 @@ const STATUSES: [&str; 15] = [
     "408",
     "413",
     "415",
+    "429",
     "500",
     "503",
     "other_2xx_3xx",
@@ -122,11 +130,12 @@ fn status_index(status: StatusCode) -> usize {
         408 => 7,
         413 => 8,
         415 => 9,
-        500 => 10,
-        503 => 11,
-        s if s < 400 => 12,
-        s if s < 500 => 13,
-        _ => 14,
+        429 => 10,
+        500 => 11,
+        503 => 12,
+        s if s < 400 => 13,
+        s if s < 500 => 14,
+        _ => 15,
     }
 }
 
@@ -197,8 +206,17 @@ pub const MQTT_CONNECT_RESULTS: [&str; 8] = [
     "tls_failed",
 ];
 /// Results of an MQTT PUBLISH (the `result` label).
-pub const MQTT_MESSAGE_RESULTS: [&str; 7] =
-    ["accepted", "invalid", "too_large", "topic", "backpressure", "unavailable", "qos_refused"];
+pub const MQTT_MESSAGE_RESULTS: [&str; 9] = [
+    "accepted",
+    "invalid",
+    "too_large",
+    "topic",
+    "backpressure",
+    "unavailable",
+    "qos_refused",
+    "rate_limited",
+    "backfill_rate_limited",
+];
 
 static MQTT_MESSAGE_COUNTERS: [[OnceLock<Counter>; MQTT_MESSAGE_RESULTS.len()]; 3] =
     [const { [const { OnceLock::new() }; MQTT_MESSAGE_RESULTS.len()] }; 3];
@@ -229,4 +247,10 @@ pub fn mqtt_open(delta: f64) {
 
 pub fn mqtt_disconnect(reason: &'static str) {
     counter!(MQTT_DISCONNECTS, "reason" => reason).increment(1);
+}
+
+/// Devices the rate limiter holds a bucket for.
+pub fn rate_limit_devices(n: usize) {
+    #[allow(clippy::cast_precision_loss)]
+    gauge!(RATE_LIMIT_DEVICES).set(n as f64);
 }

@@ -13,6 +13,7 @@ use crate::auth::TokenCache;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics;
+use crate::ratelimit::Limiter;
 use crate::stream::Shard;
 
 #[derive(Clone)]
@@ -23,6 +24,8 @@ pub struct Inner {
     pub tokens: TokenCache,
     /// Shared by every server thread's state: one sampler keeps the backlogs for all.
     pub shards: Arc<[Shard]>,
+    /// Shared by every server thread's state: a device's buckets are the process's.
+    pub limiter: Arc<Limiter>,
     pub metrics: PrometheusHandle,
     redis: ConnectionManager,
 }
@@ -52,16 +55,22 @@ impl AppState {
     /// answers 503) while Redis is still down.
     pub fn new(config: Config, metrics: PrometheusHandle) -> Result<Self, redis::RedisError> {
         let shards = config.shard_keys().into_iter().map(Shard::new).collect();
-        Self::build(config, metrics, shards)
+        let limiter = Arc::new(Limiter::new(config.rate_limit));
+        Self::build(config, metrics, shards, limiter)
     }
 
     /// The state of another server thread: its own Redis connection and token
-    /// cache, the same backlog figures (sampled once for the process).
+    /// cache, the same backlog figures (sampled once for the process) and the same rate-limit buckets.
     pub fn sharing_backlog(&self) -> Result<Self, redis::RedisError> {
-        Self::build(self.config.clone(), self.metrics.clone(), self.shards.clone())
+        Self::build(self.config.clone(), self.metrics.clone(), self.shards.clone(), self.limiter.clone())
     }
 
-    fn build(config: Config, metrics: PrometheusHandle, shards: Arc<[Shard]>) -> Result<Self, redis::RedisError> {
+    fn build(
+        config: Config,
+        metrics: PrometheusHandle,
+        shards: Arc<[Shard]>,
+        limiter: Arc<Limiter>,
+    ) -> Result<Self, redis::RedisError> {
         // redis-rs leaves Nagle's algorithm on, which holds a command written while
         // an earlier one is unacknowledged until that ACK comes; request and reply
         // gain nothing from the wait (Redis sets TCP_NODELAY on its side too).
@@ -80,7 +89,14 @@ impl AppState {
             .set_max_delay(Duration::from_millis(200))
             .set_pipeline_buffer_size(4096);
         let redis = ConnectionManager::new_lazy_with_config(client, manager_config)?;
-        Ok(Self(Arc::new(Inner { tokens: TokenCache::new(config.token_cache_ttl), config, shards, metrics, redis })))
+        Ok(Self(Arc::new(Inner {
+            tokens: TokenCache::new(config.token_cache_ttl),
+            config,
+            shards,
+            limiter,
+            metrics,
+            redis,
+        })))
     }
 
     /// Runs one command with the configured deadline (which also bounds the wait

@@ -173,6 +173,7 @@ pub async fn sample_backlog_forever(state: AppState) {
 }
 
 pub async fn sample_all(state: &AppState) {
+    state.limiter.report();
     for (i, shard) in state.shards.iter().enumerate() {
         match sample_shard(state, &shard.key).await {
             Ok(n) => {

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 
+use crate::ratelimit::Budget;
 use crate::state::AppState;
 use crate::validate::{self, Limits, Reading};
 use crate::{device_stats, stream};
@@ -28,6 +29,10 @@ pub enum Refusal {
     Topic,
     /// The device's stream shard is over its high-water mark.
     Backpressure,
+    /// The device is over its live rate limit.
+    RateLimited,
+    /// The device is over its backfill rate limit.
+    BackfillRateLimited,
 }
 
 impl Refusal {
@@ -38,7 +43,26 @@ impl Refusal {
             Self::TooLarge => 2,
             Self::Topic => 3,
             Self::Backpressure => 4,
+            Self::RateLimited => 7,
+            Self::BackfillRateLimited => 8,
         }
+    }
+}
+
+impl From<crate::ratelimit::Budget> for Refusal {
+    fn from(budget: crate::ratelimit::Budget) -> Self {
+        match budget {
+            crate::ratelimit::Budget::Live => Self::RateLimited,
+            crate::ratelimit::Budget::Backfill => Self::BackfillRateLimited,
+        }
+    }
+}
+
+impl Refusal {
+    /// Refusals that say "not now" rather than "never": nothing is acknowledged
+    /// on 3.1.1, which has no negative PUBACK (the connection is closed instead).
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Backpressure | Self::RateLimited | Self::BackfillRateLimited)
     }
 }
 
@@ -62,6 +86,8 @@ pub fn count_refusal<T>(device_id: u64, checked: &Result<T, Refusal>, payload: &
         Refusal::Topic => "topic",
         Refusal::TooLarge => "payload_too_large",
         Refusal::Backpressure => "unavailable",
+        Refusal::RateLimited => "rate_limited",
+        Refusal::BackfillRateLimited => "backfill_rate_limited",
         Refusal::Invalid => match validate::validate(Some("application/json"), payload, now_ms, limits) {
             Err(e) => device_stats::reason(&e),
             Ok(_) => "validation_error",
@@ -91,13 +117,19 @@ pub enum Outcome {
 pub struct Done {
     pub pending: Vec<Pending>,
     pub outcome: Outcome,
+    /// Readings taken from each rate-limit budget, to give back if they were not stored.
+    pub taken: [(Budget, usize); 2],
 }
+
+const NOTHING_TAKEN: [(Budget, usize); 2] = [(Budget::Live, 0), (Budget::Backfill, 0)];
 
 /// The valid PUBLISHes of one read of one connection, becoming one entry.
 #[derive(Default)]
 pub struct Batch {
     readings: Vec<Reading>,
     pending: Vec<Pending>,
+    /// Readings taken from the live and the backfill budget.
+    taken: [usize; 2],
 }
 
 impl Batch {
@@ -109,7 +141,8 @@ impl Batch {
         self.readings.len()
     }
 
-    pub fn push(&mut self, readings: Vec<Reading>, pending: Pending) {
+    pub fn push(&mut self, readings: Vec<Reading>, budget: Budget, pending: Pending) {
+        self.taken[usize::from(budget == Budget::Backfill)] += readings.len();
         if self.readings.is_empty() {
             self.readings = readings;
         } else {
@@ -122,6 +155,8 @@ impl Batch {
     pub fn store(&mut self, state: &AppState, device_id: u64, at_ms: i64) -> BoxFuture<'static, Done> {
         let readings = std::mem::take(&mut self.readings);
         let pending = std::mem::take(&mut self.pending);
+        let [live, backfill] = std::mem::take(&mut self.taken);
+        let taken = [(Budget::Live, live), (Budget::Backfill, backfill)];
         let mut encoded = Vec::with_capacity(readings.len() * 40 + 2);
         stream::encode_readings(&readings, &mut encoded);
         let cmd = stream::xadd_cmd(&stream::shard_of(state, device_id).key, device_id, &encoded, at_ms);
@@ -140,14 +175,14 @@ impl Batch {
                     Outcome::Unavailable
                 }
             };
-            Done { pending, outcome }
+            Done { pending, outcome, taken }
         })
     }
 }
 
 /// An answer known without Redis, queued behind the ones before it.
 pub fn refused(pending: Pending, why: Refusal) -> BoxFuture<'static, Done> {
-    Box::pin(std::future::ready(Done { pending: vec![pending], outcome: Outcome::Refused(why) }))
+    Box::pin(std::future::ready(Done { pending: vec![pending], outcome: Outcome::Refused(why), taken: NOTHING_TAKEN }))
 }
 
 #[cfg(test)]
@@ -183,9 +218,11 @@ mod tests {
         let mut batch = Batch::default();
         assert!(batch.is_empty());
         let p = Pending { packet_id: NonZeroU16::new(1), received: Instant::now() };
-        batch.push(check(TOPICS[0], br#"{"a":1,"b":2}"#, NOW, &LIMITS).unwrap(), p);
-        batch.push(check(TOPICS[1], br#"{"c":3}"#, NOW, &LIMITS).unwrap(), Pending { packet_id: None, ..p });
+        batch.push(check(TOPICS[0], br#"{"a":1,"b":2}"#, NOW, &LIMITS).unwrap(), Budget::Live, p);
+        let q0 = Pending { packet_id: None, ..p };
+        batch.push(check(TOPICS[1], br#"{"c":3}"#, NOW, &LIMITS).unwrap(), Budget::Backfill, q0);
         assert_eq!(batch.readings(), 3);
+        assert_eq!(batch.taken, [2, 1]);
         assert!(!batch.is_empty());
     }
 }

@@ -25,6 +25,8 @@ use crate::state::AppState;
 
 /// A client that reads nothing for this long is gone (or a slowloris): closed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a refused 3.1.1 client to close its side (`Conn::linger`).
+const LINGER: Duration = Duration::from_secs(2);
 /// Indexes into `metrics::MQTT_CONNECT_RESULTS`.
 const ACCEPTED: usize = 0;
 const BAD_CREDENTIALS: usize = 1;
@@ -180,6 +182,22 @@ impl<S: Transport> Conn<S> {
         }
     }
 
+    /// Closes after a refusal the client did not see coming (3.1.1 has no negative PUBACK), while
+    /// it may still be sending: our side is shut first, so the PUBACKs already written go out before
+    /// the FIN, and what the client still sends is read and dropped until it closes too (at most
+    /// `LINGER`). Closed at once with unread bytes, the socket would answer with a reset instead, and
+    /// the client's kernel may drop PUBACKs it had not handed to the client yet.
+    async fn linger(&mut self) {
+        if self.io.shutdown().await.is_err() {
+            return;
+        }
+        let drain = async {
+            let mut sink = [0u8; 4096];
+            while matches!(self.io.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+
     /// Writes what is queued, within `WRITE_TIMEOUT`.
     async fn flush(&mut self) -> std::io::Result<()> {
         if self.out.is_empty() {
@@ -246,6 +264,9 @@ impl Session {
                 if finishing == "shutdown" {
                     self.codec.disconnect(Closing::ShuttingDown, &mut conn.out);
                     let _ = conn.flush().await;
+                }
+                if matches!(finishing, "backpressure" | "rate_limited") {
+                    conn.linger().await;
                 }
                 return finishing;
             }
@@ -347,16 +368,17 @@ impl Session {
             if crate::stream::over_high_water(&self.state, crate::stream::shard_of(&self.state, self.device.id)) {
                 Err(Refusal::Backpressure)
             } else {
-                Ok(readings)
+                let taken = self.state.limiter.take(self.device.id, &readings, now_ms, Instant::now());
+                taken.map(|budget| (readings, budget)).map_err(|limited| Refusal::from(limited.budget))
             }
         });
         publish::count_refusal(self.device.id, &checked, &publish.payload, now_ms, limits);
         match checked {
-            Ok(readings) => {
+            Ok((readings, budget)) => {
                 if self.batch.readings() + readings.len() > limits.max_readings {
                     self.send_batch(now_ms);
                 }
-                self.batch.push(readings, pending);
+                self.batch.push(readings, budget, pending);
                 self.pending += 1;
                 Next::Continue
             }
@@ -364,11 +386,11 @@ impl Session {
                 metrics::mqtt_messages(0, why.result(), 1);
                 Next::Continue
             }
-            Err(Refusal::Backpressure) if !self.codec.is_v5() => {
+            Err(why) if why.is_retryable() && !self.codec.is_v5() => {
                 // 3.1.1 has no negative PUBACK: closing leaves the message with the client, to resend.
-                metrics::mqtt_messages(qos, Refusal::Backpressure.result(), 1);
+                metrics::mqtt_messages(qos, why.result(), 1);
                 self.send_batch(now_ms);
-                Next::Finish("backpressure")
+                Next::Finish(if why == Refusal::Backpressure { "backpressure" } else { "rate_limited" })
             }
             Err(why) => {
                 self.send_batch(now_ms);
@@ -403,11 +425,18 @@ impl Session {
                 match why {
                     Refusal::Invalid | Refusal::TooLarge => AckReason::PayloadFormatInvalid,
                     Refusal::Topic => AckReason::NotAuthorized,
-                    Refusal::Backpressure => AckReason::QuotaExceeded,
+                    Refusal::Backpressure | Refusal::RateLimited | Refusal::BackfillRateLimited => {
+                        AckReason::QuotaExceeded
+                    }
                 },
                 why.result(),
             ),
             Outcome::Unavailable => {
+                // Not stored: the client resends these, and must not pay for them twice.
+                let now = Instant::now();
+                for (budget, n) in done.taken {
+                    self.state.limiter.give_back(self.device.id, budget, n, now);
+                }
                 for p in &done.pending {
                     metrics::mqtt_messages(u8::from(p.packet_id.is_some()), MSG_UNAVAILABLE, 1);
                 }

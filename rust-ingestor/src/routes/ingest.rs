@@ -1,7 +1,7 @@
 //! `POST /api/ingest`: authenticate, check cheap headers, check backpressure,
 //! read the body (capped), validate, XADD, and only then answer 202.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
@@ -31,7 +31,7 @@ pub async fn ingest(State(state): State<AppState>, request: Request) -> Response
 /// The error answer of a refused request; what is left of its body is drained beside it.
 pub fn refuse(state: &AppState, rejection: Rejection, parts: &Parts, body: Body) -> Response {
     let Rejection { error, readings } = rejection;
-    metrics::rejected(error.code(), readings);
+    metrics::rejected(error.reason(), readings);
     let most = DRAIN_FACTOR * state.config.limits.max_body_bytes;
     if !body.is_end_stream() && content_length(&parts.headers).is_none_or(|n| n <= most) {
         tokio::spawn(drain(body, most));
@@ -104,6 +104,9 @@ async fn accept_for(
         return Err(ApiError::PayloadTooLarge(limits.max_body_bytes).into());
     }
 
+    // A device out of tokens is refused before its body is read: a flood costs no parsing.
+    let limiter = &state.limiter;
+    limiter.precheck(device.id, Instant::now()).map_err(|limited| limiter.error(device.id, limited))?;
     let shard = stream::shard_of(state, device.id);
     if stream::over_high_water(state, shard) {
         return Err(state.unavailable("stream backlog is over its high-water mark").into());
@@ -112,11 +115,18 @@ async fn accept_for(
     let bytes = read_capped(body, limits.max_body_bytes).await?;
     let now_ms = epoch_ms();
     let readings = validate::validate(content_type, &bytes, now_ms, limits)?;
+    let budget = limiter
+        .take(device.id, &readings, now_ms, Instant::now())
+        .map_err(|limited| Rejection { error: limiter.error(device.id, limited), readings: readings.len() })?;
 
     let mut encoded = Vec::with_capacity(readings.len() * 40 + 2);
     stream::encode_readings(&readings, &mut encoded);
     let cmd = stream::xadd_cmd(&shard.key, device.id, &encoded, now_ms);
-    let _id: String = state.redis("xadd", &cmd).await.map_err(|error| Rejection { error, readings: readings.len() })?;
+    let _id: String = state.redis("xadd", &cmd).await.map_err(|error| {
+        // Not stored: the device will resend these readings, and must not pay for them twice.
+        limiter.give_back(device.id, budget, readings.len(), Instant::now());
+        Rejection { error, readings: readings.len() }
+    })?;
     device_stats::accepted(device.id, 1, &readings, now_ms);
     Ok(readings.len())
 }

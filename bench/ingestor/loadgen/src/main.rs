@@ -8,7 +8,10 @@
 //!
 //! Usage: vt-loadgen --addr 127.0.0.1:8080 --path /api/ingest --rate 15000
 //!        --duration 20 --connections 32 --threads 1 --header 'K: V' --body '{...}'
-//!        [--seq-start N]
+//!        [--seq-start N] [--tokens a,b,c]
+//!
+//! With `--tokens`, connection i sends `Authorization: Bearer <token i mod n>`: several devices' load
+//! from one process, measured as one (the percentiles are over all of their requests).
 //!
 //! Every `{seq}` in the body becomes a number unique to the request (counting up from --seq-start,
 //! zero-padded to six digits), so bodies can carry distinct timestamps and the pipeline stores every reading.
@@ -30,6 +33,7 @@ struct Args {
     headers: Vec<String>,
     body: String,
     seq_start: u64,
+    tokens: Vec<String>,
 }
 
 /// The request template: the head up to the headers, and the body split at its `{seq}` markers.
@@ -62,6 +66,7 @@ fn parse_args() -> Args {
         headers: Vec::new(),
         body: String::new(),
         seq_start: 0,
+        tokens: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -76,6 +81,7 @@ fn parse_args() -> Args {
             "--header" => a.headers.push(value),
             "--body" => a.body = value,
             "--seq-start" => a.seq_start = value.parse().expect("--seq-start"),
+            "--tokens" => a.tokens = value.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -170,11 +176,21 @@ fn main() {
         head.push_str(h);
         head.push_str("\r\n");
     }
-    let template = Arc::new(Template {
-        head,
-        body_parts: args.body.split("{seq}").map(str::to_owned).collect(),
-        seq: AtomicU64::new(args.seq_start),
-    });
+    let heads: Vec<String> = if args.tokens.is_empty() {
+        vec![head]
+    } else {
+        args.tokens.iter().map(|t| format!("{head}Authorization: Bearer {t}\r\n")).collect()
+    };
+    let templates: Vec<Arc<Template>> = heads
+        .into_iter()
+        .map(|head| {
+            Arc::new(Template {
+                head,
+                body_parts: args.body.split("{seq}").map(str::to_owned).collect(),
+                seq: AtomicU64::new(args.seq_start),
+            })
+        })
+        .collect();
 
     let interval = Duration::from_secs_f64(args.connections as f64 / args.rate);
     let outcomes = runtime.block_on(async {
@@ -184,7 +200,8 @@ fn main() {
         for i in 0..args.connections {
             // Spread the connections' schedules over one interval.
             let offset = interval.mul_f64(i as f64 / args.connections as f64);
-            tasks.push(tokio::spawn(connection(args.addr.clone(), template.clone(), interval, start + offset, end)));
+            let template = templates[i % templates.len()].clone();
+            tasks.push(tokio::spawn(connection(args.addr.clone(), template, interval, start + offset, end)));
         }
         let mut all = Vec::new();
         for t in tasks {
