@@ -34,7 +34,14 @@ stage() {
     local name=$1 started=$SECONDS
     shift
     echo "==> [test-cluster] $name"
-    if ! "$@"; then
+    # In a subshell outside any condition, so that set -e stops the stage at its first failing command
+    # (inside `if`, bash ignores set -e for the whole function, and only its last command would count).
+    local failed=0
+    set +e
+    (set -e; "$@")
+    failed=$?
+    set -e
+    if [ "$failed" != 0 ]; then
         TIMES+=("$(printf '%-44s %5d s  FAILED' "$name" $((SECONDS - started)))")
         diagnose
         summary

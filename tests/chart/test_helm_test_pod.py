@@ -65,3 +65,10 @@ def test_the_helm_test_should_fail_when_the_registry_refuses_the_token(script, r
     assert bad != script
     proc = run_script(bad, ingestor_url, registry_url, query_url, timeout=3)
     assert proc.returncode != 0
+
+
+def test_a_passed_helm_test_leaves_no_pod_behind(render):
+    """helm uninstall deletes no hook, so a test pod the policy keeps would outlive the release."""
+    pod, = [p for p in by_kind(render("default"), "Pod") if p["metadata"]["annotations"]["helm.sh/hook"] == "test"]
+    policy = pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(",")
+    assert "hook-succeeded" in policy and "before-hook-creation" in policy, policy
