@@ -116,6 +116,20 @@ def _postgres_data_dir() -> Path:
     return outside
 
 
+def _postgres_log(data_dir: Path) -> Path:
+    """run/logs/postgres.log, or beside the data where that had to move (the postgres user writes it), linked
+    from run/logs."""
+    wanted = LOGS / "postgres.log"
+    if data_dir.parent == RUN:
+        return wanted
+    outside = data_dir.parent / "postgres.log"
+    LOGS.mkdir(parents=True, exist_ok=True)
+    if not wanted.is_symlink():
+        wanted.unlink(missing_ok=True)
+        wanted.symlink_to(outside)
+    return outside
+
+
 def _alive(name: str) -> int | None:
     """The pid of a part recorded in run/pids while that very process runs (stack/liveness.py); a record of
     a process that is gone (killed, crashed, a reboot since) is removed."""
@@ -290,7 +304,8 @@ def _undo(started: list[str], failed: str | None) -> None:
 
 def _up(ports: Ports, started: list[str]) -> None:
     admin = _admin_token()
-    pg = Postgres(_postgres_data_dir(), ports.postgres, LOGS / "postgres.log")
+    data_dir = _postgres_data_dir()
+    pg = Postgres(data_dir, ports.postgres, _postgres_log(data_dir))
     redis = Redis(RUN / "redis", ports.redis, LOGS / "redis.log")
     _check_ports({part: (field, getattr(ports, field)) for part, field in _PARTS.items()
                   if field and not _running(part) and (part != "ingestor" or INGESTOR_BINARY.exists())})
