@@ -21,8 +21,10 @@ _HTTP_CODES = {400: "validation_error", 401: "unauthorized", 403: "forbidden", 4
 class ErrorDetailSchema(ma.Schema):
     index = ma.fields.Integer(allow_none=True,
                               metadata={"description": "The message's position in a batch of readings, if any."})
+    # It echoes the client's own keys, so it may hold any character, U+0000 too: no text rule.
     field = ma.fields.String(allow_none=True,
-                             metadata={"description": "The field at fault, dotted (values.temperature)."})
+                             metadata={"description": "The field at fault, dotted (values.temperature), with the "
+                                                      "client's keys as sent.", "pattern": r"^[\s\S]*$"})
     message = ma.fields.String(required=True)
 
 
