@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.freshness import Freshness, probe  # noqa: E402
-from bench.pipeline import _cpu_seconds, _postmaster, bench_copy  # noqa: E402
+from bench.pipeline import bench_copy, cpu_seconds, postmaster_pid  # noqa: E402
 from bench.report import print_table  # noqa: E402
 from stack.servers import Postgres, Redis, free_port, scratch_dir  # noqa: E402
 from stack.services import INGESTOR_BINARY, Process  # noqa: E402
@@ -95,7 +95,7 @@ class Stack:
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far per part; `loadgen` is this process's reaped children (only loadgen runs end)."""
-        spent = {part: _cpu_seconds(roots) for part, roots in self.parts.items()}
+        spent = {part: cpu_seconds(roots) for part, roots in self.parts.items()}
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         spent["loadgen"] = children.ru_utime + children.ru_stime
         return spent
@@ -252,7 +252,7 @@ def main() -> int:
         procs.append(worker)
         procs.append(Process("beat", "beat", env, run_dir / "logs" / "beat.log").start(run_dir))
         time.sleep(3)  # worker and beat up
-        parts = {"ingestor": [ingestor.pid], "redis": [rs.proc.pid], "postgres": [_postmaster(pg)],
+        parts = {"ingestor": [ingestor.pid], "redis": [rs.proc.pid], "postgres": [postmaster_pid(pg)],
                  "aggregator": [worker.pid]}
         stack = Stack(gen, db, client, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{query_port}", parts)
         run = 0

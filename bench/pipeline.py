@@ -128,7 +128,7 @@ def fill_stream(client: redis.Redis, key: str, shape: Shape, base_ms: int) -> in
     return shape.readings
 
 
-def _cpu_seconds(roots: list[int]) -> float:
+def cpu_seconds(roots: list[int]) -> float:
     """CPU time (user + system, with reaped children's) of the processes under `roots`, from /proc."""
     procs: dict[int, tuple[int, int]] = {}
     for name in os.listdir("/proc"):
@@ -151,7 +151,7 @@ def _cpu_seconds(roots: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def _postmaster(pg: Postgres) -> int:
+def postmaster_pid(pg: Postgres) -> int:
     return int((pg.data_dir / "postmaster.pid").read_text().split()[0])
 
 
@@ -189,7 +189,7 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups:
     agg_env = {**env, "VT_WORKER_CONCURRENCY": str(processes), "VT_DRAIN_INTERVAL_SECONDS": "0.2",
                "VT_ROLLUPS_ENABLED": "true" if rollups else "false",
                "VT_DEVICE_STATS_ENABLED": "true" if device_stats else "false"}
-    pg_cpu = _cpu_seconds([_postmaster(pg)]) if pg else 0.0
+    pg_cpu = cpu_seconds([postmaster_pid(pg)]) if pg else 0.0
     worker = Process("bench-worker", "worker", agg_env, run_dir / "logs" / "worker.log").start(run_dir)
     beat = Process("bench-beat", "beat", agg_env, run_dir / "logs" / "beat.log").start(run_dir)
     cpu = 0.0
@@ -205,7 +205,7 @@ def bench_aggregator(env: dict, run_dir: Path, db, client: redis.Redis, rollups:
             time.sleep(0.1)
         else:
             raise RuntimeError("the aggregator did not store everything within 10 minutes")
-        cpu = _cpu_seconds([worker.pid, beat.pid]) + (_cpu_seconds([_postmaster(pg)]) - pg_cpu if pg else 0.0)
+        cpu = cpu_seconds([worker.pid, beat.pid]) + (cpu_seconds([postmaster_pid(pg)]) - pg_cpu if pg else 0.0)
     finally:
         beat.stop()
         worker.stop()
@@ -509,16 +509,11 @@ def main() -> int:
     db.autocommit = True
     client = redis.Redis.from_url(rs.url)
     results = []
-    if ONLY == "device_stats":
-        try:
-            results += device_stats_rows(env, run_dir, db, client, pg)
-        finally:
-            db.close()
-            rs.stop()
-            pg.stop()
-        print_table(results)
-        return 0
     try:
+        if ONLY == "device_stats":
+            results += device_stats_rows(env, run_dir, db, client, pg)
+            print_table(results)
+            return 0
         log("raw COPY yardstick")
         copy_rate = bench_copy(db)
         log(f"raw COPY: {copy_rate:,.0f} readings/s")
