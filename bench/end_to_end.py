@@ -16,7 +16,12 @@ readings/s, and at the highest rate sustained above (90% of the best stored rate
 requests), a probe device posts BENCH_FRESH_PROBES readings one at a time and times each until
 `GET /api/telemetry/latest` shows it; p50 and p99 per offered rate.
 
-Environment: BENCH_E2E_READINGS ("100,1": both shapes), BENCH_E2E_RATE (requests/s of the batched shapes,
+Each shape runs twice by default: with the ingestor's group append (requests that arrive together share a
+stream entry, VT_STREAM_ENTRY_MAX_REQUESTS=256) and with one entry per request (=1, the stream as it was
+before group append), so the same run shows what grouping gains and that batched requests lose nothing.
+
+Environment: BENCH_E2E_ENTRY_MAX ("256,1": the VT_STREAM_ENTRY_MAX_REQUESTS values to compare),
+BENCH_E2E_READINGS ("100,1": both shapes), BENCH_E2E_RATE (requests/s of the batched shapes,
 4,000 = 400,000 readings/s of 100: above what the machine sustains, so the stored rate is the pipeline's
 capacity), BENCH_E2E_SINGLE_RATE (requests/s of one reading, 55,000), BENCH_E2E_SECONDS (60),
 BENCH_E2E_WORKERS (aggregator processes, 2), BENCH_FRESH_PROBES (200; 0 skips freshness).
@@ -30,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +54,7 @@ from visiontrack.stream import backlog  # noqa: E402
 from visiontrack.tokens import index_value, token_sha256  # noqa: E402
 
 SHAPES = [int(n) for n in os.environ.get("BENCH_E2E_READINGS", "100,1").split(",") if n.strip()]
+ENTRY_MAX = [int(n) for n in os.environ.get("BENCH_E2E_ENTRY_MAX", "256,1").split(",") if n.strip()]
 RATE = int(os.environ.get("BENCH_E2E_RATE", "4000"))
 SINGLE_RATE = int(os.environ.get("BENCH_E2E_SINGLE_RATE", "55000"))
 SECONDS = int(os.environ.get("BENCH_E2E_SECONDS", "60"))
@@ -108,6 +115,14 @@ class Stack:
                 "--header", f"Authorization: Bearer {TOKEN}", "--header", "Content-Type: application/json",
                 "--body", body_template(readings, time_prefix(run))]
 
+    def accepted_readings(self) -> float:
+        """Readings the ingestor has written to the stream so far (its readings_accepted_total)."""
+        with urllib.request.urlopen(f"{self.ingest_url}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith("visiontrack_ingestor_readings_accepted_total"):
+                    return float(line.split()[-1])
+        return 0.0
+
     def rows(self) -> int:
         with self.db.cursor() as cur:
             cur.execute("SELECT count(*) FROM telemetry WHERE device_id = %s", (LOAD_DEVICE,))
@@ -131,6 +146,7 @@ class Stack:
 @dataclass
 class Throughput:
     readings: int
+    entry_max: int  # VT_STREAM_ENTRY_MAX_REQUESTS of the ingestor
     accepted_rate: float
     stored_rate: float
     backlogs: list[int]
@@ -147,9 +163,10 @@ class Throughput:
         return f"{total:.1f} us/reading: " + ", ".join(f"{p} {v / stored * 1e6:.1f}" for p, v in parts)
 
 
-def throughput(stack: Stack, readings: int, run: int) -> Throughput:
+def throughput(stack: Stack, readings: int, entry_max: int, run: int) -> Throughput:
     per_second = SINGLE_RATE if readings == 1 else RATE
-    log(f"throughput: {per_second:,} requests/s of {readings} reading(s) for {SECONDS}s")
+    log(f"throughput: {per_second:,} requests/s of {readings} reading(s) for {SECONDS}s, "
+        f"entries of up to {entry_max} request(s)")
     stack.clear()
     samples: list[int] = []
     stop = threading.Event()
@@ -173,14 +190,8 @@ def throughput(stack: Stack, readings: int, run: int) -> Throughput:
     accepted = (int(stats["requests"]) - int(stats["non_2xx"])) * readings
     stack.settle()  # then let the aggregator finish: every accepted reading must arrive, once
     cpu = {part: spent - cpu_before[part] for part, spent in stack.cpu().items()}
-    return Throughput(readings, accepted / sent_for, at_end / sent_for, samples, stats, stack.rows(), accepted, cpu)
-
-
-def entries_added(client: redis.Redis) -> int:
-    try:
-        return int(client.xinfo_stream(STREAM)["entries-added"])
-    except redis.ResponseError:
-        return 0
+    return Throughput(readings, entry_max, accepted / sent_for, at_end / sent_for, samples, stats, stack.rows(),
+                      accepted, cpu)
 
 
 def freshness(stack: Stack, readings: int, readings_per_second: float, run: int) -> tuple[Freshness, float, int]:
@@ -193,9 +204,10 @@ def freshness(stack: Stack, readings: int, readings_per_second: float, run: int)
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(3)  # the load settles first
-        before, t0 = entries_added(stack.client), time.monotonic()
+        before, t0 = stack.accepted_readings(), time.monotonic()
+        log(f"backlog before the probes: {stack.backlog()} entries")
         result = probe(stack.ingest_url, PROBE_TOKEN, stack.query_url, READER, PROBE_DEVICE, FRESH_PROBES)
-        offered = (entries_added(stack.client) - before) * readings / (time.monotonic() - t0)
+        offered = (stack.accepted_readings() - before) / (time.monotonic() - t0)
         left = stack.backlog()
     finally:
         load.terminate()
@@ -239,11 +251,18 @@ def main() -> int:
         client.hset("vt:device-tokens", mapping={token_sha256(TOKEN): index_value(LOAD_DEVICE, "active"),
                                                  token_sha256(PROBE_TOKEN): index_value(PROBE_DEVICE, "active")})
         port, query_port = free_port(), free_port()
-        # One device sends the whole load: its rate limit is off.
-        ingestor = Process("ingestor", "ingestor", {**env, "VT_LISTEN_ADDR": f"127.0.0.1:{port}", "VT_RATE_LIMIT": "0"},
-                           run_dir / "logs" / "ingestor.log").start(run_dir)
+
+        def start_ingestor(entry_max: int) -> Process:
+            # One device sends the whole load: its rate limit is off.
+            settings = {**env, "VT_LISTEN_ADDR": f"127.0.0.1:{port}", "VT_RATE_LIMIT": "0",
+                        "VT_STREAM_ENTRY_MAX_REQUESTS": str(entry_max)}
+            proc = Process(f"ingestor-{entry_max}", "ingestor", settings,
+                           run_dir / "logs" / f"ingestor-{entry_max}.log").start(run_dir)
+            proc.wait_http(port)
+            return proc
+
+        ingestor = start_ingestor(ENTRY_MAX[0])
         procs.append(ingestor)
-        ingestor.wait_http(port)
         query = Process("query", "query", {**env, "VT_HTTP_BIND": f"127.0.0.1:{query_port}"},
                         run_dir / "logs" / "query.log").start(run_dir)
         procs.append(query)
@@ -256,15 +275,28 @@ def main() -> int:
                  "aggregator": [worker.pid]}
         stack = Stack(gen, db, client, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{query_port}", parts)
         run = 0
-        for readings in SHAPES:
-            results.append(throughput(stack, readings, run))
-            run += 1
+        for entry_max in ENTRY_MAX:
+            if entry_max != ENTRY_MAX[0]:
+                ingestor.stop()
+                procs.remove(ingestor)
+                ingestor = start_ingestor(entry_max)
+                procs.append(ingestor)
+                stack.parts["ingestor"] = [ingestor.pid]
+            for readings in SHAPES:
+                results.append(throughput(stack, readings, entry_max, run))
+                run += 1
+        if ENTRY_MAX[-1] != ENTRY_MAX[0]:  # freshness with the default ingestor
+            ingestor.stop()
+            procs.remove(ingestor)
+            ingestor = start_ingestor(ENTRY_MAX[0])
+            procs.append(ingestor)
+            stack.parts["ingestor"] = [ingestor.pid]
         if FRESH_PROBES > 0:
             for rate in FRESH_RATES:
                 fresh.append((f"{rate:,} readings/s (1 per request)", *freshness(stack, 1, rate, run)))
                 run += 1
             if results:
-                best = max(results, key=lambda r: r.stored_rate)
+                best = max((r for r in results if r.entry_max == ENTRY_MAX[0]), key=lambda r: r.stored_rate)
                 top = 0.9 * best.stored_rate
                 fresh.append((f"sustained maximum: 90% of {best.stored_rate:,.0f}/s ({best.readings} per request)",
                               *freshness(stack, best.readings, top, run)))
@@ -280,7 +312,8 @@ def main() -> int:
         tail = r.backlogs[len(r.backlogs) // 2:] or [0]
         once = r.stored == r.accepted
         ok = ok and once
-        shape = f"{r.readings} reading{'s' if r.readings != 1 else ''} per request"
+        shape = f"{r.readings} reading{'s' if r.readings != 1 else ''} per request, " + \
+            ("one entry per request" if r.entry_max == 1 else f"entries of up to {r.entry_max} requests")
         rows += [
             (f"{shape}: accepted over HTTP (202)", f"{r.accepted_rate:,.0f} readings/s",
              f"{r.stats['requests']} requests, p99 {r.stats['p99_ms']} ms, non-2xx {r.stats['non_2xx']}"),
@@ -297,9 +330,10 @@ def main() -> int:
     for label, f, offered, left in fresh:
         rows.append((f"freshness beside {label}",
                      f"p50 {f.median * 1000:.0f} ms, p99 {f.quantile(0.99) * 1000:.0f} ms",
-                     f"{len(f.seconds)} probes, {f.lost} lost; offered {offered:,.0f} readings/s; backlog at end {left}"))
+                     f"{len(f.seconds)} probes, {f.lost} lost, {f.refused} refused (503); offered {offered:,.0f} "
+                     f"readings/s; backlog at end {left}"))
     print_table(rows)
-    print(json.dumps({f"backlog_by_second_{r.readings}": r.backlogs for r in results}))
+    print(json.dumps({f"backlog_by_second_{r.readings}_{r.entry_max}": r.backlogs for r in results}))
     return 0 if ok else 1
 
 

@@ -24,6 +24,7 @@ GIVE_UP_SECONDS = 10.0
 class Freshness:
     seconds: list[float]  # one per reading that became visible
     lost: int  # readings not visible within GIVE_UP_SECONDS
+    refused: int = 0  # probes answered 503 (the pipeline behind its high-water mark), not counted above
 
     def quantile(self, q: float) -> float:
         """The q-quantile (0..1) in seconds, nearest rank; a lost reading counts as infinitely late."""
@@ -47,13 +48,17 @@ def probe(ingest_url: str, device_token: str, query_url: str, reader_token: str,
     latest = f"{query_url}/api/telemetry/latest"
     params = {"device_id": device_id, "metric": metric}
     seconds: list[float] = []
-    lost = 0
+    lost = refused = 0
     last_ts = 0
     for _ in range(readings):
         ts = max(int(time.time() * 1000), last_ts + 1)  # one row per reading: distinct times
         last_ts = ts
         started = time.perf_counter()
         resp = post.post(f"{ingest_url}/api/ingest", data=f'{{"ts":{ts},"values":{{"{metric}":1}}}}')
+        if resp.status_code == 503:  # the pipeline is behind (backlog over its high-water mark): not accepted
+            refused += 1
+            time.sleep(float(resp.headers.get("Retry-After", "1")))
+            continue
         if resp.status_code != 202:
             raise RuntimeError(f"probe reading refused: {resp.status_code} {resp.text[:200]}")
         while True:
@@ -68,7 +73,7 @@ def probe(ingest_url: str, device_token: str, query_url: str, reader_token: str,
                 break
             time.sleep(POLL_SECONDS)
         time.sleep(pause * random.uniform(0.5, 1.5))  # off the drain's rhythm
-    return Freshness(seconds, lost)
+    return Freshness(seconds, lost, refused)
 
 
 def _epoch_ms(iso: str) -> int:

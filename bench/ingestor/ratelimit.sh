@@ -43,7 +43,7 @@ run() { # mode -> "req_per_s cpu_us_per_request"
   t1=$(cpu_ticks "${PID[$1]}")
   grep -q Non-2xx "$WORK/wrk.out" && { echo "bench: non-2xx answers with the limit $1" >&2; cat "$WORK/wrk.out" >&2; }
   rps=$(awk '/^Requests\/sec:/ {print $2}' "$WORK/wrk.out")
-  n=$(redis-cli -p "$REDIS_PORT" xlen vt:telemetry)
+  n=$(stream_readings "$REDIS_PORT" vt:telemetry)
   awk -v r="$rps" -v t=$((t1 - t0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f %.1f\n", r, t * 1e6 / hz / n }'
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }

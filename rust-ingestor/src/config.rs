@@ -62,6 +62,8 @@ pub struct Config {
     pub stream_shards: u32,
     pub stream_group: String,
     pub stream_high_water: u64,
+    /// Most requests one stream entry carries (`append.rs`); 1 writes one entry per request.
+    pub entry_max_requests: usize,
     pub backlog_check: Duration,
     pub retry_after_seconds: u32,
     pub token_index_key: String,
@@ -129,6 +131,7 @@ impl Config {
             stream_shards: env.int("VT_STREAM_SHARDS", 1, 1, 1024)?,
             stream_group: env.string("VT_STREAM_GROUP", "aggregators")?,
             stream_high_water: env.int("VT_STREAM_HIGH_WATER", 100_000, 1, u64::MAX)?,
+            entry_max_requests: env.int("VT_STREAM_ENTRY_MAX_REQUESTS", 256, 1, 4096)?,
             backlog_check: Duration::from_millis(env.int("VT_BACKLOG_CHECK_MS", 250, 1, 60_000)?),
             retry_after_seconds: env.int("VT_RETRY_AFTER_SECONDS", 1, 1, 3600)?,
             token_index_key: env.string("VT_TOKEN_INDEX_KEY", "vt:device-tokens")?,
@@ -398,7 +401,7 @@ mod tests {
     fn settings_list_each_variable_read_with_its_default_and_range() {
         let specs = Config::settings();
         let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
-        assert_eq!(names.len(), 34);
+        assert_eq!(names.len(), 35);
         assert_eq!(names.iter().collect::<std::collections::HashSet<_>>().len(), names.len());
         let shards = specs.iter().find(|s| s.name == "VT_STREAM_SHARDS").unwrap();
         assert_eq!(shards.default, 1);

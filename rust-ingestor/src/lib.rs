@@ -2,9 +2,11 @@
 //! ThingsBoard's `POST /api/v1/{token}/telemetry`, and MQTT 3.1.1/5).
 //!
 //! A request is authenticated against the Redis token index, validated by the
-//! pure rules of `docs/contracts.md` (section 3) and appended as one entry to
-//! the telemetry stream; it is answered 202 only once Redis confirmed the write.
+//! pure rules of `docs/contracts.md` (section 3) and appended to the telemetry
+//! stream (requests that arrive together share an entry); it is answered 202
+//! only once Redis confirmed the write.
 
+pub mod append;
 pub mod auth;
 pub mod config;
 pub mod device_stats;

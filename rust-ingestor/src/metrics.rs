@@ -14,6 +14,7 @@ pub const READINGS_ACCEPTED: &str = "visiontrack_ingestor_readings_accepted_tota
 pub const READINGS_REJECTED: &str = "visiontrack_ingestor_readings_rejected_total";
 pub const INGEST_REJECTED: &str = "visiontrack_ingestor_ingest_rejected_total";
 pub const BATCH_SIZE: &str = "visiontrack_ingestor_batch_readings";
+pub const ENTRY_REQUESTS: &str = "visiontrack_ingestor_stream_entry_requests";
 pub const BACKPRESSURE: &str = "visiontrack_ingestor_backpressure_events_total";
 pub const REDIS_ERRORS: &str = "visiontrack_ingestor_redis_errors_total";
 pub const TOKEN_CACHE_HITS: &str = "visiontrack_ingestor_token_cache_hits_total";
@@ -28,6 +29,7 @@ pub const RATE_LIMIT_DEVICES: &str = "visiontrack_ingestor_rate_limit_devices";
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0];
+const ENTRY_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -40,6 +42,7 @@ pub fn install() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), LATENCY_BUCKETS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ENTRY_REQUESTS.into()), ENTRY_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(MQTT_PUBACK_LATENCY.into()), LATENCY_BUCKETS))
                 .expect("bucket lists are non-empty")
                 .build_recorder();
@@ -59,6 +62,7 @@ fn describe() {
     metrics::describe_counter!(READINGS_REJECTED, "Readings of parsed requests that were not written, by reason");
     metrics::describe_counter!(INGEST_REJECTED, "Ingest requests answered with an error, by reason");
     metrics::describe_histogram!(BATCH_SIZE, "Readings per accepted ingest request");
+    metrics::describe_histogram!(ENTRY_REQUESTS, "Requests (or MQTT batches) written together in one stream entry");
     metrics::describe_counter!(BACKPRESSURE, "Requests refused because the stream backlog is over the high-water mark");
     metrics::describe_counter!(REDIS_ERRORS, "Failed or timed-out Redis commands, by operation");
     metrics::describe_counter!(TOKEN_CACHE_HITS, "Device-token lookups answered from the cache");
@@ -163,6 +167,14 @@ pub fn accepted(readings: usize) {
     ACCEPTED.get_or_init(|| counter!(READINGS_ACCEPTED)).increment(readings as u64);
     #[allow(clippy::cast_precision_loss)]
     BATCH.get_or_init(|| histogram!(BATCH_SIZE)).record(readings as f64);
+}
+
+static ENTRY: OnceLock<Histogram> = OnceLock::new();
+
+/// One XADD of the appender, carrying `requests` requests' readings.
+pub fn entry_requests(requests: usize) {
+    #[allow(clippy::cast_precision_loss)]
+    ENTRY.get_or_init(|| histogram!(ENTRY_REQUESTS)).record(requests as f64);
 }
 
 /// An ingest request answered with an error; `readings` when the body was parsed that far.

@@ -9,6 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::FromRedisValue;
 use redis::IntoConnectionInfo;
 
+use crate::append::Appender;
 use crate::auth::TokenCache;
 use crate::config::Config;
 use crate::error::ApiError;
@@ -27,7 +28,28 @@ pub struct Inner {
     /// Shared by every server thread's state: a device's buckets are the process's.
     pub limiter: Arc<Limiter>,
     pub metrics: PrometheusHandle,
-    redis: ConnectionManager,
+    /// Writes accepted readings to the stream, several requests to an entry when they come together.
+    pub appender: Appender,
+    redis: Link,
+}
+
+/// One Redis connection (reconnected when lost) and the deadline of every command on it.
+#[derive(Clone)]
+pub struct Link {
+    connection: ConnectionManager,
+    timeout: Duration,
+}
+
+impl Link {
+    /// Runs one command with the deadline (which also bounds the wait for a
+    /// reconnect, not only the reply).
+    pub async fn run<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisFailure> {
+        let mut conn = self.connection.clone();
+        match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(RedisFailure::Timeout(self.timeout)),
+        }
+    }
 }
 
 /// Epoch seconds of the last Redis error logged, to log at most one a second for
@@ -48,6 +70,17 @@ pub enum RedisFailure {
     Timeout(Duration),
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
+}
+
+/// Counts a failed command and logs it, at most once a second for the whole process.
+pub fn redis_failed(op: &'static str, error: &RedisFailure) {
+    metrics::redis_error(op);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    if LAST_ERROR_LOG.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(op, error = %error, "redis command failed");
+    }
 }
 
 impl AppState {
@@ -88,25 +121,23 @@ impl AppState {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200))
             .set_pipeline_buffer_size(4096);
-        let redis = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        let connection = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        let redis = Link { connection, timeout: config.redis_timeout };
+        let appender = Appender::new(&shards, config.entry_max_requests, redis.clone());
         Ok(Self(Arc::new(Inner {
             tokens: TokenCache::new(config.token_cache_ttl),
             config,
             shards,
             limiter,
             metrics,
+            appender,
             redis,
         })))
     }
 
-    /// Runs one command with the configured deadline (which also bounds the wait
-    /// for a reconnect, not only the reply).
+    /// Runs one command on this thread's connection, with the configured deadline.
     pub async fn run<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisFailure> {
-        let mut conn = self.redis.clone();
-        match tokio::time::timeout(self.config.redis_timeout, cmd.query_async(&mut conn)).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(RedisFailure::Timeout(self.config.redis_timeout)),
-        }
+        self.redis.run(cmd).await
     }
 
     /// Like [`run`](Self::run) for request handlers: any failure is counted,
@@ -119,13 +150,7 @@ impl AppState {
     }
 
     pub fn redis_failed(&self, op: &'static str, error: &RedisFailure) {
-        metrics::redis_error(op);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        if LAST_ERROR_LOG.swap(now, Ordering::Relaxed) != now {
-            tracing::warn!(op, error = %error, "redis command failed");
-        }
+        redis_failed(op, error);
     }
 
     pub fn unavailable(&self, message: &'static str) -> ApiError {

@@ -8,8 +8,10 @@ use crate::metrics;
 use crate::state::{AppState, RedisFailure};
 use crate::validate::Reading;
 
-/// Version of the entry format, field `v`.
+/// Version of the entry format of one request, field `v`.
 pub const FORMAT_VERSION: &str = "1";
+/// Version of the entry format of several requests, field `v`.
+pub const GROUP_FORMAT_VERSION: &str = "2";
 
 /// The keys of `n` shards: the base key itself for one shard, else `base:{i}`.
 pub fn shard_keys(base: &str, n: u32) -> Vec<String> {
@@ -104,6 +106,33 @@ pub fn xadd_cmd(key: &str, device_id: u64, readings_json: &[u8], at_ms: i64) -> 
         .arg(readings_json)
         .arg("at")
         .arg(at_ms);
+    cmd
+}
+
+/// One request's part of an entry of format 2: its device, receive time and encoded readings.
+pub struct Part<'a> {
+    pub device_id: u64,
+    pub at_ms: i64,
+    pub readings_json: &'a [u8],
+}
+
+/// The `XADD <key> * v 2 g <parts>` of several accepted requests: `g` is the
+/// compact JSON array of `[device_id, at_ms, readings]`, one per request, in order.
+pub fn xadd_group_cmd(key: &str, parts: &[Part<'_>]) -> redis::Cmd {
+    let size: usize = parts.iter().map(|p| p.readings_json.len() + 32).sum();
+    let mut group = Vec::with_capacity(size + 2);
+    group.push(b'[');
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            group.push(b',');
+        }
+        let _ = write!(group, "[{},{},", part.device_id, part.at_ms);
+        group.extend_from_slice(part.readings_json);
+        group.push(b']');
+    }
+    group.push(b']');
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key).arg("*").arg("v").arg(GROUP_FORMAT_VERSION).arg("g").arg(group);
     cmd
 }
 
@@ -221,17 +250,33 @@ mod tests {
 
     #[test]
     fn the_xadd_has_the_contract_fields() {
-        let cmd = xadd_cmd("vt:telemetry", 42, b"[]", 7);
-        let args: Vec<Vec<u8>> = cmd
-            .args_iter()
+        let args = args(&xadd_cmd("vt:telemetry", 42, b"[]", 7));
+        let expected: Vec<&[u8]> =
+            vec![b"XADD", b"vt:telemetry", b"*", b"v", b"1", b"d", b"42", b"r", b"[]", b"at", b"7"];
+        assert_eq!(args, expected);
+    }
+
+    fn args(cmd: &redis::Cmd) -> Vec<Vec<u8>> {
+        cmd.args_iter()
             .map(|a| match a {
                 redis::Arg::Simple(b) => b.to_vec(),
                 _ => Vec::new(),
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn a_group_entry_carries_each_request_in_order() {
+        let parts = [
+            Part { device_id: 42, at_ms: 7, readings_json: br#"[["t",5,1.5]]"# },
+            Part { device_id: 3, at_ms: 8, readings_json: br#"[["h",6,2],["h",7,3]]"# },
+        ];
+        let args = args(&xadd_group_cmd("k", &parts));
         let expected: Vec<&[u8]> =
-            vec![b"XADD", b"vt:telemetry", b"*", b"v", b"1", b"d", b"42", b"r", b"[]", b"at", b"7"];
+            vec![b"XADD", b"k", b"*", b"v", b"2", b"g", br#"[[42,7,[["t",5,1.5]]],[3,8,[["h",6,2],["h",7,3]]]]"#];
         assert_eq!(args, expected);
+        let parsed: serde_json::Value = serde_json::from_slice(&args[6]).unwrap();
+        assert_eq!(parsed[1][2][1][2], 3);
     }
 
     #[test]

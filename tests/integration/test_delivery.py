@@ -80,6 +80,30 @@ def test_poison_entries_go_to_the_dead_letter_stream_and_the_rest_is_stored(isol
     assert good not in [f[b"source_id"].decode() for _, f in dead]
 
 
+def test_an_entry_of_several_requests_stores_each_and_dead_letters_only_the_bad_one(isolated, db):
+    client, key, _, cfg = isolated
+    now = int(time.time() * 1000)
+    a, b = DEVICE_BASE + 7, DEVICE_BASE + 8
+    parts = [[a, now, [["t", now - 1000, 1.0], ["h", now - 1000, 2.0]]],
+             [b, now + 1, [["t", now - 400 * 86_400_000, 1.0]]],  # older than retention: this request is poison
+             [b, now + 2, [["t", now - 999, 3.0]]],
+             [a, now + 3, [["t", now - 998, 4.0]]]]
+    entry_id = client.xadd(key, {"v": "2", "g": json.dumps(parts, separators=(",", ":"))}).decode()
+    pipe = _pipeline(cfg, client)
+    result = pipe.process(pipe.consumer.read(100, ">"))
+    assert (result.entries, result.readings, result.inserted, result.dead_letters) == (1, 4, 4, 1)
+    assert _count(db, [a]) == 3 and _count(db, [b]) == 1
+    [(_, letter)] = client.xrange(cfg.dead_letter_key)
+    assert letter[b"source_id"].decode() == entry_id and letter[b"part"] == b"1"
+    assert (letter[b"v"], letter[b"d"], json.loads(letter[b"r"])) == (b"1", str(b).encode(), parts[1][2])
+    assert b"retention" in letter[b"reason"]
+    assert client.xpending(key, cfg.stream_group)["pending"] == 0
+    with db.cursor() as cur:
+        cur.execute("SELECT device_id, metric, value FROM telemetry_latest WHERE device_id = ANY(%s) ORDER BY 1, 2",
+                    ([a, b],))
+        assert cur.fetchall() == [(a, "h", 2.0), (a, "t", 4.0), (b, "t", 3.0)]
+
+
 def test_trim_keeps_everything_a_group_has_not_acked(isolated, db):
     client, key, _, cfg = isolated
     now = int(time.time() * 1000)

@@ -7,20 +7,61 @@ import struct
 import pytest
 
 from aggregator.copy_encoding import PG_EPOCH_MS, encode_entry, fold_rollups
-from visiontrack.stream import Entry, PoisonEntry, decode_entry, encode_entry as encode_stream_entry
-from visiontrack.stream import shard_key_for
+from visiontrack.stream import Entry, PoisonEntry, decode_entry, decode_fields, encode_entry as encode_stream_entry
+from visiontrack.stream import letter_fields, shard_key_for
 
 
 def test_stream_entry_round_trip_is_small_and_exact():
     fields = encode_stream_entry(42, [("temperature", 1_795_748_400_123, 0.1 + 0.2)], 1_795_748_400_200)
     assert fields == {"v": "1", "d": "42", "r": '[["temperature",1795748400123,0.30000000000000004]]',
                       "at": "1795748400200"}
-    entry = decode_entry("1-0", {k: v.encode() for k, v in fields.items()})
+    [entry] = decode_entry("1-0", {k: v.encode() for k, v in fields.items()})
     assert entry.device_id == 42 and entry.readings == [["temperature", 1_795_748_400_123, 0.1 + 0.2]]
+    assert entry.received_ms == 1_795_748_400_200 and entry.part is None
+
+
+GROUP = b'[[42,1795748400200,[["t",1795748400123,21.5]]],[7,1795748400201,[["h",1795748400124,40],["h",1,2]]]]'
+
+
+def test_an_entry_of_several_requests_gives_each_its_own_part():
+    expected = [Entry("5-0", 42, [["t", 1_795_748_400_123, 21.5]], 1_795_748_400_200, 0),
+                Entry("5-0", 7, [["h", 1_795_748_400_124, 40], ["h", 1, 2]], 1_795_748_400_201, 1)]
+    assert decode_fields("5-0", [b"v", b"2", b"g", GROUP]) == expected
+    assert decode_entry("5-0", {"g": GROUP, "v": b"2"}) == expected  # by name, in any order
+
+
+def test_both_formats_read_by_position_match_the_named_reading():
+    one = [b"v", b"1", b"d", b"42", b"r", b'[["t",5,1.5]]', b"at", b"9"]
+    assert decode_fields("1-0", one) == decode_entry("1-0", dict(zip(["v", "d", "r", "at"], one[1::2])))
+    assert decode_fields("1-0", one) == [Entry("1-0", 42, [["t", 5, 1.5]], 9)]
+
+
+@pytest.mark.parametrize("group,reason", [
+    (b"[]", "'g' is not a non-empty array"),
+    (b"{}", "'g' is not a non-empty array"),
+    (b"[[1,2]]", "part 0 of 'g' is not"),
+    (b'[[1,2,[["t",1,1]]],[0,2,[["t",1,1]]]]', "part 1 of 'g': bad device id 0"),
+    (b'[[1,"2",[["t",1,1]]]]', "part 0 of 'g': bad receive time"),
+    (b"[[1,2,[]]]", "part 0 of 'g': readings are not"),
+    (b"[[1,2,", "unreadable entry"),
+])
+def test_a_broken_group_is_poison_with_a_reason(group, reason):
+    with pytest.raises(PoisonEntry, match=reason):
+        decode_fields("1-0", [b"v", b"2", b"g", group])
+
+
+def test_a_dead_letter_of_one_request_carries_that_request_alone():
+    whole = [b"v", b"1", b"d", b"42", b"r", b'[["t",5,1.5]]', b"at", b"9"]
+    [entry] = decode_fields("1-0", whole)
+    assert letter_fields(entry, whole) == {"v": b"1", "d": b"42", "r": b'[["t",5,1.5]]', "at": b"9"}
+    part = decode_fields("5-0", [b"v", b"2", b"g", GROUP])[1]
+    assert letter_fields(part, [b"v", b"2", b"g", GROUP]) == {
+        "v": "1", "d": "7", "r": '[["h",1795748400124,40],["h",1,2]]', "at": "1795748400201", "part": "1"}
 
 
 @pytest.mark.parametrize("fields,reason", [
-    ({"v": b"2", "d": b"1", "r": b"[]", "at": b"1"}, "unknown format version"),
+    ({"v": b"3", "d": b"1", "r": b"[]", "at": b"1"}, "unknown format version"),
+    ({"v": b"2", "d": b"1", "r": b"[]", "at": b"1"}, "missing field 'g'"),
     ({"v": b"1", "d": b"x", "r": b"[]", "at": b"1"}, "unreadable entry"),
     ({"v": b"1", "d": b"1", "r": b"[1e400]", "at": b"1"}, "unreadable entry"),
     ({"v": b"1", "d": b"1", "r": b"[]", "at": b"1"}, "not a non-empty array"),

@@ -159,21 +159,17 @@ impl Batch {
         let taken = [(Budget::Live, live), (Budget::Backfill, backfill)];
         let mut encoded = Vec::with_capacity(readings.len() * 40 + 2);
         stream::encode_readings(&readings, &mut encoded);
-        let cmd = stream::xadd_cmd(&stream::shard_of(state, device_id).key, device_id, &encoded, at_ms);
+        let shard = stream::shard_index(device_id, state.shards.len());
         let state = state.clone();
         let count = readings.len();
         Box::pin(async move {
             let messages = pending.len() as u64;
-            let outcome = match state.run::<String>(&cmd).await {
-                Ok(_) => {
-                    device_stats::accepted(device_id, messages, &readings, at_ms);
-                    Outcome::Stored { readings: count }
-                }
-                Err(e) => {
-                    device_stats::rejected(device_id, messages, "unavailable", at_ms);
-                    state.redis_failed("xadd", &e);
-                    Outcome::Unavailable
-                }
+            let outcome = if state.appender.append(shard, device_id, at_ms, encoded).await.is_ok() {
+                device_stats::accepted(device_id, messages, &readings, at_ms);
+                Outcome::Stored { readings: count }
+            } else {
+                device_stats::rejected(device_id, messages, "unavailable", at_ms);
+                Outcome::Unavailable
             };
             Done { pending, outcome, taken }
         })

@@ -1,5 +1,5 @@
 //! `POST /api/ingest`: authenticate, check cheap headers, check backpressure,
-//! read the body (capped), validate, XADD, and only then answer 202.
+//! read the body (capped), validate, append to the stream, and only then answer 202.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -121,11 +121,11 @@ async fn accept_for(
 
     let mut encoded = Vec::with_capacity(readings.len() * 40 + 2);
     stream::encode_readings(&readings, &mut encoded);
-    let cmd = stream::xadd_cmd(&shard.key, device.id, &encoded, now_ms);
-    let _id: String = state.redis("xadd", &cmd).await.map_err(|error| {
+    let shard_index = stream::shard_index(device.id, state.shards.len());
+    state.appender.append(shard_index, device.id, now_ms, encoded).await.map_err(|_| {
         // Not stored: the device will resend these readings, and must not pay for them twice.
         limiter.give_back(device.id, budget, readings.len(), Instant::now());
-        Rejection { error, readings: readings.len() }
+        Rejection { error: state.unavailable("storage is unavailable"), readings: readings.len() }
     })?;
     device_stats::accepted(device.id, 1, &readings, now_ms);
     Ok(readings.len())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from visiontrack.stream import PoisonEntry, decode_entry, decode_fields, fields_dict
+from visiontrack.stream import PoisonEntry, decode_entry, decode_fields, fields_dict, letter_fields
 
 from .consumer import Raw
 from .copy_encoding import DAY_MS, EncodedEntry, encode_entry, fold_rollups
@@ -21,8 +21,8 @@ class Batch:
     """Entries read from the stream, encoded, and split into what can be stored and what cannot."""
 
     raw: list[Raw] = field(default_factory=list)
-    good: list[EncodedEntry] = field(default_factory=list)
-    poison: list[tuple[str, dict, str]] = field(default_factory=list)
+    good: list[EncodedEntry] = field(default_factory=list)  # one per request (an entry may carry several)
+    poison: list[tuple[str, dict, str]] = field(default_factory=list)  # (entry id, dead letter's fields, reason)
     readings: int = 0  # of the good entries
     opened: float = 0.0  # time.monotonic() when its first entry came in
     partials: dict | None = None  # the good entries' 1-minute rollups, folded so far (None: rollups off)
@@ -52,14 +52,19 @@ def add(batch: Batch, raw: list[Raw], retention_days: int, future_days: int = 1)
     readings = 0
     for entry_id, fields in raw:
         try:
-            entry = decode_fields(entry_id, fields) if type(fields) is list else \
+            entries = decode_fields(entry_id, fields) if type(fields) is list else \
                 decode_entry(entry_id, fields_dict(fields))  # claimed entries: XAUTOCLAIM's dicts
-            encoded = encode_entry(entry, min_day, max_day)
         except PoisonEntry as exc:
             batch.poison.append((entry_id, fields_dict(fields), str(exc)))
             continue
-        good.append(encoded)
-        readings += encoded.count
+        for entry in entries:  # an entry of format 2: each request stored or dead-lettered on its own
+            try:
+                encoded = encode_entry(entry, min_day, max_day)
+            except PoisonEntry as exc:
+                batch.poison.append((entry_id, letter_fields(entry, fields), str(exc)))
+                continue
+            good.append(encoded)
+            readings += encoded.count
     batch.raw.extend(raw)
     batch.good.extend(good)
     batch.readings += readings

@@ -165,7 +165,8 @@ class StreamConsumer:
         self.refused.difference_update(ids)
 
     def dead_letter(self, items: list[tuple[str, dict, str]]) -> int:
-        """Move unstorable entries aside with the reason, then ack those moved; return how many were.
+        """Move unstorable entries (or requests of an entry of format 2) aside with the reason, then ack the
+        entries moved; return how many entries were.
 
         Two round trips: the XADDs to the dead-letter stream, then one XACK of the entries whose XADD Redis
         accepted. Not one transaction: a shard and the dead-letter stream hash to different Redis Cluster
@@ -183,8 +184,10 @@ class StreamConsumer:
             pipe.xadd(self.dead_letter_key, {**fields_dict(fields), "reason": reason[:1000], "source": self.key,
                                              "source_id": entry_id})
         replies = pipe.execute(raise_on_error=False)
-        moved = [entry_id for (entry_id, _, _), reply in zip(items, replies) if not isinstance(reply, Exception)]
         refused = [(entry_id, reply) for (entry_id, _, _), reply in zip(items, replies) if isinstance(reply, Exception)]
+        # An entry of several requests may have several letters: it is acked only once all of them are in.
+        kept = {entry_id for entry_id, _ in refused}
+        moved = list(dict.fromkeys(entry_id for entry_id, _, _ in items if entry_id not in kept))
         if refused:
             self.refused.update(entry_id for entry_id, _ in refused)
             log.error("could not dead-letter %d entr%s of %s to %s; left pending for a later try: %s",

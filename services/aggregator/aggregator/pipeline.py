@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import psycopg2
 
-from visiontrack.stream import fields_dict
+from visiontrack.stream import letter_fields
 
 from . import metrics
 from .batching import Batch, add, new_batch, seal
@@ -97,7 +97,7 @@ class Pipeline:
         """After the commit: dead-letter what could not be stored, ack the rest."""
         result.dead_letters = self.consumer.dead_letter(batch.poison)
         dead = {entry_id for entry_id, _, _ in batch.poison}
-        self.consumer.ack(e.entry.entry_id for e in batch.good if e.entry.entry_id not in dead)
+        self.consumer.ack(dict.fromkeys(e.entry.entry_id for e in batch.good if e.entry.entry_id not in dead))
         metrics.record(result.entries, result.readings, result.inserted, result.dead_letters, self.consumer.key)
         return result
 
@@ -117,8 +117,9 @@ class Pipeline:
             except TRANSIENT:
                 raise
             except psycopg2.Error as exc:
-                entry_id = encoded.entry.entry_id
-                batch.poison.append((entry_id, fields_dict(fields[entry_id]), f"postgres refused it: {exc}".strip()))
+                entry = encoded.entry
+                batch.poison.append((entry.entry_id, letter_fields(entry, fields[entry.entry_id]),
+                                     f"postgres refused it: {exc}".strip()))
         return readings, inserted
 
     def drain(self, budget_seconds: float, listen: bool = False) -> DrainResult:

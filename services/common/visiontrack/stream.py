@@ -7,7 +7,8 @@ import orjson
 from dataclasses import dataclass
 from typing import Sequence
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "1"  # one request: fields v, d, r, at
+GROUP_FORMAT_VERSION = "2"  # several requests: fields v, g
 
 Reading = tuple[str, int, float]  # (metric, ts_ms, value)
 
@@ -38,10 +39,13 @@ class PoisonEntry(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
+    """One request's readings from a stream entry: the whole entry (format 1, `part` None) or one of the
+    requests an entry of format 2 carries (`part` its index; they share the entry id)."""
     entry_id: str
     device_id: int
     readings: list[Reading]
     received_ms: int
+    part: int | None = None
 
 
 def _field(fields: dict, name: str) -> str:
@@ -51,13 +55,16 @@ def _field(fields: dict, name: str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def decode_entry(entry_id: str, fields: dict) -> Entry:
-    """Parse one entry's envelope; raise PoisonEntry with a reason for anything unreadable.
+def decode_entry(entry_id: str, fields: dict) -> list[Entry]:
+    """Parse one entry's envelope into its requests (one for format 1); raise PoisonEntry with a reason for
+    anything unreadable.
 
     The readings themselves are checked where they are encoded for Postgres, in the same pass.
     """
     try:
         version = _field(fields, "v")
+        if version == GROUP_FORMAT_VERSION:
+            return _decode_group(entry_id, fields["g"])
         if version != FORMAT_VERSION:
             raise PoisonEntry(f"unknown format version {version!r}")
         device_id = int(_field(fields, "d"))
@@ -65,23 +72,43 @@ def decode_entry(entry_id: str, fields: dict) -> Entry:
         readings = orjson.loads(fields["r"])  # rejects NaN and infinities; ~3x the stdlib's speed
     except PoisonEntry:
         raise
-    except KeyError:
-        raise PoisonEntry("missing field 'r'") from None
+    except KeyError as exc:
+        raise PoisonEntry(f"missing field {exc.args[0]!r}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise PoisonEntry(f"unreadable entry: {exc}") from None
     if device_id <= 0:
         raise PoisonEntry(f"bad device id {device_id}")
     if not isinstance(readings, list) or not readings:
         raise PoisonEntry("field 'r' is not a non-empty array")
-    return Entry(entry_id, device_id, readings, received_ms)
+    return [Entry(entry_id, device_id, readings, received_ms)]
 
 
-def decode_fields(entry_id: str, fields: list) -> Entry:
+def _decode_group(entry_id: str, raw) -> list[Entry]:
+    """The requests of an entry of format 2: field `g`, a JSON array of [device_id, at_ms, readings]."""
+    parts = orjson.loads(raw)
+    if type(parts) is not list or not parts:
+        raise PoisonEntry("field 'g' is not a non-empty array")
+    out = []
+    for index, part in enumerate(parts):
+        if type(part) is not list or len(part) != 3:
+            raise PoisonEntry(f"part {index} of 'g' is not [device_id, at_ms, readings]")
+        device_id, received_ms, readings = part
+        if type(device_id) is not int or device_id <= 0:
+            raise PoisonEntry(f"part {index} of 'g': bad device id {device_id!r}")
+        if type(received_ms) is not int:
+            raise PoisonEntry(f"part {index} of 'g': bad receive time {received_ms!r}")
+        if type(readings) is not list or not readings:
+            raise PoisonEntry(f"part {index} of 'g': readings are not a non-empty array")
+        out.append(Entry(entry_id, device_id, readings, received_ms, index))
+    return out
+
+
+def decode_fields(entry_id: str, fields: list) -> list[Entry]:
     """Parse one entry from its field list as XREADGROUP returns it ([name, value, name, value, ...]).
 
-    The writers' own layout (`v`, `d`, `r`, `at`, in that order, version 1) is read by position, which spares
-    building a dict per entry; any other layout, and anything that does not parse, goes through
-    decode_entry, the one place that says why an entry is poison."""
+    The writers' own layouts (`v`, `d`, `r`, `at` of format 1; `v`, `g` of format 2, in that order) are read
+    by position, which spares building a dict per entry; any other layout, and anything that does not parse,
+    goes through decode_entry, the one place that says why an entry is poison."""
     if len(fields) == 8 and fields[0] == b"v" and fields[1] == b"1" and fields[2] == b"d" and fields[4] == b"r" \
             and fields[6] == b"at":
         try:
@@ -92,8 +119,22 @@ def decode_fields(entry_id: str, fields: list) -> Entry:
             pass
         else:
             if device_id > 0 and type(readings) is list and readings:
-                return Entry(entry_id, device_id, readings, received_ms)
+                return [Entry(entry_id, device_id, readings, received_ms)]
+    elif len(fields) == 4 and fields[0] == b"v" and fields[1] == b"2" and fields[2] == b"g":
+        try:
+            return _decode_group(entry_id, fields[3])
+        except (PoisonEntry, ValueError):
+            pass
     return decode_entry(entry_id, fields_dict(fields))
+
+
+def letter_fields(entry: Entry, fields: list | dict) -> dict:
+    """What a dead letter of `entry` carries: the stream entry's own fields for a whole entry (format 1), the
+    request alone in format 1 plus its `part` index for one request of a format-2 entry (the others, stored,
+    stay out of the dead-letter stream)."""
+    if entry.part is None:
+        return fields_dict(fields)
+    return {**encode_entry(entry.device_id, entry.readings, entry.received_ms), "part": str(entry.part)}
 
 
 def fields_dict(fields: list | dict) -> dict:

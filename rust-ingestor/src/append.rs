@@ -1,0 +1,172 @@
+//! Group append: what a server thread accepts for a shard while its previous
+//! XADD there is in flight goes out together in the next one, as one entry of
+//! format 2 (`docs/contracts.md`, section 1); a lone request is written as an
+//! entry of format 1. Every request is still answered only after the XADD that
+//! carries its readings returned an id. Why: docs/design.md, "Group append".
+
+use std::sync::OnceLock;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics;
+use crate::state::{redis_failed, Link};
+use crate::stream::{self, Part, Shard};
+
+/// The most bytes of readings one entry gathers (a single larger request still
+/// goes out, alone): entries stay small enough for Redis and the aggregator to
+/// move in chunks.
+const MOST_ENTRY_BYTES: usize = 1 << 20;
+
+/// One accepted request (or MQTT batch) waiting for the XADD that carries it.
+struct Waiting {
+    device_id: u64,
+    at_ms: i64,
+    readings_json: Vec<u8>,
+    stored: oneshot::Sender<bool>,
+}
+
+/// The readings were not written: Redis failed or did not answer in time (counted and logged).
+#[derive(Debug)]
+pub struct NotStored;
+
+/// One lane per shard, each a task on the server thread that first used it.
+pub struct Appender {
+    keys: Vec<String>,
+    lanes: Box<[OnceLock<mpsc::Sender<Waiting>>]>,
+    most_requests: usize,
+    redis: Link,
+}
+
+impl Appender {
+    pub fn new(shards: &[Shard], most_requests: usize, redis: Link) -> Self {
+        Self {
+            keys: shards.iter().map(|s| s.key.clone()).collect(),
+            lanes: shards.iter().map(|_| OnceLock::new()).collect(),
+            most_requests: most_requests.max(1),
+            redis,
+        }
+    }
+
+    /// Writes one request's encoded readings to shard `shard`; returns once
+    /// Redis has them (or has failed).
+    pub async fn append(
+        &self,
+        shard: usize,
+        device_id: u64,
+        at_ms: i64,
+        readings_json: Vec<u8>,
+    ) -> Result<(), NotStored> {
+        if self.most_requests == 1 {
+            // One entry per request: each request makes its own XADD, many in flight on the connection.
+            let cmd = stream::xadd_cmd(&self.keys[shard], device_id, &readings_json, at_ms);
+            return self.redis.run::<redis::Value>(&cmd).await.map(drop).map_err(|e| {
+                redis_failed("xadd", &e);
+                NotStored
+            });
+        }
+        let (stored, answer) = oneshot::channel();
+        let waiting = Waiting { device_id, at_ms, readings_json, stored };
+        self.lane(shard).send(waiting).await.map_err(|_| NotStored)?;
+        match answer.await {
+            Ok(true) => Ok(()),
+            _ => Err(NotStored),
+        }
+    }
+
+    /// The shard's lane, started on first use (inside the server thread's runtime).
+    fn lane(&self, shard: usize) -> &mpsc::Sender<Waiting> {
+        self.lanes[shard].get_or_init(|| {
+            let (send, queue) = mpsc::channel(4 * self.most_requests);
+            tokio::spawn(write_lane(self.keys[shard].clone(), self.redis.clone(), self.most_requests, queue));
+            send
+        })
+    }
+}
+
+/// Takes what is waiting (at least one, at most `most` requests), writes it in
+/// one XADD, answers each, and again. While an XADD is out, the next requests
+/// queue up: under load entries grow by themselves, and a quiet lane pays
+/// nothing (no timer, no waiting for company).
+async fn write_lane(key: String, redis: Link, most: usize, mut queue: mpsc::Receiver<Waiting>) {
+    let mut group: Vec<Waiting> = Vec::new();
+    let mut held: Option<Waiting> = None;
+    loop {
+        let first = match held.take() {
+            Some(w) => w,
+            None => match queue.recv().await {
+                Some(w) => w,
+                None => return,
+            },
+        };
+        let mut bytes = first.readings_json.len();
+        group.push(first);
+        while group.len() < most {
+            match queue.try_recv() {
+                Ok(w) if bytes + w.readings_json.len() > MOST_ENTRY_BYTES => {
+                    held = Some(w);
+                    break;
+                }
+                Ok(w) => {
+                    bytes += w.readings_json.len();
+                    group.push(w);
+                }
+                Err(_) => break,
+            }
+        }
+        let stored = match redis.run::<redis::Value>(&entry_cmd(&key, &group)).await {
+            Ok(_) => true,
+            Err(e) => {
+                redis_failed("xadd", &e);
+                false
+            }
+        };
+        metrics::entry_requests(group.len());
+        for waiting in group.drain(..) {
+            // The request may be gone (its client left); its readings are in the stream all the same.
+            let _ = waiting.stored.send(stored);
+        }
+    }
+}
+
+/// The XADD of a group: format 1 for a lone request, format 2 for several.
+fn entry_cmd(key: &str, group: &[Waiting]) -> redis::Cmd {
+    if let [one] = group {
+        return stream::xadd_cmd(key, one.device_id, &one.readings_json, one.at_ms);
+    }
+    let parts: Vec<Part<'_>> = group
+        .iter()
+        .map(|w| Part { device_id: w.device_id, at_ms: w.at_ms, readings_json: &w.readings_json })
+        .collect();
+    stream::xadd_group_cmd(key, &parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(device_id: u64, readings: &str) -> Waiting {
+        let (stored, _) = oneshot::channel();
+        Waiting { device_id, at_ms: 9, readings_json: readings.as_bytes().to_vec(), stored }
+    }
+
+    fn fields(cmd: &redis::Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => String::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lone_request_is_an_entry_of_format_1() {
+        let cmd = entry_cmd("k", &[waiting(4, "[]")]);
+        assert_eq!(fields(&cmd), ["XADD", "k", "*", "v", "1", "d", "4", "r", "[]", "at", "9"]);
+    }
+
+    #[test]
+    fn several_requests_are_one_entry_of_format_2() {
+        let cmd = entry_cmd("k", &[waiting(4, r#"[["a",1,1]]"#), waiting(5, r#"[["b",2,2]]"#)]);
+        assert_eq!(fields(&cmd), ["XADD", "k", "*", "v", "2", "g", r#"[[4,9,[["a",1,1]]],[5,9,[["b",2,2]]]]"#]);
+    }
+}
