@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# MQTT benchmark of the ingestor, with Mosquitto as the yardstick in the same run:
-#  (a) QoS 1 messages/s through the ingestor: many connections, each pipelining up to the receive maximum,
-#      every PUBACK written only after the XADD holding the message returned
-#  (b) Mosquitto (no subscribers, no persistence) at the same connection count and window: its QoS 1 rate
-#  (c) the ingestor's RSS with BENCH_MQTT_IDLE idle connections (file descriptor limit raised for it)
+# MQTT benchmark of the ingestor, with Mosquitto as the yardstick in the same run (the same load generator,
+# the same connections and window; Mosquitto without subscribers or persistence keeps messages in memory):
+#  (a) QoS 1 messages/s of one reading, every PUBACK written only after the XADD holding the message
+#  (b) Mosquitto's QoS 1 messages/s under the same load
+#  (c) PUBACK latency p50/p99 at half of (a)'s rate, on both (from when each message was due)
+#  (d) messages of 100 readings: readings/s through the ingestor
+#  (e) the ingestor's RSS with BENCH_MQTT_IDLE idle connections (file descriptor limit raised for it)
 # Everything runs on free loopback ports and is stopped at the end.
 # Knobs: BENCH_DURATION (s, 15), BENCH_MQTT_CONNECTIONS (100), BENCH_MQTT_INFLIGHT (64),
 #        BENCH_MQTT_IDLE (10000), BENCH_MQTT_IDLE_SECONDS (10).
@@ -60,24 +62,42 @@ CONF
 MOSQ_PID=$!; PIDS+=("$MOSQ_PID")
 sleep 0.5
 
-run() { # port -> "acked rate"
-  "$LOADGEN" --addr "127.0.0.1:$1" --user "$TOKEN" --connections "$CONNS" --inflight "$INFLIGHT" \
-    --duration "$DURATION" | tee -a "$WORK/loadgen.out" | sed -E 's/acked=([0-9]+) rate=([0-9]+).*/\1 \2/'
+# run PORT [loadgen options...] -> "acked rate p50_ms p99_ms"
+run() {
+  local port=$1
+  shift
+  "$LOADGEN" --addr "127.0.0.1:$port" --user "$TOKEN" --connections "$CONNS" --inflight "$INFLIGHT" \
+    --duration "$DURATION" "$@" | tee -a "$WORK/loadgen.out" |
+    sed -E 's/acked=([0-9]+) rate=([0-9]+).* p50_ms=([0-9.]+) p99_ms=([0-9.]+).*/\1 \2 \3 \4/'
 }
+reset_stream() { redis-cli -p "$REDIS_PORT" del vt:telemetry >/dev/null; }
 
 echo "== warm-up (3 s)"
 "$LOADGEN" --addr "127.0.0.1:$MQTT_PORT" --user "$TOKEN" --connections "$CONNS" --inflight "$INFLIGHT" --duration 3 >/dev/null
-redis-cli -p "$REDIS_PORT" del vt:telemetry >/dev/null
+reset_stream
 
-echo "== (a) ingestor, QoS 1, $CONNS connections, window $INFLIGHT, ${DURATION}s"
-read -r A_ACKED A_RATE < <(run "$MQTT_PORT")
+echo "== (a) ingestor, QoS 1, 1 reading, $CONNS connections, window $INFLIGHT, ${DURATION}s"
+read -r A_ACKED A_RATE A_P50 A_P99 < <(run "$MQTT_PORT")
 A_ENTRIES=$(redis-cli -p "$REDIS_PORT" xlen vt:telemetry)
-redis-cli -p "$REDIS_PORT" del vt:telemetry >/dev/null
+A_STORED=$(stream_readings "$REDIS_PORT" vt:telemetry)
+reset_stream
 
-echo "== (b) mosquitto, QoS 1, same settings"
-read -r B_ACKED B_RATE < <(run "$MOSQ_PORT")
+echo "== (b) mosquitto, QoS 1, same load"
+read -r B_ACKED B_RATE B_P50 B_P99 < <(run "$MOSQ_PORT")
 
-echo "== (c) ingestor RSS with $IDLE idle connections"
+# Half of the lower of the two rates: one both can sustain.
+HALF=$(( (A_RATE < B_RATE ? A_RATE : B_RATE) / 2 ))
+echo "== (c) both at $HALF msg/s (half of the lower of (a) and (b)): PUBACK latency"
+read -r _ C_RATE C_P50 C_P99 < <(run "$MQTT_PORT" --rate "$HALF")
+reset_stream
+read -r _ CM_RATE CM_P50 CM_P99 < <(run "$MOSQ_PORT" --rate "$HALF")
+
+echo "== (d) ingestor, QoS 1, 100 readings a message"
+read -r D_ACKED D_RATE _ _ < <(run "$MQTT_PORT" --readings 100)
+D_STORED=$(stream_readings "$REDIS_PORT" vt:telemetry)
+reset_stream
+
+echo "== (e) ingestor RSS with $IDLE idle connections"
 IDLE_BEFORE=$(rss_kib "$APP_PID")
 "$LOADGEN" --addr "127.0.0.1:$MQTT_PORT" --user "$TOKEN" --idle "$IDLE" --duration "$IDLE_SECONDS" >"$WORK/idle.out" &
 IDLE_GEN=$!
@@ -88,14 +108,20 @@ IDLE_RSS=$(rss_kib "$APP_PID")
 wait "$IDLE_GEN" || true
 
 RATIO=$(awk -v a="$A_RATE" -v b="$B_RATE" 'BEGIN { if (b > 0) printf "%.0f", 100 * a / b; else print "n/a" }')
+P99_RATIO=$(awk -v a="$C_P99" -v b="$CM_P99" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "n/a" }')
 PER_CONN=$(awk -v a="$IDLE_RSS" -v b="$IDLE_BEFORE" -v n="${READY:-0}" 'BEGIN { if (n > 0) printf "%.1f", (a - b) / n; else print "n/a" }')
 echo
 echo "| measure | value |"
 echo "| --- | --- |"
-echo "| (a) ingestor QoS 1 msg/s (PUBACK after XADD), $CONNS conns, window $INFLIGHT | $A_RATE |"
-echo "| (a) stream entries written (one per group of PUBLISHes) | $A_ENTRIES |"
+echo "| (a) ingestor QoS 1 msg/s of 1 reading (PUBACK after XADD), $CONNS conns, window $INFLIGHT | $A_RATE |"
+echo "| (a) messages acknowledged by the deadline / readings in the stream (entries) | $A_ACKED / $A_STORED ($A_ENTRIES) |"
 echo "| (b) mosquitto QoS 1 msg/s, same load | $B_RATE |"
 echo "| (a) / (b) | ${RATIO}% |"
-echo "| (c) idle connections held | ${READY:-0} of $IDLE |"
-echo "| (c) ingestor RSS before / with them | $((IDLE_BEFORE / 1024)) MiB / $((IDLE_RSS / 1024)) MiB ($PER_CONN KiB each) |"
+echo "| (c) PUBACK p50 / p99 at $HALF msg/s: ingestor | $C_P50 / $C_P99 ms ($C_RATE msg/s) |"
+echo "| (c) PUBACK p50 / p99 at $HALF msg/s: mosquitto | $CM_P50 / $CM_P99 ms ($CM_RATE msg/s) |"
+echo "| (c) p99 ingestor / mosquitto | ${P99_RATIO}x |"
+echo "| (d) ingestor, 100 readings a message: msg/s, readings/s | $D_RATE, $(( D_RATE * 100 )) |"
+echo "| (d) readings acknowledged by the deadline / in the stream | $(( D_ACKED * 100 )) / $D_STORED |"
+echo "| (e) idle connections held | ${READY:-0} of $IDLE |"
+echo "| (e) ingestor RSS before / with them | $((IDLE_BEFORE / 1024)) MiB / $((IDLE_RSS / 1024)) MiB ($PER_CONN KiB each) |"
 echo "| CPUs | $(nproc) (loadgen, ingestor, Redis and mosquitto share them) |"
