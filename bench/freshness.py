@@ -18,6 +18,7 @@ import requests
 
 POLL_SECONDS = 0.002
 GIVE_UP_SECONDS = 10.0
+GIVE_UP_AFTER_LOST = 5  # probes lost before a run stops probing
 
 
 @dataclass
@@ -71,6 +72,8 @@ def probe(ingest_url: str, device_token: str, query_url: str, reader_token: str,
             if time.perf_counter() - started > GIVE_UP_SECONDS:
                 lost += 1
                 break
+        if lost >= GIVE_UP_AFTER_LOST:  # the pipeline has fallen behind: more probes would say no more
+            break
             time.sleep(POLL_SECONDS)
         time.sleep(pause * random.uniform(0.5, 1.5))  # off the drain's rhythm
     return Freshness(seconds, lost, refused)
