@@ -65,8 +65,8 @@ class Pipeline:
         return max(1, min(self.batch_entries, int(self.batch_readings / self._readings_per_entry)))
 
     def _seal(self, batch: Batch) -> Batch:
-        if batch.good:  # follow the entries' size, so a batch stays near batch_readings
-            size = batch.readings / len(batch.good)
+        if batch.good:  # follow the entries' size (readings per stream entry), so a batch stays near batch_readings
+            size = batch.readings / len({encoded.entry.entry_id for encoded in batch.good})
             self._readings_per_entry = 0.7 * self._readings_per_entry + 0.3 * size
         return seal(batch)
 
