@@ -4,7 +4,7 @@
 //! entry of format 1. Every request is still answered only after the XADD that
 //! carries its readings returned an id. Why: docs/design.md, "Group append".
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,17 +31,17 @@ pub struct NotStored;
 
 /// One lane per shard, each a task on the server thread that first used it.
 pub struct Appender {
-    keys: Vec<String>,
+    shards: Arc<[Shard]>,
     lanes: Box<[OnceLock<mpsc::Sender<Waiting>>]>,
     most_requests: usize,
     redis: Link,
 }
 
 impl Appender {
-    pub fn new(shards: &[Shard], most_requests: usize, redis: Link) -> Self {
+    pub fn new(shards: Arc<[Shard]>, most_requests: usize, redis: Link) -> Self {
         Self {
-            keys: shards.iter().map(|s| s.key.clone()).collect(),
             lanes: shards.iter().map(|_| OnceLock::new()).collect(),
+            shards,
             most_requests: most_requests.max(1),
             redis,
         }
@@ -58,7 +58,7 @@ impl Appender {
     ) -> Result<(), NotStored> {
         if self.most_requests == 1 {
             // One entry per request: each request makes its own XADD, many in flight on the connection.
-            let cmd = stream::xadd_cmd(&self.keys[shard], device_id, &readings_json, at_ms);
+            let cmd = stream::xadd_cmd(&self.shards[shard].key, device_id, &readings_json, at_ms);
             return self.redis.run::<redis::Value>(&cmd).await.map(drop).map_err(|e| {
                 redis_failed("xadd", &e);
                 NotStored
@@ -77,7 +77,7 @@ impl Appender {
     fn lane(&self, shard: usize) -> &mpsc::Sender<Waiting> {
         self.lanes[shard].get_or_init(|| {
             let (send, queue) = mpsc::channel(4 * self.most_requests);
-            tokio::spawn(write_lane(self.keys[shard].clone(), self.redis.clone(), self.most_requests, queue));
+            tokio::spawn(write_lane(self.shards[shard].key.clone(), self.redis.clone(), self.most_requests, queue));
             send
         })
     }

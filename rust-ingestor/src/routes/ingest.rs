@@ -107,8 +107,8 @@ async fn accept_for(
     // A device out of tokens is refused before its body is read: a flood costs no parsing.
     let limiter = &state.limiter;
     limiter.precheck(device.id, Instant::now()).map_err(|limited| limiter.error(device.id, limited))?;
-    let shard = stream::shard_of(state, device.id);
-    if stream::over_high_water(state, shard) {
+    let shard_index = stream::shard_index(device.id, state.shards.len());
+    if stream::over_high_water(state, &state.shards[shard_index]) {
         return Err(state.unavailable("stream backlog is over its high-water mark").into());
     }
 
@@ -121,7 +121,6 @@ async fn accept_for(
 
     let mut encoded = Vec::with_capacity(readings.len() * 40 + 2);
     stream::encode_readings(&readings, &mut encoded);
-    let shard_index = stream::shard_index(device.id, state.shards.len());
     state.appender.append(shard_index, device.id, now_ms, encoded).await.map_err(|_| {
         // Not stored: the device will resend these readings, and must not pay for them twice.
         limiter.give_back(device.id, budget, readings.len(), Instant::now());

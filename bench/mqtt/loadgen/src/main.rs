@@ -183,6 +183,18 @@ async fn connected(a: &Args, n: usize) -> io::Result<TcpStream> {
     }
 }
 
+/// `count` connections, one after another; those refused are reported and left out.
+async fn connect_all(a: &Args, count: usize) -> Vec<TcpStream> {
+    let mut streams = Vec::with_capacity(count);
+    for n in 0..count {
+        match connected(a, n).await {
+            Ok(s) => streams.push(s),
+            Err(e) => eprintln!("connection {n}: {e}"),
+        }
+    }
+    streams
+}
+
 /// What one connection did: acknowledged messages, whether it failed, and each message's latency (µs).
 struct Outcome {
     acked: u64,
@@ -191,13 +203,7 @@ struct Outcome {
 }
 
 async fn load(a: &Args) {
-    let mut streams = Vec::with_capacity(a.connections);
-    for n in 0..a.connections {
-        match connected(a, n).await {
-            Ok(s) => streams.push(s),
-            Err(e) => eprintln!("connection {n}: {e}"),
-        }
-    }
+    let streams = connect_all(a, a.connections).await;
     let start = Instant::now() + Duration::from_millis(100);
     let deadline = start + a.duration;
     let publish = Arc::new(Publish::new(a));
@@ -300,13 +306,7 @@ async fn publish_until(stream: TcpStream, publish: Arc<Publish>, window: usize, 
 }
 
 async fn idle(a: &Args) {
-    let mut held = Vec::with_capacity(a.idle);
-    for n in 0..a.idle {
-        match connected(a, n).await {
-            Ok(stream) => held.push(stream),
-            Err(e) => eprintln!("idle connection {n}: {e}"),
-        }
-    }
+    let held = connect_all(a, a.idle).await;
     println!("ready {}", held.len());
     tokio::time::sleep(a.duration).await;
 }
