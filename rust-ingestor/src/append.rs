@@ -5,9 +5,11 @@
 //! carries its readings returned an id. Why: docs/design.md, "Group append".
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::in_doubt::{self, Settled};
 use crate::metrics;
 use crate::state::{redis_failed, Link};
 use crate::stream::{self, Part, Shard};
@@ -35,15 +37,18 @@ pub struct Appender {
     lanes: Box<[OnceLock<mpsc::Sender<Waiting>>]>,
     most_requests: usize,
     redis: Link,
+    /// How long a write whose answer was lost may wait for Redis to tell whether it is in.
+    settle_budget: Duration,
 }
 
 impl Appender {
-    pub fn new(shards: Arc<[Shard]>, most_requests: usize, redis: Link) -> Self {
+    pub fn new(shards: Arc<[Shard]>, most_requests: usize, redis: Link, settle_budget: Duration) -> Self {
         Self {
             lanes: shards.iter().map(|_| OnceLock::new()).collect(),
             shards,
             most_requests: most_requests.max(1),
             redis,
+            settle_budget,
         }
     }
 
@@ -58,11 +63,11 @@ impl Appender {
     ) -> Result<(), NotStored> {
         if self.most_requests == 1 {
             // One entry per request: each request makes its own XADD, many in flight on the connection.
-            let cmd = stream::xadd_cmd(&self.shards[shard].key, device_id, &readings_json, at_ms);
-            return self.redis.run::<redis::Value>(&cmd).await.map(drop).map_err(|e| {
-                redis_failed("xadd", &e);
-                NotStored
-            });
+            let key = &self.shards[shard].key;
+            let cmd = stream::xadd_cmd(key, device_id, &readings_json, at_ms);
+            let after = in_doubt::lower_bound(None);
+            let stored = write(&self.redis, key, &cmd, &after, self.settle_budget).await;
+            return if stored.is_ok() { Ok(()) } else { Err(NotStored) };
         }
         let (stored, answer) = oneshot::channel();
         let waiting = Waiting { device_id, at_ms, readings_json, stored };
@@ -77,54 +82,103 @@ impl Appender {
     fn lane(&self, shard: usize) -> &mpsc::Sender<Waiting> {
         self.lanes[shard].get_or_init(|| {
             let (send, queue) = mpsc::channel(4 * self.most_requests);
-            tokio::spawn(write_lane(self.shards[shard].key.clone(), self.redis.clone(), self.most_requests, queue));
+            let lane = Lane {
+                key: self.shards[shard].key.clone(),
+                redis: self.redis.clone(),
+                settle_budget: self.settle_budget,
+            };
+            tokio::spawn(lane.run(self.most_requests, queue));
             send
         })
     }
 }
 
-/// Takes what is waiting (at least one, at most `most` requests), writes it in
-/// one XADD, answers each, and again. While an XADD is out, the next requests
-/// queue up: under load entries grow by themselves, and a quiet lane pays
-/// nothing (no timer, no waiting for company).
-async fn write_lane(key: String, redis: Link, most: usize, mut queue: mpsc::Receiver<Waiting>) {
-    let mut group: Vec<Waiting> = Vec::new();
-    let mut held: Option<Waiting> = None;
-    loop {
-        let first = match held.take() {
-            Some(w) => w,
-            None => match queue.recv().await {
+/// The writer of one shard on one server thread.
+struct Lane {
+    key: String,
+    redis: Link,
+    settle_budget: Duration,
+}
+
+impl Lane {
+    /// Takes what is waiting (at least one, at most `most` requests), writes it in
+    /// one XADD, answers each, and again. While an XADD is out, the next requests
+    /// queue up: under load entries grow by themselves, and a quiet lane pays
+    /// nothing (no timer, no waiting for company).
+    async fn run(self, most: usize, mut queue: mpsc::Receiver<Waiting>) {
+        let mut group: Vec<Waiting> = Vec::new();
+        let mut held: Option<Waiting> = None;
+        // The id of this lane's last entry: every later one comes after it.
+        let mut last_id: Option<String> = None;
+        loop {
+            let first = match held.take() {
                 Some(w) => w,
-                None => return,
-            },
-        };
-        let mut bytes = first.readings_json.len();
-        group.push(first);
-        while group.len() < most {
-            match queue.try_recv() {
-                Ok(w) if bytes + w.readings_json.len() > MOST_ENTRY_BYTES => {
-                    held = Some(w);
-                    break;
+                None => match queue.recv().await {
+                    Some(w) => w,
+                    None => return,
+                },
+            };
+            let mut bytes = first.readings_json.len();
+            group.push(first);
+            while group.len() < most {
+                match queue.try_recv() {
+                    Ok(w) if bytes + w.readings_json.len() > MOST_ENTRY_BYTES => {
+                        held = Some(w);
+                        break;
+                    }
+                    Ok(w) => {
+                        bytes += w.readings_json.len();
+                        group.push(w);
+                    }
+                    Err(_) => break,
                 }
-                Ok(w) => {
-                    bytes += w.readings_json.len();
-                    group.push(w);
+            }
+            metrics::entry_requests(group.len());
+            let cmd = entry_cmd(&self.key, &group);
+            match self.redis.run::<String>(&cmd).await {
+                Ok(id) => {
+                    last_id = Some(id);
+                    answer(group.drain(..), true);
                 }
-                Err(_) => break,
+                Err(e) => {
+                    redis_failed("xadd", &e);
+                    if in_doubt::may_have_run(&e) {
+                        // Settled apart, so the lane goes on writing what comes next meanwhile.
+                        let after = in_doubt::lower_bound(last_id.as_deref());
+                        let (group, redis, key, budget) =
+                            (std::mem::take(&mut group), self.redis.clone(), self.key.clone(), self.settle_budget);
+                        tokio::spawn(async move {
+                            let settled = in_doubt::settle(&redis, &key, &cmd, &after, budget).await;
+                            answer(group.into_iter(), settled == Settled::Stored);
+                        });
+                    } else {
+                        answer(group.drain(..), false);
+                    }
+                }
             }
         }
-        let stored = match redis.run::<redis::Value>(&entry_cmd(&key, &group)).await {
-            Ok(_) => true,
-            Err(e) => {
-                redis_failed("xadd", &e);
-                false
+    }
+}
+
+/// Runs one XADD; when its answer is lost, asks Redis whether the entry is in.
+async fn write(redis: &Link, key: &str, cmd: &redis::Cmd, after: &str, budget: Duration) -> Result<(), NotStored> {
+    match redis.run::<redis::Value>(cmd).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            redis_failed("xadd", &e);
+            if in_doubt::may_have_run(&e) && in_doubt::settle(redis, key, cmd, after, budget).await == Settled::Stored {
+                Ok(())
+            } else {
+                Err(NotStored)
             }
-        };
-        metrics::entry_requests(group.len());
-        for waiting in group.drain(..) {
-            // The request may be gone (its client left); its readings are in the stream all the same.
-            let _ = waiting.stored.send(stored);
         }
+    }
+}
+
+fn answer(group: impl Iterator<Item = Waiting>, stored: bool) {
+    for waiting in group {
+        // The request may be gone (its client left); its readings are in the stream all the same.
+        let _ = waiting.stored.send(stored);
     }
 }
 

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod device_stats;
 pub mod error;
+pub mod in_doubt;
 pub mod metrics;
 pub mod mqtt;
 pub mod ratelimit;

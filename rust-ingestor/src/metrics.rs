@@ -15,6 +15,7 @@ pub const READINGS_REJECTED: &str = "visiontrack_ingestor_readings_rejected_tota
 pub const INGEST_REJECTED: &str = "visiontrack_ingestor_ingest_rejected_total";
 pub const BATCH_SIZE: &str = "visiontrack_ingestor_batch_readings";
 pub const ENTRY_REQUESTS: &str = "visiontrack_ingestor_stream_entry_requests";
+pub const WRITES_IN_DOUBT: &str = "visiontrack_ingestor_writes_in_doubt_total";
 pub const BACKPRESSURE: &str = "visiontrack_ingestor_backpressure_events_total";
 pub const REDIS_ERRORS: &str = "visiontrack_ingestor_redis_errors_total";
 pub const TOKEN_CACHE_HITS: &str = "visiontrack_ingestor_token_cache_hits_total";
@@ -63,6 +64,10 @@ fn describe() {
     metrics::describe_counter!(INGEST_REJECTED, "Ingest requests answered with an error, by reason");
     metrics::describe_histogram!(BATCH_SIZE, "Readings per accepted ingest request");
     metrics::describe_histogram!(ENTRY_REQUESTS, "Requests (or MQTT batches) written together in one stream entry");
+    metrics::describe_counter!(
+        WRITES_IN_DOUBT,
+        "XADDs whose answer was lost, by what asking Redis found: stored, not_stored or unknown"
+    );
     metrics::describe_counter!(BACKPRESSURE, "Requests refused because the stream backlog is over the high-water mark");
     metrics::describe_counter!(REDIS_ERRORS, "Failed or timed-out Redis commands, by operation");
     metrics::describe_counter!(TOKEN_CACHE_HITS, "Device-token lookups answered from the cache");
@@ -175,6 +180,17 @@ static ENTRY: OnceLock<Histogram> = OnceLock::new();
 pub fn entry_requests(requests: usize) {
     #[allow(clippy::cast_precision_loss)]
     ENTRY.get_or_init(|| histogram!(ENTRY_REQUESTS)).record(requests as f64);
+}
+
+/// An XADD whose answer was lost, once Redis was asked what became of it.
+pub fn write_in_doubt(settled: crate::in_doubt::Settled) {
+    use crate::in_doubt::Settled;
+    let outcome = match settled {
+        Settled::Stored => "stored",
+        Settled::NotStored => "not_stored",
+        Settled::Unknown => "unknown",
+    };
+    counter!(WRITES_IN_DOUBT, "outcome" => outcome).increment(1);
 }
 
 /// An ingest request answered with an error; `readings` when the body was parsed that far.

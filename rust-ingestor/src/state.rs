@@ -123,7 +123,9 @@ impl AppState {
             .set_pipeline_buffer_size(4096);
         let connection = ConnectionManager::new_lazy_with_config(client, manager_config)?;
         let redis = Link { connection, timeout: config.redis_timeout };
-        let appender = Appender::new(shards.clone(), config.entry_max_requests, redis.clone());
+        // Half the request's deadline: a write in doubt is answered before the request times out.
+        let appender =
+            Appender::new(shards.clone(), config.entry_max_requests, redis.clone(), config.request_timeout / 2);
         Ok(Self(Arc::new(Inner {
             tokens: TokenCache::new(config.token_cache_ttl),
             config,

@@ -1,6 +1,7 @@
 """Appending accepted telemetry to the stream, with backpressure (docs/contracts.md section 1)."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Sequence
@@ -9,6 +10,15 @@ import redis
 
 from .errors import ApiError
 from .stream import Reading, backlog, encode_entry, shard_key_for
+
+log = logging.getLogger(__name__)
+
+# A write whose answer was lost (docs/design.md, "A write in doubt"): entry ids carry Redis's clock, so the
+# search starts this far before ours; it looks at most this many entries, for at most this long.
+CLOCK_SLACK_MS = 2_000
+SCAN_LIMIT = 10_000
+SETTLE_SECONDS = 5.0
+SETTLE_PAUSE = 0.1
 
 
 class StreamWriter:
@@ -54,10 +64,35 @@ class StreamWriter:
 
     def append(self, device_id: int, readings: Sequence[Reading], received_ms: int) -> str:
         """XADD one entry (after `check_room`); the returned id means Redis has it. Raise 503 when Redis
-        cannot take it."""
+        cannot take it; when its answer was lost, ask Redis first (docs/design.md, "A write in doubt")."""
         key = shard_key_for(self.base_key, self.shards, device_id)
+        fields = encode_entry(device_id, readings, received_ms)
+        after = f"{int(time.time() * 1000) - CLOCK_SLACK_MS}-0"  # precedes the entry, if Redis adds it
         try:
-            entry_id = self.redis.xadd(key, encode_entry(device_id, readings, received_ms))
+            entry_id = self.redis.xadd(key, fields)
+        except (redis.ConnectionError, redis.TimeoutError):
+            entry_id = self._find(key, fields, after)
+            if entry_id is None:
+                raise self._unreachable() from None
         except redis.RedisError:
             raise self._unreachable() from None
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+    def _find(self, key: str, fields: dict[str, str], after: str) -> bytes | None:
+        """The id of an entry holding exactly `fields` after `after`, asking until Redis answers (at most
+        SETTLE_SECONDS); None when it is not there, or nobody could tell."""
+        want = {name.encode(): value.encode() for name, value in fields.items()}
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while True:
+            try:
+                entries = self.redis.xrange(key, min=after, max="+", count=SCAN_LIMIT)
+                break
+            except redis.RedisError:
+                if time.monotonic() + SETTLE_PAUSE >= deadline:
+                    log.warning("the answer to an XADD on %s was lost and Redis did not answer since", key)
+                    return None
+                time.sleep(SETTLE_PAUSE)
+        found = next((entry_id for entry_id, got in entries if got == want), None)
+        log.warning("the answer to an XADD on %s was lost; Redis %s the entry", key,
+                    "holds" if found else "does not hold")
+        return found
