@@ -123,9 +123,10 @@ impl AppState {
             .set_pipeline_buffer_size(4096);
         let connection = ConnectionManager::new_lazy_with_config(client, manager_config)?;
         let redis = Link { connection, timeout: config.redis_timeout };
-        // Half the request's deadline: a write in doubt is answered before the request times out.
-        let appender =
-            Appender::new(shards.clone(), config.entry_max_requests, redis.clone(), config.request_timeout / 2);
+        // Three quarters of the request's deadline: long enough for a restarted Redis to answer (about
+        // 4 s on Kubernetes), short enough that a write in doubt is answered before the request times out.
+        let settle_budget = config.request_timeout * 3 / 4;
+        let appender = Appender::new(shards.clone(), config.entry_max_requests, redis.clone(), settle_budget);
         Ok(Self(Arc::new(Inner {
             tokens: TokenCache::new(config.token_cache_ttl),
             config,

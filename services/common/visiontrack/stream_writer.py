@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 # search starts this far before ours; it looks at most this many entries, for at most this long.
 CLOCK_SLACK_MS = 2_000
 SCAN_LIMIT = 10_000
-SETTLE_SECONDS = 5.0
+SETTLE_SECONDS = 7.5
 SETTLE_PAUSE = 0.1
 
 
