@@ -5,7 +5,8 @@
 #  (b) Mosquitto's QoS 1 messages/s under the same load
 #  (c) PUBACK latency p50/p99 at half of (a)'s rate, on both (from when each message was due)
 #  (d) messages of 100 readings: readings/s through the ingestor
-#  (e) the ingestor's RSS with BENCH_MQTT_IDLE idle connections (file descriptor limit raised for it)
+#  (e) the ingestor's RSS with BENCH_MQTT_IDLE idle connections (file descriptor limit raised for it), on the
+#      ingestor loaded by (a)-(d) and on a fresh one
 # Everything runs on free loopback ports and is stopped at the end.
 # Knobs: BENCH_DURATION (s, 15), BENCH_MQTT_CONNECTIONS (100), BENCH_MQTT_INFLIGHT (64),
 #        BENCH_MQTT_IDLE (10000), BENCH_MQTT_IDLE_SECONDS (10).
@@ -97,19 +98,32 @@ read -r D_ACKED D_RATE _ _ < <(run "$MQTT_PORT" --readings 100)
 D_STORED=$(stream_readings "$REDIS_PORT" vt:telemetry)
 reset_stream
 
-echo "== (e) ingestor RSS with $IDLE idle connections"
-IDLE_BEFORE=$(rss_kib "$APP_PID")
-"$LOADGEN" --addr "127.0.0.1:$MQTT_PORT" --user "$TOKEN" --idle "$IDLE" --duration "$IDLE_SECONDS" >"$WORK/idle.out" &
-IDLE_GEN=$!
-for _ in $(seq 600); do grep -q '^ready' "$WORK/idle.out" 2>/dev/null && break; sleep 0.1; done
-READY=$(awk '/^ready/ {print $2}' "$WORK/idle.out")
-sleep 1
-IDLE_RSS=$(rss_kib "$APP_PID")
-wait "$IDLE_GEN" || true
+# idle_rss PID PORT -> "rss_before_kib rss_with_kib connections_held": IDLE connections held open on PORT.
+idle_rss() {
+  local pid=$1 port=$2 before ready with gen
+  before=$(rss_kib "$pid")
+  "$LOADGEN" --addr "127.0.0.1:$port" --user "$TOKEN" --idle "$IDLE" --duration "$IDLE_SECONDS" >"$WORK/idle.out" &
+  gen=$!
+  for _ in $(seq 600); do grep -q '^ready' "$WORK/idle.out" 2>/dev/null && break; sleep 0.1; done
+  ready=$(awk '/^ready/ {print $2}' "$WORK/idle.out")
+  sleep 1
+  with=$(rss_kib "$pid")
+  wait "$gen" || true
+  echo "$before $with ${ready:-0}"
+}
+
+echo "== (e) ingestor RSS with $IDLE idle connections: the one loaded above, then a fresh one"
+read -r E_BEFORE E_WITH E_READY < <(idle_rss "$APP_PID" "$MQTT_PORT")
+FRESH_HTTP="$(free_port)"; FRESH_MQTT="$(free_port)"
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" VT_LISTEN_ADDR="127.0.0.1:$FRESH_HTTP" VT_MQTT_ADDR="127.0.0.1:$FRESH_MQTT" \
+  VT_RATE_LIMIT=0 VT_LOG_LEVEL=warn "$BIN" >"$WORK/ingestor-fresh.log" 2>&1 &
+FRESH_PID=$!; PIDS+=("$FRESH_PID")
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$FRESH_HTTP/readyz" >/dev/null && break; sleep 0.05; done
+read -r F_BEFORE F_WITH F_READY < <(idle_rss "$FRESH_PID" "$FRESH_MQTT")
 
 RATIO=$(awk -v a="$A_RATE" -v b="$B_RATE" 'BEGIN { if (b > 0) printf "%.0f", 100 * a / b; else print "n/a" }')
 P99_RATIO=$(awk -v a="$C_P99" -v b="$CM_P99" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "n/a" }')
-PER_CONN=$(awk -v a="$IDLE_RSS" -v b="$IDLE_BEFORE" -v n="${READY:-0}" 'BEGIN { if (n > 0) printf "%.1f", (a - b) / n; else print "n/a" }')
+PER_CONN=$(awk -v a="$F_WITH" -v b="$F_BEFORE" -v n="$F_READY" 'BEGIN { if (n > 0) printf "%.1f", (a - b) / n; else print "n/a" }')
 echo
 echo "| measure | value |"
 echo "| --- | --- |"
@@ -122,6 +136,7 @@ echo "| (c) PUBACK p50 / p99 at $HALF msg/s: mosquitto | $CM_P50 / $CM_P99 ms ($
 echo "| (c) p99 ingestor / mosquitto | ${P99_RATIO}x |"
 echo "| (d) ingestor, 100 readings a message: msg/s, readings/s | $D_RATE, $(( D_RATE * 100 )) |"
 echo "| (d) readings acknowledged by the deadline / in the stream | $(( D_ACKED * 100 )) / $D_STORED |"
-echo "| (e) idle connections held | ${READY:-0} of $IDLE |"
-echo "| (e) ingestor RSS before / with them | $((IDLE_BEFORE / 1024)) MiB / $((IDLE_RSS / 1024)) MiB ($PER_CONN KiB each) |"
+echo "| (e) idle connections held: loaded ingestor, fresh one | $E_READY, $F_READY of $IDLE |"
+echo "| (e) RSS of the ingestor loaded above, before / with them | $((E_BEFORE / 1024)) MiB / $((E_WITH / 1024)) MiB |"
+echo "| (e) RSS of a fresh ingestor, before / with them | $((F_BEFORE / 1024)) MiB / $((F_WITH / 1024)) MiB ($PER_CONN KiB each) |"
 echo "| CPUs | $(nproc) (loadgen, ingestor, Redis and mosquitto share them) |"

@@ -60,21 +60,23 @@ pub async fn run(io: impl Transport, cx: Context, slot: Slot) {
     let mut conn = Conn { io, inbuf: BytesMut::with_capacity(512), out: BytesMut::with_capacity(64) };
     let settings = &cx.state.config.mqtt;
     let max_packet = limits::max_packet(cx.state.config.limits.max_body_bytes);
-    let (mut codec, connect) = match tokio::time::timeout(settings.connect_timeout, conn.read_connect(max_packet)).await
-    {
-        Ok(Ok(Some(first))) => first,
-        Ok(Ok(None)) => return,
-        Ok(Err(_)) => {
-            metrics::mqtt_connect(PROTOCOL_ERROR);
-            return;
-        }
-        Err(_) => {
-            metrics::mqtt_connect(TIMEOUT);
-            return;
-        }
-    };
-    let Some((device, digest)) = authenticate(&cx.state, &mut codec, &connect, &mut conn).await else {
-        let _ = conn.flush().await;
+    // The cold paths are boxed (here and in `Session::serve`): a future holds room for its largest
+    // state as long as it lives, and an idle connection should pay only for the loop it idles in.
+    let (mut codec, connect) =
+        match Box::pin(tokio::time::timeout(settings.connect_timeout, conn.read_connect(max_packet))).await {
+            Ok(Ok(Some(first))) => first,
+            Ok(Ok(None)) => return,
+            Ok(Err(_)) => {
+                metrics::mqtt_connect(PROTOCOL_ERROR);
+                return;
+            }
+            Err(_) => {
+                metrics::mqtt_connect(TIMEOUT);
+                return;
+            }
+        };
+    let Some((device, digest)) = Box::pin(authenticate(&cx.state, &mut codec, &connect, &mut conn)).await else {
+        let _ = Box::pin(conn.flush()).await;
         return;
     };
     let (keep_alive, told_keep_alive) = limits::keep_alive(connect.keep_alive, settings.max_keep_alive);
@@ -86,7 +88,7 @@ pub async fn run(io: impl Transport, cx: Context, slot: Slot) {
         assigned_client_id: connect.client_id.is_empty().then(|| format!("vt-{}-{:x}", device.id, epoch_ms())),
     };
     codec.connack(&grant, &mut conn.out);
-    if conn.flush().await.is_err() {
+    if Box::pin(conn.flush()).await.is_err() {
         return;
     }
     metrics::mqtt_connect(ACCEPTED);
@@ -255,7 +257,7 @@ impl Session {
                     reading = false;
                     finishing = reason;
                 }
-                Next::Close(why, reason) => return self.close(conn, why, reason).await,
+                Next::Close(why, reason) => return Box::pin(self.close(conn, why, reason)).await,
             }
             if conn.flush().await.is_err() {
                 return "io";
@@ -263,10 +265,10 @@ impl Session {
             if !reading && self.pending == 0 {
                 if finishing == "shutdown" {
                     self.codec.disconnect(Closing::ShuttingDown, &mut conn.out);
-                    let _ = conn.flush().await;
+                    let _ = Box::pin(conn.flush()).await;
                 }
                 if matches!(finishing, "backpressure" | "rate_limited") {
-                    conn.linger().await;
+                    Box::pin(conn.linger()).await;
                 }
                 return finishing;
             }
@@ -275,11 +277,11 @@ impl Session {
                 biased;
                 Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     if let Err((why, reason)) = self.answer(&done, conn) {
-                        return self.close(conn, why, reason).await;
+                        return Box::pin(self.close(conn, why, reason)).await;
                     }
                 }
                 () = revoked.notified() => {
-                    return self.close(conn, Closing::NotAuthorized, "revoked").await;
+                    return Box::pin(self.close(conn, Closing::NotAuthorized, "revoked")).await;
                 }
                 () = super::turned_true(&mut drain), if reading => {
                     reading = false;
@@ -293,7 +295,7 @@ impl Session {
                 () = &mut idle => {
                     let deadline = last_heard + self.silence;
                     if Instant::now() >= deadline && reading {
-                        return self.close(conn, Closing::KeepAliveTimeout, "keep_alive").await;
+                        return Box::pin(self.close(conn, Closing::KeepAliveTimeout, "keep_alive")).await;
                     }
                     let next = deadline.max(Instant::now() + self.silence / 4);
                     idle.as_mut().reset(tokio::time::Instant::from_std(next));
@@ -468,5 +470,28 @@ impl Session {
         let _ = conn.flush().await;
         let _ = conn.io.shutdown().await;
         reason
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{metrics, Config};
+
+    /// Every idle connection holds its task's future; 10,000 of them must fit in
+    /// the ingestor's memory budget, so the cold paths (CONNECT, refusals,
+    /// closing) are boxed and cost nothing once done.
+    #[tokio::test]
+    async fn a_connection_holds_a_small_future() {
+        let config = Config::from_lookup(|n| (n == "REDIS_URL").then(|| "redis://127.0.0.1:1/0".to_owned())).unwrap();
+        let state = AppState::new(config, metrics::install()).unwrap();
+        let (_drain_tx, drain) = watch::channel(false);
+        let (done, _all_done) = mpsc::channel(1);
+        let cx = Context { state, registry: Registry::default(), drain, done };
+        let slot = limits::Slots::new(1).take().unwrap();
+        let (io, _client) = tokio::io::duplex(64);
+        let size = std::mem::size_of_val(&run(io, cx, slot));
+        println!("the future of one connection: {size} bytes");
+        assert!(size <= 2_048, "the future of one connection is {size} bytes");
     }
 }
