@@ -87,14 +87,17 @@ def test_skaffold_should_have_kind_and_minikube_profiles(skaffold):
     assert profiles["kind"]["activation"][0]["kubeContext"] == f"kind-{kind_cfg['name']}"
 
 
-def test_the_kind_cluster_should_publish_ports_80_and_443_where_the_ingress_controller_binds(values):
+def test_the_kind_cluster_should_publish_ports_80_443_and_1883_where_the_ingress_controller_binds(values):
     kind_cfg = load_yaml(ROOT / "k8s" / "kind-config.yaml")
     traefik = load_yaml(ROOT / "k8s" / "traefik-kind-values.yaml")
     nodes = [n for n in kind_cfg["nodes"] if all(n.get("labels", {}).get(k) == v for k, v in traefik["nodeSelector"].items())]
     assert len(nodes) == 1, "exactly one node carries the ingress controller's nodeSelector labels"
     mapped = {m["containerPort"]: m["hostPort"] for m in nodes[0]["extraPortMappings"]}
-    assert mapped == {80: 80, 443: 443}
-    assert {traefik["ports"]["web"]["hostPort"], traefik["ports"]["websecure"]["hostPort"]} == {80, 443}
+    assert mapped == {80: 80, 443: 443, 1883: 1883}
+    assert {traefik["ports"][p]["hostPort"] for p in ("web", "websecure", "mqtt")} == {80, 443, 1883}
+    base = load_yaml(ROOT / "k8s" / "traefik-values.yaml")
+    assert base["ports"]["mqtt"]["port"] == 1883, "the hostPort binds Traefik's mqtt entry point"
+    assert values["ingestor"]["mqtt"]["traefikRoute"]["entryPoints"] == ["mqtt"]
     if nodes[0]["role"] == "control-plane":
         assert any(t["key"] == "node-role.kubernetes.io/control-plane" for t in traefik["tolerations"])
 

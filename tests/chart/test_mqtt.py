@@ -1,5 +1,6 @@
 """MQTT in the chart: the ingestor's listener, its own Service (port mqtt, and mqtts with TLS), the
-NetworkPolicy that lets devices in, and TLS from a kubernetes.io/tls Secret mounted as a folder."""
+NetworkPolicy that lets devices in, TLS from a kubernetes.io/tls Secret mounted as a folder, and the
+optional route through Traefik."""
 from __future__ import annotations
 
 import pytest
@@ -74,3 +75,20 @@ def test_mqtt_off_leaves_no_port_service_or_tls(helm, args):
     assert [p["name"] for p in container["ports"]] == ["http"]
     assert find(objs, "Service", f"{FULL}-ingestor-mqtt") is None
     assert "volumeMounts" not in container
+
+
+def test_the_traefik_route_sends_its_entry_points_to_the_mqtt_service(helm):
+    assert not [o for o in _render(helm) if o["kind"] == "IngressRouteTCP"], "off by default"
+    objs = _render(helm, "--set", "ingestor.mqtt.traefikRoute.enabled=true",
+                   "--set", "ingestor.mqtt.traefikRoute.entryPoints={mqtt,devices}")
+    route = find(objs, "IngressRouteTCP", f"{FULL}-ingestor-mqtt")
+    service = find(objs, "Service", f"{FULL}-ingestor-mqtt")
+    assert route["spec"]["entryPoints"] == ["mqtt", "devices"]
+    (rule,) = route["spec"]["routes"]
+    assert rule["match"] == "HostSNI(`*`)"
+    assert rule["services"] == [{"name": service["metadata"]["name"], "port": service["spec"]["ports"][0]["port"]}]
+
+
+def test_no_traefik_route_without_mqtt(helm):
+    objs = _render(helm, "--set", "ingestor.mqtt.enabled=false", "--set", "ingestor.mqtt.traefikRoute.enabled=true")
+    assert not [o for o in objs if o["kind"] == "IngressRouteTCP"]

@@ -1,6 +1,6 @@
 """The chart lints, renders in every mode, and every rendered object is valid against the Kubernetes
-schemas (kubernetes-validate, bundled offline), the Prometheus Operator's CRD schemas (vendored in
-schemas/) and the Gateway API models; values.schema.json refuses what cannot work."""
+schemas (kubernetes-validate, bundled offline), the Prometheus Operator's and Traefik's CRD schemas
+(vendored in schemas/) and the Gateway API models; values.schema.json refuses what cannot work."""
 from __future__ import annotations
 
 import json
@@ -13,8 +13,9 @@ from .helpers import (CHART, INSTALL, KUBERNETES_VERSION, MODES, NAMESPACE, RELE
 
 MIN_KUBERNETES = "1.30.0"  # preStop sleep actions (beta, on by default, from 1.30)
 
-CR_KINDS = {"ServiceMonitor": "monitoring.coreos.com_servicemonitors.yaml",
-            "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml"}
+CR_KINDS = {"ServiceMonitor": "crds/monitoring.coreos.com_servicemonitors.yaml",
+            "PrometheusRule": "crds/monitoring.coreos.com_prometheusrules.yaml",
+            "IngressRouteTCP": "traefik/traefik.io_ingressroutetcps.yaml"}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -52,7 +53,7 @@ def test_the_kubernetes_validator_should_reject_a_broken_object(tmp_path):
 
 
 def _crd_schema(kind: str) -> dict:
-    crd = load_yaml(SCHEMAS / "crds" / CR_KINDS[kind])
+    crd = load_yaml(SCHEMAS / CR_KINDS[kind])
     version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
     return _portable_patterns(version["schema"]["openAPIV3Schema"])
 

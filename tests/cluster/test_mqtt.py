@@ -1,6 +1,7 @@
 """MQTT on the cluster, as a device reaches it: through the release's MQTT Service, plain and over TLS (the
-certificate from the Secret `make test-cluster` made for it), readings read back through the ingress; a
-bad token refused at CONNECT; a rotated token's live connection closed within 5 s."""
+certificate from the Secret `make test-cluster` made for it), and through Traefik's mqtt entry point;
+readings read back through the ingress; a bad token refused at CONNECT; a rotated token's live connection
+closed within 5 s."""
 from __future__ import annotations
 
 import base64
@@ -10,7 +11,8 @@ import uuid
 import pytest
 import requests
 
-from tests.cluster.kube import NAMESPACE, RELEASE, ServiceAddress, ingress_url, kubectl_json, release_tokens
+from tests.cluster.kube import (NAMESPACE, RELEASE, TRAEFIK_NAMESPACE, ServiceAddress, ingress_url, kubectl_json,
+                                release_tokens)
 from tests.integration.test_mqtt import V5, V311, Device
 
 SERVICE = f"{RELEASE}-ingestor-mqtt"
@@ -97,6 +99,28 @@ def test_readings_published_over_tls_are_stored_and_read_back(api, tls):
     finally:
         dev.close()
     assert _read_back(api, device_id, "mqtts_check") == 7.25
+
+
+@pytest.fixture(scope="module")
+def through_traefik():
+    routes = kubectl_json("-n", NAMESPACE, "get", "ingressroutetcps.traefik.io")["items"]
+    if not routes:
+        pytest.skip("the release has no IngressRouteTCP (ingestor.mqtt.traefikRoute.enabled)")
+    ports = {p["name"]: p["port"]
+             for p in kubectl_json("-n", TRAEFIK_NAMESPACE, "get", "service", "traefik")["spec"]["ports"]}
+    address = ServiceAddress(TRAEFIK_NAMESPACE, "traefik", ports["mqtt"])
+    yield address
+    address.close()
+
+
+def test_readings_published_through_traefik_are_stored_and_read_back(api, through_traefik):
+    device_id, token = _device(api)
+    dev = _connected(through_traefik, token, V311)
+    try:
+        assert dev.ack(dev.publish({"mqtt_traefik_check": 3.5})) == 0
+    finally:
+        dev.close()
+    assert _read_back(api, device_id, "mqtt_traefik_check") == 3.5
 
 
 def test_a_bad_token_is_refused_at_connect(plain):
