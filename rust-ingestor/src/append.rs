@@ -204,12 +204,7 @@ mod tests {
     }
 
     fn fields(cmd: &redis::Cmd) -> Vec<String> {
-        cmd.args_iter()
-            .map(|a| match a {
-                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
-                _ => String::new(),
-            })
-            .collect()
+        stream::tests::args(cmd).iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect()
     }
 
     #[test]

@@ -215,7 +215,7 @@ pub async fn sample_all(state: &AppState) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use redis::Value as V;
 
@@ -256,7 +256,8 @@ mod tests {
         assert_eq!(args, expected);
     }
 
-    fn args(cmd: &redis::Cmd) -> Vec<Vec<u8>> {
+    /// The arguments of a command, as sent (for tests here and in `append`).
+    pub(crate) fn args(cmd: &redis::Cmd) -> Vec<Vec<u8>> {
         cmd.args_iter()
             .map(|a| match a {
                 redis::Arg::Simple(b) => b.to_vec(),

@@ -1,9 +1,10 @@
 //! From PUBLISH to stream entry: the topic and payload checks (the payload by
 //! the same `validate` as `/api/ingest`), and batching. The valid PUBLISHes
-//! that come while a connection's previous XADD is in flight become one entry,
-//! one XADD (the device is the same): one round trip per group instead of per
-//! message is what lets a pipelining client go fast. Their PUBACKs follow that
-//! XADD's reply.
+//! that come while a connection's previous batch is being stored become one
+//! batch, one request's worth of readings (the device is the same), handed to
+//! the appender like an HTTP request; the appender may put batches of several
+//! connections in one entry (`append.rs`). Their PUBACKs follow the reply of
+//! the XADD that carries them.
 
 use std::num::NonZeroU16;
 use std::time::Instant;
@@ -110,7 +111,8 @@ pub enum Outcome {
     Stored { readings: usize },
     /// Not stored, and never will be as sent.
     Refused(Refusal),
-    /// The XADD failed or timed out: nothing may be acknowledged.
+    /// Not known to be stored (the XADD failed, or its answer was lost and Redis
+    /// could not tell in time): nothing may be acknowledged.
     Unavailable,
 }
 
