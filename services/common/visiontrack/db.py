@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import select
 import threading
 from typing import Iterator
 
@@ -24,15 +25,19 @@ class ConnectionPool:
     def getconn(self, timeout: float = 10.0):
         if not self._slots.acquire(timeout=timeout):
             raise psycopg2.OperationalError("no free database connection in the pool")
-        try:
-            conn = self._idle.get_nowait()
-        except queue.Empty:
+        while True:
             try:
-                conn = self._connect()
-            except BaseException:
-                self._slots.release()
-                raise
-        return conn
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if not _hung_up(conn):
+                return conn
+            conn.close()  # the server ended it while it sat here (a restart): its first query would fail
+        try:
+            return self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
 
     def putconn(self, conn, close: bool = False) -> None:
         if close or conn.closed:
@@ -47,6 +52,17 @@ class ConnectionPool:
                 self._idle.get_nowait().close()
             except queue.Empty:
                 return
+
+
+def _hung_up(conn) -> bool:
+    """Whether the server has ended an idle connection, without a round trip (about a microsecond): an idle
+    connection has nothing to read unless the server sent its goodbye (a FATAL message, then end of file)."""
+    if conn.closed:
+        return True
+    try:
+        return bool(select.select([conn.fileno()], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
 
 
 class Database:
