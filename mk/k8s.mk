@@ -47,7 +47,7 @@ $(KIND):
 	GOBIN=$(K8S_TOOLS) go install sigs.k8s.io/kind@$(KIND_VERSION)
 
 .PHONY: kind-up
-kind-up: $(KIND) $(HELM) ## Create the kind cluster (ports 80/443 on localhost) with Traefik as ingress controller
+kind-up: $(KIND) $(HELM) ## Create the kind cluster (ports 80/443/1883 on localhost) with Traefik as ingress controller
 	@if $(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)'; then \
 	  echo "==> kind cluster $(KIND_CLUSTER) already exists"; \
 	else \
