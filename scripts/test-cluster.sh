@@ -2,7 +2,7 @@
 # `make test-cluster`: VisionTrack on the cluster kubectl points at (the local one, kind, minikube).
 # Stages, each timed: images into the cluster, kube-prometheus-stack (make monitoring, unless the
 # cluster has it), install (helm --wait, with tests/cluster/values.yaml), helm test, the e2e suite through
-# the ingress controller, MQTT through its Service (plain and TLS), NetworkPolicies both ways, the HTTPRoute through a Gateway, monitoring (targets,
+# the ingress controller, MQTT through its Service (plain and TLS) and through Traefik, NetworkPolicies both ways, the HTTPRoute through a Gateway, monitoring (targets,
 # rules, alerts, dashboards), autoscaling, pod-kill drills under load, helm upgrade to another image tag
 # under a steady ingest load, uninstall.
 # A summary of stage times ends the run; a failing stage prints the cluster's state and stops the run.
@@ -130,7 +130,7 @@ stage "install (helm --wait)" install
 stage "helm test" helm_test
 stage "a clean install: pods, restarts, logs" pytest_stage tests/cluster/test_clean_install.py
 stage "e2e suite through the ingress" e2e_suite
-stage "MQTT through its Service, plain and TLS" pytest_stage tests/cluster/test_mqtt.py
+stage "MQTT: its Service, plain and TLS; Traefik" pytest_stage tests/cluster/test_mqtt.py
 stage "NetworkPolicies both ways" pytest_stage tests/cluster/test_network_policies.py
 stage "HTTPRoute through the Gateway" pytest_stage tests/cluster/test_gateway_route.py
 stage "monitoring: targets, rules, alerts, dashboards" pytest_stage tests/cluster/test_monitoring.py
