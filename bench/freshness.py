@@ -72,9 +72,9 @@ def probe(ingest_url: str, device_token: str, query_url: str, reader_token: str,
             if time.perf_counter() - started > GIVE_UP_SECONDS:
                 lost += 1
                 break
+            time.sleep(POLL_SECONDS)
         if lost >= GIVE_UP_AFTER_LOST:  # the pipeline has fallen behind: more probes would say no more
             break
-            time.sleep(POLL_SECONDS)
         time.sleep(pause * random.uniform(0.5, 1.5))  # off the drain's rhythm
     return Freshness(seconds, lost, refused)
 

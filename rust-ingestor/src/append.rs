@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::in_doubt::{self, Settled};
 use crate::metrics;
-use crate::state::{redis_failed, Link};
+use crate::state::{redis_failed, Link, RedisFailure};
 use crate::stream::{self, Part, Shard};
 
 /// The most bytes of readings one entry gathers (a single larger request still
@@ -65,9 +65,18 @@ impl Appender {
             // One entry per request: each request makes its own XADD, many in flight on the connection.
             let key = &self.shards[shard].key;
             let cmd = stream::xadd_cmd(key, device_id, &readings_json, at_ms);
-            let after = in_doubt::lower_bound(None);
-            let stored = write(&self.redis, key, &cmd, &after, self.settle_budget).await;
-            return if stored.is_ok() { Ok(()) } else { Err(NotStored) };
+            return match self.redis.run::<redis::Value>(&cmd).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let after = in_doubt::lower_bound(None, at_ms);
+                    let stored = after_failure(&self.redis, key, &cmd, &after, self.settle_budget, &e).await;
+                    if stored {
+                        Ok(())
+                    } else {
+                        Err(NotStored)
+                    }
+                }
+            };
         }
         let (stored, answer) = oneshot::channel();
         let waiting = Waiting { device_id, at_ms, readings_json, stored };
@@ -141,38 +150,32 @@ impl Lane {
                     answer(group.drain(..), true);
                 }
                 Err(e) => {
-                    redis_failed("xadd", &e);
-                    if in_doubt::may_have_run(&e) {
-                        // Settled apart, so the lane goes on writing what comes next meanwhile.
-                        let after = in_doubt::lower_bound(last_id.as_deref());
-                        let (group, redis, key, budget) =
-                            (std::mem::take(&mut group), self.redis.clone(), self.key.clone(), self.settle_budget);
-                        tokio::spawn(async move {
-                            let settled = in_doubt::settle(&redis, &key, &cmd, &after, budget).await;
-                            answer(group.into_iter(), settled == Settled::Stored);
-                        });
-                    } else {
-                        answer(group.drain(..), false);
-                    }
+                    // Settled apart, so the lane goes on writing what comes next meanwhile.
+                    let after = in_doubt::lower_bound(last_id.as_deref(), group[0].at_ms);
+                    let (group, redis, key, budget) =
+                        (std::mem::take(&mut group), self.redis.clone(), self.key.clone(), self.settle_budget);
+                    tokio::spawn(async move {
+                        let stored = after_failure(&redis, &key, &cmd, &after, budget, &e).await;
+                        answer(group.into_iter(), stored);
+                    });
                 }
             }
         }
     }
 }
 
-/// Runs one XADD; when its answer is lost, asks Redis whether the entry is in.
-async fn write(redis: &Link, key: &str, cmd: &redis::Cmd, after: &str, budget: Duration) -> Result<(), NotStored> {
-    match redis.run::<redis::Value>(cmd).await {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            redis_failed("xadd", &e);
-            if in_doubt::may_have_run(&e) && in_doubt::settle(redis, key, cmd, after, budget).await == Settled::Stored {
-                Ok(())
-            } else {
-                Err(NotStored)
-            }
-        }
-    }
+/// Whether a failed XADD's entry is in the stream all the same: counted and
+/// logged, then, when the command may have run, Redis is asked (`in_doubt`).
+async fn after_failure(
+    redis: &Link,
+    key: &str,
+    cmd: &redis::Cmd,
+    after: &str,
+    budget: Duration,
+    failure: &RedisFailure,
+) -> bool {
+    redis_failed("xadd", failure);
+    in_doubt::may_have_run(failure) && in_doubt::settle(redis, key, cmd, after, budget).await == Settled::Stored
 }
 
 fn answer(group: impl Iterator<Item = Waiting>, stored: bool) {

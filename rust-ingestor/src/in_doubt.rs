@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::metrics;
-use crate::routes::epoch_ms;
 use crate::state::{Link, RedisFailure};
 
 /// Looks for an entry with exactly the given fields after ARGV[1] (an XRANGE
@@ -48,12 +47,13 @@ pub fn may_have_run(failure: &RedisFailure) -> bool {
     }
 }
 
-/// An XRANGE start that precedes any entry written from now on: just after the
-/// last id this writer got back, or, without one, a little before now by our clock.
-pub fn lower_bound(last_id: Option<&str>) -> String {
+/// An XRANGE start that precedes the entry of a write sent after `before_ms`
+/// (our clock): just after the last id this writer got back, or, without one,
+/// a little before `before_ms`. Made only once a write has failed.
+pub fn lower_bound(last_id: Option<&str>, before_ms: i64) -> String {
     match last_id {
         Some(id) => format!("({id}"),
-        None => format!("{}-0", epoch_ms() - CLOCK_SLACK_MS),
+        None => format!("{}-0", (before_ms - CLOCK_SLACK_MS).max(0)),
     }
 }
 
@@ -98,15 +98,13 @@ mod tests {
 
     #[test]
     fn a_bound_after_a_known_id_excludes_it() {
-        assert_eq!(lower_bound(Some("1795748400000-3")), "(1795748400000-3");
+        assert_eq!(lower_bound(Some("1795748400000-3"), 1_795_748_400_500), "(1795748400000-3");
     }
 
     #[test]
-    fn without_an_id_the_bound_is_a_little_before_now() {
-        let bound = lower_bound(None);
-        let ms: i64 = bound.strip_suffix("-0").unwrap().parse().unwrap();
-        let behind = epoch_ms() - ms;
-        assert!((CLOCK_SLACK_MS..CLOCK_SLACK_MS + 1_000).contains(&behind), "{bound} is {behind} ms behind");
+    fn without_an_id_the_bound_is_a_little_before_the_write() {
+        assert_eq!(lower_bound(None, 1_795_748_400_500), format!("{}-0", 1_795_748_400_500 - CLOCK_SLACK_MS));
+        assert_eq!(lower_bound(None, 5), "0-0", "never before the first possible id");
     }
 
     #[test]

@@ -67,11 +67,11 @@ class StreamWriter:
         cannot take it; when its answer was lost, ask Redis first (docs/design.md, "A write in doubt")."""
         key = shard_key_for(self.base_key, self.shards, device_id)
         fields = encode_entry(device_id, readings, received_ms)
-        after = f"{int(time.time() * 1000) - CLOCK_SLACK_MS}-0"  # precedes the entry, if Redis adds it
         try:
             entry_id = self.redis.xadd(key, fields)
         except (redis.ConnectionError, redis.TimeoutError):
-            entry_id = self._find(key, fields, after)
+            # Received before it was sent: an entry Redis added has an id past this, clocks allowing.
+            entry_id = self._find(key, fields, f"{max(0, received_ms - CLOCK_SLACK_MS)}-0")
             if entry_id is None:
                 raise self._unreachable() from None
         except redis.RedisError:
