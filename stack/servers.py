@@ -107,6 +107,7 @@ class Postgres:
     port: int
     log: Path
     fast_and_loose: bool = False  # tests: no fsync; `make up` keeps Postgres' durable defaults
+    options: tuple[str, ...] = ()  # more `-c name=value` server settings (replication, say)
     user: str = "visiontrack"
     database: str = "visiontrack"
 
@@ -145,6 +146,7 @@ class Postgres:
                    "-c checkpoint_timeout=15min"]
         if self.fast_and_loose:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        options += [f"-c {option}" for option in self.options]
         try:
             self._run(str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log), "-w",
                       "-t", str(int(timeout)), "-o", " ".join(options), "start")
@@ -227,6 +229,7 @@ class Redis:
     port: int
     log: Path
     proc: subprocess.Popen | None = None
+    options: tuple[str, ...] = ()  # more command-line settings (cluster mode, say)
 
     @property
     def url(self) -> str:
@@ -243,7 +246,7 @@ class Redis:
         return [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
                 "--appendonly", "yes", "--appendfsync", "everysec", "--aof-load-truncated", "yes",
                 "--maxmemory-policy", "noeviction",
-                "--save", "", "--daemonize", "no", "--logfile", str(self.log)]
+                "--save", "", "--daemonize", "no", "--logfile", str(self.log), *self.options]
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
