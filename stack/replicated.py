@@ -123,6 +123,17 @@ class RedisCluster:
                     raise
                 time.sleep(0.1)
 
+    def rejoin(self, node: Redis, timeout: float = 30.0) -> None:
+        """Start a killed node again: its nodes.conf brings it back, as a replica of the master that took over."""
+        node.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = _redis_cli(node.port, "info", "replication")
+            if _info_field(info, "role") == "slave" and _info_field(info, "master_link_status") == "up":
+                return
+            time.sleep(0.2)
+        raise StackError(f"Redis node {node.port} did not rejoin as a replica within {timeout:.0f}s")
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()

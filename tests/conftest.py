@@ -20,11 +20,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stack.nginx import Nginx  # noqa: E402
+from stack.replicated import PostgresPair, RedisCluster  # noqa: E402
 from stack.servers import Postgres, Redis, free_port, scratch_dir  # noqa: E402
 from stack.services import INGESTOR_BINARY, Process  # noqa: E402
 
 # tests/cluster runs against a live cluster, from `make test-cluster` (VT_CLUSTER_TESTS=1), never in `make test`.
 collect_ignore = [] if os.environ.get("VT_CLUSTER_TESTS") else ["cluster"]
+# Which engines the session's services run on (`make test-scale` sets "replicated"): one Postgres and one Redis,
+# or a Redis Cluster (3 masters, a replica each; Celery's broker on a plain Redis of its own) and a Postgres
+# primary with a synchronous standby that the query service reads from. tests/scale runs only then.
+BACKENDS = os.environ.get("VT_TEST_BACKENDS", "single")
+if BACKENDS not in ("single", "replicated"):
+    raise pytest.UsageError(f"VT_TEST_BACKENDS must be single or replicated, got {BACKENDS!r}")
+REPLICATED = BACKENDS == "replicated"
+if not REPLICATED:
+    collect_ignore.append("scale")
+SCALE_SHARDS = 6  # stream shards on the Redis Cluster: two per master on average
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 READER_TOKEN = "test-reader-token-0123456789"
@@ -61,7 +72,23 @@ def run_dir():
 
 
 @pytest.fixture(scope="session")
-def postgres(run_dir):
+def postgres_pair(run_dir):
+    """The replicated backends' Postgres primary and synchronous standby; None on the single backends."""
+    if not REPLICATED:
+        yield None
+        return
+    pair = PostgresPair(run_dir / "pg-pair")
+    pair.start()
+    yield pair
+    pair.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(run_dir, postgres_pair):
+    """The Postgres the session's services write to (the primary, on the replicated backends)."""
+    if postgres_pair is not None:
+        yield postgres_pair.primary
+        return
     server = Postgres(run_dir / "pg", free_port(), run_dir / "logs" / "postgres.log", fast_and_loose=True)
     server.start()
     yield server
@@ -69,18 +96,39 @@ def postgres(run_dir):
 
 
 @pytest.fixture(scope="session")
+def redis_cluster(run_dir):
+    """The replicated backends' Redis Cluster; None on the single backends."""
+    if not REPLICATED:
+        yield None
+        return
+    cluster = RedisCluster(run_dir / "redis-cluster")
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
 def redis_server(run_dir):
+    """A plain Redis: the stream, token index and broker; on the replicated backends, the broker only."""
     server = Redis(run_dir / "redis", free_port(), run_dir / "logs" / "redis.log")
     server.start()
     yield server
     server.stop()
 
 
+def backend_env(postgres, redis_server, postgres_pair, redis_cluster) -> dict[str, str]:
+    """The settings naming the session's engines."""
+    if not REPLICATED:
+        return {"DATABASE_URL": postgres.url, "REDIS_URL": redis_server.url}
+    return {"DATABASE_URL": postgres_pair.write_url, "VT_DATABASE_READ_URL": postgres_pair.read_url,
+            "REDIS_URL": redis_cluster.url, "VT_REDIS_CLUSTER": "true", "VT_BROKER_URL": redis_server.url,
+            "VT_STREAM_SHARDS": str(SCALE_SHARDS)}
+
+
 @pytest.fixture(scope="session")
-def base_env(postgres, redis_server, run_dir) -> dict[str, str]:
+def base_env(postgres, redis_server, postgres_pair, redis_cluster, run_dir) -> dict[str, str]:
     env = {
-        "DATABASE_URL": postgres.url,
-        "REDIS_URL": redis_server.url,
+        **backend_env(postgres, redis_server, postgres_pair, redis_cluster),
         "VT_ADMIN_TOKENS": ADMIN_TOKEN,
         "VT_READER_TOKENS": READER_TOKEN,
         "VT_LOG_LEVEL": "info",

@@ -125,6 +125,28 @@ def test_devices_ingest_through_the_rust_ingestor(ingress, aggregator):
         ("door", 1.0), ("humidity", 41.0), ("humidity", 42.0), ("pressure", 1013.25), ("temperature", 20.5)]
 
 
+@needs_ingestor
+def test_a_deleted_device_is_refused_and_its_telemetry_purged_through_the_ingress(ingress, aggregator):
+    device = _register(ingress)
+    token = {"Authorization": f"Bearer {device['token']}"}
+    assert requests.post(f"{ingress}/api/ingest", json={"temperature": 7.5}, headers=token).status_code == 202
+    _read_all(ingress, device["id"], 1)
+    assert requests.delete(f"{ingress}/api/devices/{device['id']}", headers=ADMIN).status_code == 204
+
+    poll(lambda: requests.post(f"{ingress}/api/ingest", json={"temperature": 8.5}, headers=token).status_code == 401,
+         timeout=15, interval=0.5, what="the deleted device's token refused")
+
+    def purged() -> bool:
+        params = {"device_id": device["id"]}
+        raw = requests.get(f"{ingress}/api/telemetry/", params=params, headers=READER)
+        latest = requests.get(f"{ingress}/api/telemetry/latest", params=params, headers=READER)
+        return all(r.status_code == 404 or (r.status_code == 200 and not r.json().get("items"))
+                   for r in (raw, latest))
+
+    # The purge runs on the aggregator's schedule (every 30 s).
+    poll(purged, timeout=90, interval=1, what="the deleted device's telemetry purged")
+
+
 @pytest.mark.parametrize("path", ["/api/telemetry/", "/api/alerts/"])
 def test_a_time_range_that_ends_before_it_starts_is_refused_naming_to(ingress, path):
     resp = requests.get(f"{ingress}{path}", headers=READER,
