@@ -66,6 +66,10 @@ test-unit: venv ## Run only the tests that need no servers
 test-integration: venv ## Run the tests with real Postgres, Redis, gunicorn, Celery and nginx
 	$(PY) -m pytest -q -m "integration or e2e"
 
+.PHONY: test-scale
+test-scale: deps venv ingestor-build ## The e2e suite and failover drills on a Redis Cluster and a Postgres primary with a standby
+	VT_TEST_BACKENDS=replicated $(PY) -m pytest -q tests/e2e tests/scale
+
 .PHONY: lint
 lint: venv ## Lint the Python code (ruff: unused and undefined names, likely bugs)
 	$(VENV)/bin/ruff check services stack bench tests

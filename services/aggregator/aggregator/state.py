@@ -63,8 +63,9 @@ class WorkerState:
                 self.__dict__.pop("storage_conn", None)
             consumer = self.consumer(key)
             consumer.ensure_group()
-            pipe = Pipeline(consumer, TelemetryStorage(self.storage_conn, self.config.rollups_enabled,
-                                                     self.config.device_stats_enabled), self.config.batch_entries,
+            storage = TelemetryStorage(self.storage_conn, self.config.rollups_enabled,
+                                       self.config.device_stats_enabled, self.config.standby_confirm_seconds)
+            pipe = Pipeline(consumer, storage, self.config.batch_entries,
                             self.config.retention_days, self.config.batch_readings,
                             max_wait_seconds=self.config.batch_max_wait_ms / 1000)
             self._pipelines[key] = pipe

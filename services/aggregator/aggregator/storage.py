@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from dataclasses import dataclass
 
 import psycopg2
@@ -98,11 +99,23 @@ class StoreResult:
         return self.readings - self.inserted
 
 
+class StandbyBehind(psycopg2.OperationalError):
+    """No standby flushed a batch's commit in time: the batch is kept unacknowledged, to be stored again (its
+    rows are then duplicates, dropped) once a standby keeps up."""
+
+
+# The WAL position just after this session's commit, and whether a standby has flushed up to a position.
+_WAL_AFTER_COMMIT = "SELECT pg_current_wal_lsn()"
+_STANDBY_FLUSHED = "SELECT coalesce(bool_or(flush_lsn >= %s::pg_lsn), false) FROM pg_stat_replication"
+_STANDBY_POLL_SECONDS = 0.002
+
+
 class TelemetryStorage:
-    def __init__(self, conn, rollups: bool = True, device_stats: bool = True):
+    def __init__(self, conn, rollups: bool = True, device_stats: bool = True, standby_confirm_seconds: float = 0.0):
         self.conn = conn
         self.rollups = rollups  # off only to measure what they cost
         self.device_stats = device_stats  # off only to measure what it costs (bench/pipeline.py)
+        self.standby_confirm_seconds = standby_confirm_seconds  # 0: acknowledge once the primary committed
         self.known_days: set[int] = set()
         self._staged = False
 
@@ -171,7 +184,29 @@ class TelemetryStorage:
             self.conn.rollback()
             self._staged = False  # a staging table made in this transaction is gone with it
             raise
+        if self.standby_confirm_seconds:
+            self.wait_for_standby()
         return StoreResult(total, inserted)
+
+    def wait_for_standby(self) -> None:
+        """Until a standby has flushed this commit (docs/scale-out.md, "An asynchronous standby"): the caller
+        acknowledges the batch's entries after, so a standby promoted later holds every acknowledged reading."""
+        self.conn.autocommit = True  # two reads of the server's state, no transaction to keep open
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(_WAL_AFTER_COMMIT)
+                position = cur.fetchone()[0]
+                deadline = time.monotonic() + self.standby_confirm_seconds
+                while True:
+                    cur.execute(_STANDBY_FLUSHED, (position,))
+                    if cur.fetchone()[0]:
+                        return
+                    if time.monotonic() >= deadline:
+                        raise StandbyBehind(f"no standby flushed WAL position {position} within "
+                                            f"{self.standby_confirm_seconds:g}s")
+                    time.sleep(_STANDBY_POLL_SECONDS)
+        finally:
+            self.conn.autocommit = False
 
     def _deduplicating_insert(self, cur, payload: bytes) -> tuple[int, dict[int, int] | None]:
         """The rows inserted, and per device when device_stats needs them without rollups."""

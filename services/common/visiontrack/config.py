@@ -162,6 +162,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("VT_BATCH_MAX_WAIT_MS", "50", IntRange(1, 10_000), frozenset({"aggregator"}),
             "Longest a batch waits for more entries before it is stored, counted from its first entry; a busy "
             "stream fills batches by size first, so this bounds how long a reading waits on a quiet one."),
+    Setting("VT_STANDBY_CONFIRM_SECONDS", "0", _float(0.0), frozenset({"aggregator"}),
+            "Acknowledge a batch's stream entries only once a Postgres standby has flushed its commit, waiting at "
+            "most this long (then the batch is stored again later); 0: once the primary committed. For an "
+            "asynchronous standby: a failover to it then loses no acknowledged reading."),
     Setting("VT_LIVE_DRAIN", "true", _bool, frozenset({"aggregator"}),
             "One drain per shard waits on the stream for new entries (a blocking read) instead of returning "
             "when it is empty, so readings are stored within VT_BATCH_MAX_WAIT_MS of arriving; it takes one "
