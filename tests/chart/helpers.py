@@ -172,7 +172,8 @@ def container_env(objs: list[dict], container: dict) -> dict[str, dict]:
             env[e["name"]] = {"source": "env", "value": e["value"]}
         elif "secretKeyRef" in e.get("valueFrom", {}):
             ref = e["valueFrom"]["secretKeyRef"]
-            env[e["name"]] = {"source": "secret", "secret": ref["name"], "key": ref["key"]}
+            env[e["name"]] = {"source": "secret", "secret": ref["name"], "key": ref["key"],
+                              "optional": bool(ref.get("optional"))}
         else:
             env[e["name"]] = {"source": "other"}
     return env

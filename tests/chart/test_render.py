@@ -173,6 +173,10 @@ def test_the_default_values_should_satisfy_their_own_schema():
     (["--set", "secrets.adminTokens=short"], "adminTokens"),
     (["--set", "postgres.enabled=false"], "externalDatabase.url"),
     (["--set", "redis.enabled=false"], "externalRedis.url"),
+    # a Redis Cluster: external only, and Celery's broker on a plain Redis beside it
+    (["--set-string", "config.VT_REDIS_CLUSTER=true"], "redis.enabled=false"),
+    (["--set", "redis.enabled=false", "--set", "externalRedis.url=redis://cluster:6379",
+      "--set-string", "config.VT_REDIS_CLUSTER=true"], "externalRedis.brokerUrl"),
     (["--set", "httpRoute.enabled=true"], "parentRefs"),
     (["--set", "ingress.tls.enabled=true"], "ingress.host"),
     # autoscaling (tests/chart/test_autoscaling.py renders what it accepts)

@@ -145,6 +145,27 @@ The key names are the variable names, also in an existingSecret.
 {{- end -}}
 
 {{/*
+Environment entries that read keys of the release Secret only when it has them (optional: true): the
+settings of an external Postgres or Redis that only some deployments use. (dict "ctx" $ "keys" (list ...))
+*/}}
+{{- define "visiontrack.optionalSecretEnv" -}}
+{{- $secret := include "visiontrack.secretName" .ctx -}}
+{{- range .keys }}
+- name: {{ . }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ . }}
+      optional: true
+{{- end }}
+{{- end -}}
+
+{{/* Whether the shared settings put the stream on a Redis Cluster. */}}
+{{- define "visiontrack.redisCluster" -}}
+{{- if eq (toString (.Values.config.VT_REDIS_CLUSTER | default "false")) "true" }}true{{ end -}}
+{{- end -}}
+
+{{/*
 The writable directories of a Python container (the root filesystem is read-only): /tmp, and the
 Prometheus multiprocess directory inside it.
 */}}
@@ -267,6 +288,12 @@ applied (the migration Job runs beside the pods). Settings as the part's own con
 {{- end -}}
 {{- if and (not .Values.redis.enabled) (not .Values.externalRedis.url) (not .Values.secrets.existingSecret) -}}
 {{- fail "redis.enabled=false needs externalRedis.url, or secrets.existingSecret holding REDIS_URL" -}}
+{{- end -}}
+{{- if and (include "visiontrack.redisCluster" .) .Values.redis.enabled -}}
+{{- fail "config.VT_REDIS_CLUSTER=true needs an external Redis Cluster (redis.enabled=false, externalRedis.url)" -}}
+{{- end -}}
+{{- if and (include "visiontrack.redisCluster" .) (not .Values.externalRedis.brokerUrl) (not .Values.secrets.existingSecret) -}}
+{{- fail "config.VT_REDIS_CLUSTER=true needs externalRedis.brokerUrl (a plain Redis for Celery's broker), or secrets.existingSecret holding VT_BROKER_URL" -}}
 {{- end -}}
 {{- if ne (int .Values.beat.replicaCount) 1 -}}
 {{- fail "beat.replicaCount must be 1: a second Celery beat would run every periodic task twice" -}}
