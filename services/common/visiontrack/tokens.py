@@ -142,7 +142,10 @@ def swap_in(conn, redis, key: str, scratch: str) -> int:
         count = redis.hlen(scratch)
         pipe = redis.pipeline(transaction=True)
         if count:
-            pipe.rename(scratch, key).persist(key)  # RENAME would carry the scratch copy's expiry over
+            # Not pipe.rename(): redis-py's cluster pipelines refuse it, as its keys could span slots; these
+            # two share one (changed_key, scratch_key). PERSIST: RENAME carries the scratch copy's expiry over.
+            pipe.execute_command("RENAME", scratch, key)
+            pipe.persist(key)
         else:
             pipe.delete(key)
         pipe.delete(changed_key(key))  # no change can be noted before the commit releases the lock
