@@ -64,6 +64,15 @@ spec:
             - name: PROMETHEUS_MULTIPROC_DIR
               value: {{ $.Values.prometheusMultiprocDir | quote }}
             {{- include "visiontrack.secretEnv" (dict "ctx" $ "keys" (list "DATABASE_URL" "REDIS_URL" "VT_ADMIN_TOKENS" "VT_READER_TOKENS")) | trim | nindent 12 }}
+            {{- if eq .component "query" }}
+            {{- /* Optional: an existingSecret made before it (no key) keeps the query service on DATABASE_URL. */}}
+            - name: VT_DATABASE_READ_URL
+              valueFrom:
+                secretKeyRef:
+                  name: {{ include "visiontrack.secretName" $ }}
+                  key: VT_DATABASE_READ_URL
+                  optional: true
+            {{- end }}
             {{- with $c.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
