@@ -13,17 +13,14 @@ import threading
 import time
 
 import psycopg2
-from prometheus_client import Gauge
+
+from .metrics import REPLICA_LAG
 
 log = logging.getLogger("query.replica_lag")
 
 SAMPLE_SECONDS = 5.0
 _LAG = """SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
                       ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END"""
-
-REPLICA_LAG = Gauge("visiontrack_query_replica_lag_seconds",
-                    "How far the read server (VT_DATABASE_READ_URL) lags behind the primary, seconds (0 without "
-                    "one; NaN when it does not answer).", multiprocess_mode="livemostrecent")
 
 
 class LagSampler:
