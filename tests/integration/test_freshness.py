@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from aggregator.listen_lease import shard_lease_key
 from bench.freshness import probe
 from tests.conftest import READER_TOKEN, ROOT, Aggregator, poll
 from tests.integration.api import create_device
@@ -27,7 +28,7 @@ LOAD_DEVICE = 7_200_000  # telemetry has no foreign key: the load's devices need
 @pytest.fixture(scope="module")
 def live_aggregator(base_env, run_dir, redis_client):
     agg = Aggregator(base_env, run_dir, VT_DRAIN_INTERVAL_SECONDS="5").start()
-    poll(lambda: redis_client.exists("vt:telemetry:listener"), timeout=30, what="a drain listening on the stream")
+    poll(lambda: redis_client.exists(shard_lease_key("vt:telemetry")), timeout=30, what="a drain listening on the stream")
     yield agg
     agg.stop()
 

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from aggregator.listen_lease import shard_lease_key
 from tests.conftest import poll
 from tests.integration.test_delivery import _count, _entry, _pipeline
 
@@ -130,4 +131,4 @@ def test_a_lease_expires_and_a_late_release_frees_nothing_of_another(lease_facto
     time.sleep(1.1)  # the killed listener's leases expire
     assert successor.acquire()
     killed.release()  # it comes back: its release must not free the successor's leases
-    assert client.get(f"{key}:listener").decode() == successor.token
+    assert client.get(shard_lease_key(key)).decode() == successor.token

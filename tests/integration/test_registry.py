@@ -7,6 +7,7 @@ import pytest
 import requests
 
 from tests.integration.api import ADMIN, READER
+from visiontrack.tokens import changed_key
 
 
 def _name(prefix: str = "dev") -> str:
@@ -379,7 +380,7 @@ def test_a_transaction_rolled_back_as_a_deadlock_victim_is_run_again(postgres, r
         store.delete(device["id"])
     finally:
         store.db.close()
-        redis_client.delete(key, f"{key}:changed")
+        redis_client.delete(key, changed_key(key))
 
 
 @pytest.mark.parametrize("name,code", [("DeadlockDetected", "40P01"), ("SerializationFailure", "40001")])

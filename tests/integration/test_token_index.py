@@ -15,6 +15,7 @@ import pytest
 
 from registry.device_store import DeviceStore
 from visiontrack import tokens
+from visiontrack.cluster_keys import companion
 from visiontrack.db import Database
 from visiontrack.tokens import (RebuildSkipped, changed_key, fill_scratch, index_value, lock_index_for_change,
                                 rebuild_index, record_change, swap_in, token_sha256)
@@ -192,7 +193,7 @@ def test_a_fill_that_took_too_long_is_not_swapped_in(db, redis_client, index_key
         with conn:
             rebuild_index(conn, redis_client, index_key)
     assert redis_client.hget(index_key, STALE) is not None, "the copy was swapped in"
-    assert list(redis_client.scan_iter(f"{index_key}:rebuild:*")) == []
+    assert list(redis_client.scan_iter(companion(index_key, "rebuild:*"))) == []
     monkeypatch.undo()
     later = Rebuild(connect(), redis_client, index_key)  # the rebuild lock went with the transaction
     later.start()
@@ -214,7 +215,7 @@ def test_a_rebuild_gives_up_on_a_change_holding_the_lock_too_long(db, redis_clie
             rebuild_index(conn, redis_client, index_key)
     assert redis_client.hget(index_key, sha) == index_value(device, "disabled")
     assert redis_client.hget(index_key, STALE) is not None, "the copy was swapped in"
-    assert list(redis_client.scan_iter(f"{index_key}:rebuild:*")) == []
+    assert list(redis_client.scan_iter(companion(index_key, "rebuild:*"))) == []
     holding.commit()
 
 

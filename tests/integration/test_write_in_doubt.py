@@ -156,7 +156,7 @@ def writer(redis_server, cutter):
     """The writer of `POST /api/telemetry/`, on a stream of its own, talking to Redis through the proxy."""
     config = SimpleNamespace(stream_key=f"vt:doubt-test:{uuid.uuid4().hex[:8]}", stream_shards=1,
                              stream_group="aggregators", stream_high_water=100_000, backlog_check_ms=500,
-                             retry_after_seconds=1)
+                             retry_after_seconds=1, stream_wait_replicas=0, stream_wait_timeout_ms=500)
     # As the services build theirs (visiontrack/web/app.py): from a URL, so redis-py does not resend by itself.
     client = redis.Redis.from_url(f"redis://127.0.0.1:{cutter.port}/0", socket_timeout=2, socket_connect_timeout=2,
                                   health_check_interval=30)

@@ -117,3 +117,59 @@ def test_the_aggregator_refuses_to_start_over_bad_retention_nesting(env, starts)
         assert proc.returncode != 0
         assert "ConfigError" in proc.stderr and "VT_RETENTION_DAYS (100)" in proc.stderr
         assert "VT_ROLLUP_1M_RETENTION_DAYS (90)" in proc.stderr
+
+
+def test_scale_out_settings_default_to_one_redis_and_one_postgres():
+    cfg = config.load({})
+    assert cfg.redis_cluster is False and cfg.stream_wait_replicas == 0 and cfg.stream_wait_timeout_ms == 500
+    assert config.broker_url(cfg) == cfg.redis_url
+    assert config.read_database_url(cfg) == cfg.database_url
+
+
+def test_broker_and_read_server_are_taken_when_given():
+    cfg = config.load({"VT_BROKER_URL": "redis://broker:6379/1",
+                       "VT_DATABASE_READ_URL": "postgresql://u@standby:5432/db"})
+    assert config.broker_url(cfg) == "redis://broker:6379/1"
+    assert config.read_database_url(cfg) == "postgresql://u@standby:5432/db"
+
+
+def test_a_cluster_needs_its_own_broker_named():
+    cfg = config.load({"VT_REDIS_CLUSTER": "true"})  # loads: only the aggregator needs a broker
+    with pytest.raises(config.ConfigError, match="VT_BROKER_URL is required with VT_REDIS_CLUSTER=true"):
+        config.broker_url(cfg)
+    assert config.broker_url(cfg.replace(broker_url="redis://broker:6379/0")) == "redis://broker:6379/0"
+
+
+def test_the_aggregator_refuses_to_start_on_a_cluster_without_a_broker():
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not (k.startswith("VT_") or k in ("DATABASE_URL", "REDIS_URL"))}
+    proc = subprocess.run([sys.executable, "-c", "import aggregator.celery_app"],
+                          env={**clean, "VT_REDIS_CLUSTER": "true"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "ConfigError" in proc.stderr and "VT_BROKER_URL" in proc.stderr
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u@127.0.0.1:5432,127.0.0.1:5433/db?target_session_attrs=read-write",
+    "postgresql://u:p%40ss@primary:5432,standby:5432/db?target_session_attrs=read-write&connect_timeout=2",
+])
+def test_multi_host_postgres_urls_are_accepted(url):
+    cfg = config.load({"DATABASE_URL": url, "VT_DATABASE_READ_URL": url})
+    assert cfg.database_url == url and cfg.database_read_url == url
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("VT_STREAM_WAIT_REPLICAS", "17", "must be <= 16"),
+    ("VT_STREAM_WAIT_REPLICAS", "-1", "must be >= 0"),
+    ("VT_STREAM_WAIT_TIMEOUT_MS", "0", "must be >= 1"),
+    ("VT_STREAM_WAIT_TIMEOUT_MS", "60001", "must be <= 60000"),
+    ("VT_REDIS_CLUSTER", "maybe", "must be true or false"),
+    ("VT_BROKER_URL", "amqp://rabbit", "must be a URL starting with redis://"),
+    ("VT_DATABASE_READ_URL", "mysql://x", "must be a URL starting with postgresql://"),
+])
+def test_bad_scale_out_values_stop_start_naming_the_variable(name, value, fragment):
+    with pytest.raises(config.ConfigError) as err:
+        config.load({name: value})
+    assert name in str(err.value) and fragment in str(err.value)

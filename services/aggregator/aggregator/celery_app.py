@@ -19,11 +19,16 @@ config = config_module.load()
 # The aggregator drops the expired partitions, so it alone checks that the retentions nest: worker and beat
 # both load this module, and a bad nesting stops either at start with the variables named.
 config_module.check_retention(config)
+# Celery's broker: kombu's Redis transport cannot use a Redis Cluster, so with one VT_BROKER_URL names a
+# plain Redis (a missing one stops worker and beat here, naming it); otherwise REDIS_URL serves as well.
+broker_url = config_module.broker_url(config)
+# What /readyz checks: the broker on its own only when it is not the stream's Redis.
+_BROKER = () if broker_url == config.redis_url and not config.redis_cluster else ("broker",)
 
 app = Celery("aggregator", include=["aggregator.tasks.ingest", "aggregator.tasks.maintenance",
                                       "aggregator.tasks.alerts", "aggregator.tasks.retention"])
 app.conf.update(
-    broker_url=config.redis_url,
+    broker_url=broker_url,
     broker_connection_retry_on_startup=True,
     # Redis redelivers an unacked task after visibility_timeout; tasks are short, so keep it short too.
     broker_transport_options={"visibility_timeout": 300},
@@ -82,12 +87,12 @@ def _logging(**_):
 def _serve_metrics(sender=None, **_):
     if sender is not None and getattr(sender, "hostname", None):
         state.NODE_NAME["value"] = sender.hostname  # inherited by the pool's children
-    metrics.serve(config.metrics_port, config)  # /metrics, /healthz, /readyz (Postgres and Redis)
+    metrics.serve(config.metrics_port, config, dependencies=("postgres", "redis", *_BROKER))
 
 
 @signals.beat_init.connect
 def _serve_beat_metrics(**_):
-    metrics.serve(config.metrics_port, config, dependencies=("redis",))  # beat needs only the broker
+    metrics.serve(config.metrics_port, config, dependencies=_BROKER or ("redis",))  # beat needs only the broker
 
 
 @signals.worker_process_init.connect

@@ -10,6 +10,7 @@ from typing import Iterable
 
 import redis
 
+from visiontrack.redis_client import is_cluster
 from visiontrack.stream import fields_dict
 
 log = logging.getLogger("aggregator.consumer")
@@ -49,7 +50,12 @@ def _stream_reply(reply, key: str) -> list:
 def unparsed_client(client: redis.Redis) -> redis.Redis:
     """A client on the same connections whose XREADGROUP replies come back as Redis sent them. redis-py
     turns every entry's field list into a dict; for entries of one reading that was a fifth of the
-    aggregator's time, and the fields are read by position instead (`visiontrack.stream.decode_fields`)."""
+    aggregator's time, and the fields are read by position instead (`visiontrack.stream.decode_fields`).
+
+    A Redis Cluster client parses with each node's own client, made and remade as the cluster changes: it is
+    used as it is, and the batches take its dicts (`batching` decodes either shape)."""
+    if is_cluster(client):
+        return client
     raw = redis.Redis(connection_pool=client.connection_pool)
     raw.response_callbacks.pop("XREADGROUP", None)
     return raw

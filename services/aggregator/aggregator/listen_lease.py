@@ -12,6 +12,8 @@ import uuid
 
 import redis
 
+from visiontrack.cluster_keys import companion
+
 # Deletes a lease only if it is still ours (it may have expired and been taken by another drain since).
 _RELEASE = """
 for i, key in ipairs(KEYS) do
@@ -21,10 +23,15 @@ return 0
 """
 
 
+def shard_lease_key(stream_key: str) -> str:
+    """The shard's lease, in the shard's own cluster slot (visiontrack.cluster_keys), beside its stream."""
+    return companion(stream_key, "listener")
+
+
 class ListenLease:
     def __init__(self, client: redis.Redis, stream_key: str, node: str, slots: int, ttl_seconds: float):
         self.redis = client
-        self.shard_key = f"{stream_key}:listener"
+        self.shard_key = shard_lease_key(stream_key)
         self.slot_keys = [f"vt:aggregator:listeners:{node}:{i}" for i in range(max(0, slots))]
         self.ttl_ms = max(1000, int(ttl_seconds * 1000))
         self.token = uuid.uuid4().hex

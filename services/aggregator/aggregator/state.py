@@ -5,9 +5,8 @@ import os
 import socket
 from functools import cached_property
 
-import redis
-
 from visiontrack import config as config_module
+from visiontrack import redis_client
 from visiontrack.db import Database
 
 from .consumer import StreamConsumer
@@ -38,10 +37,10 @@ class WorkerState:
         self._pipelines: dict[str, Pipeline] = {}
 
     @cached_property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> redis_client.Client:
         # A listening drain's reads block for at most pipeline.LONGEST_BLOCK_SECONDS, well inside the timeout.
-        return redis.Redis.from_url(self.config.redis_url, socket_timeout=10, socket_connect_timeout=5,
-                                    health_check_interval=30)
+        return redis_client.from_config(self.config, socket_timeout=10, socket_connect_timeout=5,
+                                        health_check_interval=30)
 
     @cached_property
     def db(self) -> Database:

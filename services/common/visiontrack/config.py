@@ -87,6 +87,14 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def _optional(parse: Callable[[str], str]) -> Callable[[str], str]:
+    """`parse`, or "" for an empty value (the setting then falls back to another, see its help)."""
+    def parse_optional(raw: str) -> str:
+        return "" if not raw.strip() else parse(raw)
+
+    return parse_optional
+
+
 def _bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -125,7 +133,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", "postgresql://visiontrack@127.0.0.1:5432/visiontrack", _url("postgresql", "postgres"),
             DB_PARTS, "Postgres connection URL.", secret=True),
     Setting("REDIS_URL", "redis://127.0.0.1:6379/0", _url("redis", "rediss", "unix"),
-            REDIS_PARTS, "Redis URL: the telemetry stream, the token index and the Celery broker.", secret=True),
+            REDIS_PARTS, "Redis URL: the telemetry stream, the token index and, unless VT_BROKER_URL is set, "
+            "the Celery broker.", secret=True),
+    Setting("VT_REDIS_CLUSTER", "false", _bool, REDIS_PARTS,
+            "REDIS_URL names a node of a Redis Cluster: use cluster-aware clients (the broker stays on VT_BROKER_URL)."),
+    Setting("VT_BROKER_URL", "", _optional(_url("redis", "rediss", "unix")), frozenset({"aggregator"}),
+            "Redis URL of Celery's broker; empty: REDIS_URL. Required with VT_REDIS_CLUSTER=true: Celery's "
+            "Redis transport (kombu) does not support Redis Cluster.", secret=True),
+    Setting("VT_DATABASE_READ_URL", "", _optional(_url("postgresql", "postgres")), frozenset({"query"}),
+            "Postgres URL of a hot standby the query service reads telemetry and alerts from; empty: "
+            "DATABASE_URL. The registry always reads the primary (read-your-writes).", secret=True),
     Setting("VT_ADMIN_TOKENS", "", _token_list, WEB,
             "Comma-separated operator API tokens with full access (each at least 16 characters).", secret=True),
     Setting("VT_READER_TOKENS", "", _token_list, WEB,
@@ -142,6 +159,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("VT_STREAM_GROUP", "aggregators", _text, REDIS_PARTS - {"registry"}, "Consumer group of the aggregators."),
     Setting("VT_STREAM_HIGH_WATER", "100000", IntRange(1, 2**64 - 1), WRITERS,
             "Backlog (entries per shard) above which writers answer 503."),
+    Setting("VT_STREAM_WAIT_REPLICAS", "0", IntRange(0, 16), WRITERS,
+            "Replicas that must have each stream entry before it is acknowledged (Redis WAIT); 0 = do not wait."),
+    Setting("VT_STREAM_WAIT_TIMEOUT_MS", "500", IntRange(1, 60_000), WRITERS,
+            "How long an append waits for VT_STREAM_WAIT_REPLICAS before the request is refused (503)."),
     Setting("VT_BACKLOG_CHECK_MS", "250", IntRange(1, 60_000), WRITERS, "How often a writer samples the stream backlog, ms."),
     Setting("VT_RETRY_AFTER_SECONDS", "1", IntRange(1, 3600), WRITERS, "Retry-After sent with 503 answers."),
     Setting("VT_DEAD_LETTER_KEY", "vt:telemetry:dead", _text, frozenset({"aggregator"}), "Dead-letter stream key."),
@@ -277,6 +298,22 @@ def check_retention(cfg: Config) -> None:
         return
     raise ConfigError(f"bad configuration: VT_RETENTION_DAYS ({raw}) <= VT_ROLLUP_1M_RETENTION_DAYS ({minutes}) "
                       f"<= VT_ROLLUP_1H_RETENTION_DAYS ({hours}) must hold: rollups outlive what they sum")
+
+
+def broker_url(cfg: Config) -> str:
+    """Celery's broker (worker and beat check it at start): VT_BROKER_URL, else REDIS_URL. Raise ConfigError
+    when Redis is a cluster and VT_BROKER_URL is empty: kombu's Redis transport cannot use a cluster."""
+    if cfg.broker_url:
+        return cfg.broker_url
+    if cfg.redis_cluster:
+        raise ConfigError("bad configuration: VT_BROKER_URL is required with VT_REDIS_CLUSTER=true (Celery's "
+                          "broker cannot be a Redis Cluster: name a plain Redis)")
+    return cfg.redis_url
+
+
+def read_database_url(cfg: Config) -> str:
+    """Where the query service's reads go: VT_DATABASE_READ_URL, else DATABASE_URL."""
+    return cfg.database_read_url or cfg.database_url
 
 
 def setting(name: str) -> Setting:

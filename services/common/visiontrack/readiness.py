@@ -17,11 +17,12 @@ from typing import Callable, Collection, Iterable, Mapping
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
-import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from . import config as config_module
 from . import migrate
+from .redis_client import connect
 
 log = logging.getLogger("visiontrack.readiness")
 
@@ -74,10 +75,13 @@ def _wait(conn, deadline: float) -> None:
         select.select([fd] if reading else [], [] if reading else [fd], [], remaining)
 
 
-def redis_answers(url: str, timeout: float = CHECK_TIMEOUT_SECONDS) -> None:
-    """PING on a fresh connection, no retries; raise when Redis does not answer."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
-                                  retry=Retry(NoBackoff(), 0), single_connection_client=True)
+def redis_answers(url: str, timeout: float = CHECK_TIMEOUT_SECONDS, cluster: bool = False) -> None:
+    """PING on a fresh connection, no retries; raise when Redis does not answer. A cluster client first
+    learns the slots from the node `url` names and refuses a cluster that leaves any slot unserved."""
+    options = {"socket_connect_timeout": timeout, "socket_timeout": timeout, "retry": Retry(NoBackoff(), 0)}
+    if not cluster:
+        options["single_connection_client"] = True
+    client = connect(url, cluster, **options)
     try:
         client.ping()
     finally:
@@ -85,12 +89,16 @@ def redis_answers(url: str, timeout: float = CHECK_TIMEOUT_SECONDS) -> None:
 
 
 def dependency_checks(config, part: str, dependencies: Iterable[str]) -> dict[str, Callable[[], None]]:
-    """The checks of the named dependencies ("postgres": with this image's schema, "redis") from the
+    """The checks of the named dependencies ("postgres": with this image's schema; "postgres-read": the
+    query service's read server answers, however far it lags; "redis"; "broker": Celery's) from the
     process's settings."""
     dependencies = list(dependencies)
     versions = [m.version for m in migrate.available()] if "postgres" in dependencies else []
+    cluster = getattr(config, "redis_cluster", False)
     known = {"postgres": lambda: postgres_answers(config.database_url, part, migrations=versions),
-             "redis": lambda: redis_answers(config.redis_url)}
+             "postgres-read": lambda: postgres_answers(config_module.read_database_url(config), part),
+             "redis": lambda: redis_answers(config.redis_url, cluster=cluster),
+             "broker": lambda: redis_answers(config_module.broker_url(config))}
     return {name: known[name] for name in dependencies}
 
 

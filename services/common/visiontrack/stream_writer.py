@@ -7,8 +7,10 @@ import time
 from typing import Sequence
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from .errors import ApiError
+from .redis_client import is_cluster, node_client
 from .stream import Reading, backlog, encode_entry, shard_key_for
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ class StreamWriter:
         self.high_water = config.stream_high_water
         self.check_interval = config.backlog_check_ms / 1000
         self.retry_after = config.retry_after_seconds
+        self.wait_replicas = config.stream_wait_replicas
+        self.wait_timeout_ms = config.stream_wait_timeout_ms
         self._sampled: dict[str, tuple[float, int]] = {}  # key -> (when, backlog)
         self._lock = threading.Lock()
 
@@ -54,7 +58,7 @@ class StreamWriter:
         key = shard_key_for(self.base_key, self.shards, device_id)
         try:
             over = self._backlog(key) > self.high_water
-        except redis.RedisError:
+        except (redis.RedisError, RedisClusterException):  # the latter: a cluster with a slot unserved
             raise self._unreachable() from None
         if over:
             raise self._unavailable("the telemetry backlog is over its high-water mark; retry later")
@@ -67,6 +71,8 @@ class StreamWriter:
         cannot take it; when its answer was lost, ask Redis first (docs/design.md, "A write in doubt")."""
         key = shard_key_for(self.base_key, self.shards, device_id)
         fields = encode_entry(device_id, readings, received_ms)
+        if self.wait_replicas:
+            return self._append_replicated(key, fields)
         try:
             entry_id = self.redis.xadd(key, fields)
         except (redis.ConnectionError, redis.TimeoutError):
@@ -74,9 +80,38 @@ class StreamWriter:
             entry_id = self._find(key, fields, f"{max(0, received_ms - CLOCK_SLACK_MS)}-0")
             if entry_id is None:
                 raise self._unreachable() from None
-        except redis.RedisError:
+        except (redis.RedisError, RedisClusterException):
             raise self._unreachable() from None
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+    def _append_replicated(self, key: str, fields: dict[str, str]) -> str:
+        """XADD, then WAIT for VT_STREAM_WAIT_REPLICAS on the same connection (WAIT counts the replicas that
+        have this connection's writes): one round trip, a non-transactional pipeline, on the master of the
+        key's slot in a cluster. Too few replicas in time: 503, and the entry stays; the client's resend is a
+        duplicate the aggregator drops (rows are unique on device, metric and ts). A lost answer needs no
+        search either: whether or not Redis has the entry, its replicas were not confirmed, so it is a 503."""
+        try:
+            pipe = node_client(self.redis, key).pipeline(transaction=False)
+            pipe.xadd(key, fields)
+            pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+            entry_id, replicas = pipe.execute()
+        except (redis.RedisError, RedisClusterException) as exc:
+            if is_cluster(self.redis) and not isinstance(exc, redis.TimeoutError):
+                self._relearn_slots()
+            raise self._unreachable() from None
+        if int(replicas) < self.wait_replicas:
+            log.warning("an entry of %s reached %s of %d replicas within %d ms; answered 503", key, replicas,
+                        self.wait_replicas, self.wait_timeout_ms)
+            raise self._unavailable("the telemetry stream's replicas did not confirm the write in time; retry later")
+        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+    def _relearn_slots(self) -> None:
+        """After a failover moved a slot (MOVED, or its old master gone): the cluster's layout for the next
+        request; this one is refused like any unreachable write."""
+        try:
+            self.redis.nodes_manager.initialize()
+        except Exception as exc:  # the cluster itself unreachable: the next request's turn
+            log.warning("could not refresh the Redis Cluster layout: %s", exc)
 
     def _find(self, key: str, fields: dict[str, str], after: str) -> bytes | None:
         """The id of an entry holding exactly `fields` after `after`, asking until Redis answers (at most

@@ -13,6 +13,8 @@ import uuid
 
 import psycopg2.errors
 
+from .cluster_keys import companion
+
 TOKEN_PREFIX = "vtd_"
 INDEX_LOCK = 0x5654_544B  # "VTTK": a Postgres advisory lock id
 REBUILD_LOCK = 0x5654_5442  # "VTTB": held by the one rebuild under way
@@ -47,8 +49,16 @@ def parse_index_value(raw: str | bytes | None) -> tuple[int, str] | None:
         return None
 
 
+# The helper keys below share the index's Redis Cluster slot (visiontrack.cluster_keys): the swap's RENAME
+# and MULTI, and the registry's MULTI with record_change, each touch the index and one of them.
 def changed_key(key: str) -> str:
-    return f"{key}:changed"
+    """The set of token hashes changed while a rebuild may be under way."""
+    return companion(key, "changed")
+
+
+def scratch_key(key: str) -> str:
+    """A rebuild's own scratch copy of the index: a failed rebuild's leftovers never mix in."""
+    return companion(key, f"rebuild:{uuid.uuid4().hex}")
 
 
 def record_change(pipe, key: str, *shas: str) -> None:
@@ -91,7 +101,7 @@ def rebuild_index(conn, redis, key: str) -> int:
 
 def fill_scratch(conn, redis, key: str) -> str:
     """A scratch copy of the index from a snapshot of Postgres, made without the lock; its key."""
-    scratch = f"{key}:rebuild:{uuid.uuid4().hex}"  # its own: a failed rebuild's leftovers never mix in
+    scratch = scratch_key(key)
     try:
         with conn.cursor(name=f"token_index_{uuid.uuid4().hex[:8]}") as rows:  # streamed, not all in memory
             rows.itersize = 5000
@@ -132,7 +142,10 @@ def swap_in(conn, redis, key: str, scratch: str) -> int:
         count = redis.hlen(scratch)
         pipe = redis.pipeline(transaction=True)
         if count:
-            pipe.rename(scratch, key).persist(key)  # RENAME would carry the scratch copy's expiry over
+            # Not pipe.rename(): redis-py's cluster pipelines refuse it, as its keys could span slots; these
+            # two share one (changed_key, scratch_key). PERSIST: RENAME carries the scratch copy's expiry over.
+            pipe.execute_command("RENAME", scratch, key)
+            pipe.persist(key)
         else:
             pipe.delete(key)
         pipe.delete(changed_key(key))  # no change can be noted before the commit releases the lock

@@ -75,7 +75,7 @@ def get_aggregate(args):
     if end_ms > _LAST_MS:
         raise _bad("to", "must be 9999-12-30T00:00:00Z or earlier")
     p = buckets.plan(buckets.Zone(args["tz"]), interval, start_ms, end_ms)
-    with svc.db.read() as cur:
+    with svc.reads.read() as cur:
         rows = aggregate(cur, args["device_id"], args["metric"], p)
     starts = p.starts
     if len(aggs) == len(AGGS):  # the default: a dict literal per bucket, the quickest to build
@@ -95,7 +95,7 @@ def get_aggregate(args):
 @blp.response(200, LatestSchema)
 def get_latest(args):
     """The newest reading of each metric of a device (or of one metric)."""
-    with services().db.read() as cur:
+    with services().reads.read() as cur:
         rows = latest(cur, args["device_id"], args["metric"])
     if rows is None:
         raise ApiError("not_found", f"device {args['device_id']} does not exist")

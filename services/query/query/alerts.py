@@ -24,5 +24,5 @@ class Alerts(MethodView):
     @blp.response(200, AlertPageSchema)
     def get(self, args):
         """Alert events, newest first."""
-        db = services().db
+        db = services().reads
         return keyset_page(lambda after, n: fetch_alerts(db, args, after, n), args["limit"], args["cursor"])

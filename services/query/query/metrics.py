@@ -9,7 +9,7 @@ Under gunicorn every worker writes its own files (prometheus-client multiprocess
 """
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from visiontrack.errors import STATUS
 
@@ -23,6 +23,10 @@ INGEST_REJECTED = Counter("visiontrack_query_ingest_rejected_total",
                           ["reason"])
 BATCH_READINGS = Histogram("visiontrack_query_batch_readings", "Readings per accepted POST /api/telemetry/ request.",
                            buckets=(1, 2, 5, 10, 50, 100, 500, 1_000, 5_000, 10_000))
+# Sampled by query.replica_lag when /metrics is scraped.
+REPLICA_LAG = Gauge("visiontrack_query_replica_lag_seconds",
+                    "How far the read server (VT_DATABASE_READ_URL) lags behind the primary, seconds (0 without "
+                    "one; NaN when it does not answer).", multiprocess_mode="livemostrecent")
 
 # Every reason exported from the start (at 0), so a dashboard shows 0 rather than no data.
 for _reason in STATUS:

@@ -39,7 +39,7 @@ def _writer() -> StreamWriter:
 
 
 def _fetch(q: RawQuery, after: list | None, limit: int) -> list[tuple]:
-    with services().db.read() as cur:
+    with services().reads.read() as cur:
         return fetch_raw(cur, replace(q, limit=limit), after)
 
 

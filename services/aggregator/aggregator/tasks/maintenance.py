@@ -104,6 +104,8 @@ def _forget_ingest_counts(st, device_ids: list[int]) -> None:
     now_ms = int(time.time() * 1000)
     keys = [k for d in device_ids for k in device_stats.all_keys(d, now_ms)]
     try:
+        # Many slots in a Redis Cluster: its client sends one DEL per slot (redis-py's RedisCluster.delete,
+        # `_split_command_across_slots`), not atomic together, which counters being forgotten need not be.
         st.redis.delete(*keys)
     except redis.RedisError as exc:
         log.warning("could not delete the ingest counters of deleted devices %s: %s", device_ids, exc)

@@ -5,13 +5,13 @@ import json
 import os
 from typing import Iterable
 
-import redis
 from flask import Flask, jsonify
 from flask_smorest import Api, Blueprint
 from webargs.flaskparser import FlaskParser
 
 from .. import logs
-from ..config import Config
+from .. import redis_client
+from ..config import Config, read_database_url
 from ..db import Database
 from ..errors import ApiError
 from ..readiness import RETRY_AFTER_SECONDS, Readiness, dependency_checks, not_ready_message
@@ -58,8 +58,15 @@ class Services:
         self.config = config
         self.db = Database(config.database_url, config.db_pool_size, config.query_timeout_ms,
                            application_name=f"visiontrack-{part}")
-        self.redis = redis.Redis.from_url(config.redis_url, socket_timeout=2, socket_connect_timeout=2,
-                                          health_check_interval=30)
+        # The query service's reads may go to a hot standby; the registry reads what it just wrote.
+        self.reads = self.db
+        if part == "query" and config.database_read_url:
+            self.reads = Database(read_database_url(config), config.db_pool_size, config.query_timeout_ms,
+                                  application_name=f"visiontrack-{part}-read")
+        # A telemetry append may wait VT_STREAM_WAIT_TIMEOUT_MS for replicas on this client's connection.
+        timeout = max(2.0, config.stream_wait_timeout_ms / 1000 + 1)
+        self.redis = redis_client.from_config(config, socket_timeout=timeout, socket_connect_timeout=2,
+                                              health_check_interval=30)
         self.auth = OperatorAuth(config.admin_tokens, config.reader_tokens)
 
 
@@ -104,7 +111,9 @@ def create_base_app(part: str, config: Config, blueprints: Iterable[Blueprint], 
     def healthz():
         return jsonify(status="ok")
 
-    readiness = Readiness(dependency_checks(config, part, ("postgres", "redis")))
+    # A standby is only checked to answer: lag slows nothing down to the point of refusing reads.
+    read_server = ("postgres-read",) if part == "query" and config.database_read_url else ()
+    readiness = Readiness(dependency_checks(config, part, ("postgres", *read_server, "redis")))
 
     @app.get("/readyz")
     def readyz():
