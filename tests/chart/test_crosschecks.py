@@ -412,8 +412,8 @@ def chart_env_for_local_run(objs: list[dict], c: dict, tmp: Path) -> dict[str, s
             env[name] = src["value"]
     secret = find(objs, "Secret", "vt-visiontrack-secrets")
     for name, src in container_env(objs, c).items():
-        if src["source"] == "secret":
-            env[name] = base64.b64decode(secret["data"][src["key"]]).decode()
+        if src["source"] == "secret" and (src["key"] in secret["data"] or not src["optional"]):
+            env[name] = base64.b64decode(secret["data"][src["key"]]).decode()  # an optional key may be absent
     if "PROMETHEUS_MULTIPROC_DIR" in env:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp / "metrics")
     if "VT_BEAT_SCHEDULE_FILE" in env:

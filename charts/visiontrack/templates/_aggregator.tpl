@@ -82,9 +82,7 @@ spec:
               value: {{ $.Values.prometheusMultiprocDir | quote }}
             {{- end }}
             {{- include "visiontrack.secretEnv" (dict "ctx" $ "keys" (list "DATABASE_URL" "REDIS_URL")) | trim | nindent 12 }}
-            {{- if not $.Values.redis.enabled }}
             {{- include "visiontrack.optionalSecretEnv" (dict "ctx" $ "keys" (list "VT_BROKER_URL")) | trim | nindent 12 }}
-            {{- end }}
             {{- with $c.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}

@@ -64,7 +64,7 @@ spec:
             - name: PROMETHEUS_MULTIPROC_DIR
               value: {{ $.Values.prometheusMultiprocDir | quote }}
             {{- include "visiontrack.secretEnv" (dict "ctx" $ "keys" (list "DATABASE_URL" "REDIS_URL" "VT_ADMIN_TOKENS" "VT_READER_TOKENS")) | trim | nindent 12 }}
-            {{- if and (eq $ctx.component "query") (not $.Values.postgres.enabled) }}
+            {{- if eq $ctx.component "query" }}
             {{- include "visiontrack.optionalSecretEnv" (dict "ctx" $ "keys" (list "VT_DATABASE_READ_URL")) | trim | nindent 12 }}
             {{- end }}
             {{- with $c.extraEnv }}
