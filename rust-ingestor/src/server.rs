@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use axum::serve::ListenerExt;
+use axum::ServiceExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::{Builder, Runtime};
@@ -313,7 +314,7 @@ async fn serve_http(
     let stopped = async move {
         let _ = stop.wait_for(|stop| *stop).await;
     };
-    axum::serve(listener, router(state)).with_graceful_shutdown(stopped).await
+    axum::serve(listener, router(state).into_make_service()).with_graceful_shutdown(stopped).await
 }
 
 /// Tells the main thread that a server thread ended, however it ended (a panic

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
@@ -15,16 +15,22 @@ use crate::state::AppState;
 use crate::{auth, device_stats, metrics, stream, validate};
 
 pub async fn ingest(State(state): State<AppState>, request: Request) -> Response {
+    handle(&state, request).await
+}
+
+/// The handler itself, also called without the router (`routes::App`).
+pub async fn handle(state: &AppState, request: Request) -> Response {
     let (parts, mut body) = request.into_parts();
-    let device = auth::authenticate(&state, parts.headers.get(header::AUTHORIZATION)).await;
+    let device = auth::authenticate(state, parts.headers.get(header::AUTHORIZATION)).await;
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    match accept(&state, device, content_type, &parts, &mut body).await {
+    match accept(state, device, content_type, &parts, &mut body).await {
         Ok(accepted) => {
             metrics::accepted(accepted);
             let body = format!("{{\"accepted\":{accepted}}}");
-            (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+            (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+                .into_response()
         }
-        Err(rejection) => refuse(&state, rejection, &parts, body),
+        Err(rejection) => refuse(state, rejection, &parts, body),
     }
 }
 

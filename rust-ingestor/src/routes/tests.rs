@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::routes::App;
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -34,7 +34,7 @@ fn state_with(extra: &[(&str, &str)]) -> AppState {
     state
 }
 
-fn app() -> Router {
+fn app() -> App {
     router(state_with(&[]))
 }
 
@@ -49,7 +49,7 @@ fn ingest(token: Option<&str>, content_type: Option<&str>, body: impl Into<Body>
     b.body(body.into()).unwrap()
 }
 
-async fn send(app: Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+async fn send(app: App, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
     let response = app.oneshot(req).await.unwrap();
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.unwrap().to_bytes();

@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use axum::ServiceExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use visiontrack_ingestor::{metrics, router, stream, AppState, Config};
@@ -114,7 +115,7 @@ pub async fn serve(config: Config) -> (SocketAddr, AppState) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = router(state.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(async move { axum::serve(listener, app.into_make_service()).await.unwrap() });
     (addr, state)
 }
 
