@@ -66,6 +66,10 @@ test-unit: venv ## Run only the tests that need no servers
 test-integration: venv ## Run the tests with real Postgres, Redis, gunicorn, Celery and nginx
 	$(PY) -m pytest -q -m "integration or e2e"
 
+.PHONY: test-scale
+test-scale: deps venv ingestor-build ## Run the tests on Redis Cluster and Postgres replication (marker scale)
+	$(PY) -m pytest -q -m scale
+
 .PHONY: lint
 lint: venv ## Lint the Python code (ruff: unused and undefined names, likely bugs)
 	$(VENV)/bin/ruff check services stack bench tests
