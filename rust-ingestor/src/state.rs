@@ -7,6 +7,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::FromRedisValue;
 use redis::IntoConnectionInfo;
 
@@ -73,6 +74,19 @@ impl Link {
         match &self.connection {
             Connection::Single(c) => within(self.timeout, cmd.query_async(&mut c.clone())).await,
             Connection::Cluster(c) => within(self.timeout, cmd.query_async(&mut c.clone())).await,
+        }
+    }
+
+    /// Whether Redis answers `PING`. On a cluster one node, any: a master down until its replica takes
+    /// over costs the requests of its slots, it must not make every ingestor unready at once.
+    pub async fn ping(&self) -> Result<(), RedisFailure> {
+        let ping = redis::cmd("PING");
+        match &self.connection {
+            Connection::Single(_) => self.run::<String>(&ping).await.map(drop),
+            Connection::Cluster(c) => {
+                let any = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+                within::<redis::Value>(self.timeout, c.clone().route_command(ping, any)).await.map(drop)
+            }
         }
     }
 
@@ -223,6 +237,11 @@ impl AppState {
             appender,
             redis,
         })))
+    }
+
+    /// `PING`, as [`Link::ping`]; a failure is counted and logged.
+    pub async fn ping(&self) -> Result<(), RedisFailure> {
+        self.redis.ping().await.inspect_err(|e| self.redis_failed("ping", e))
     }
 
     /// Runs one command on this thread's connection, with the configured deadline.
