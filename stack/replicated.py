@@ -17,6 +17,7 @@ from .servers import Postgres, Redis, StackError, _as_postgres_user, _give_to_po
 
 # A master silent this long is failed over to its replica: short, so a drill's failover takes seconds.
 NODE_TIMEOUT_MS = 2000
+MAX_CLUSTER_PORT = 65535 - 10000
 
 
 def _redis_cli(port: int, *args: str, timeout: float = 10) -> str:
@@ -29,6 +30,13 @@ def _info_field(text: str, name: str) -> str:
         if line.startswith(name + ":"):
             return line.split(":", 1)[1].strip()
     return ""
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) exists: Redis refuses a cluster port over 55535."""
+    while (port := free_port()) > MAX_CLUSTER_PORT:
+        pass
+    return port
 
 
 @dataclass
@@ -46,7 +54,7 @@ class RedisCluster:
 
     def start(self, timeout: float = 60.0) -> None:
         for _ in range(self.masters * (1 + self.replicas)):
-            port = free_port()
+            port = _cluster_port()
             node = Redis(self.base_dir / f"node-{port}", port, self.base_dir / "logs" / f"redis-{port}.log",
                          options=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                                   "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
