@@ -43,7 +43,7 @@ READER_TOKEN = "test-reader-token-0123456789"
 
 # The marker of each folder's tests (pytest.ini describes them).
 LAYER_MARKERS = {"unit": "unit", "contract": "unit", "integration": "integration", "e2e": "e2e", "chart": "chart",
-                 "bench": "bench", "drills": "drill"}
+                 "bench": "bench", "drills": "drill", "scale": "scale"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::in_doubt::{self, Settled};
 use crate::metrics;
-use crate::state::{redis_failed, Link, RedisFailure};
+use crate::state::{redis_failed, AppendFailure, Link, RedisFailure};
 use crate::stream::{self, Part, Shard};
 
 /// The most bytes of readings one entry gathers (a single larger request still
@@ -65,9 +65,13 @@ impl Appender {
             // One entry per request: each request makes its own XADD, many in flight on the connection.
             let key = &self.shards[shard].key;
             let cmd = stream::xadd_cmd(key, device_id, &readings_json, at_ms);
-            return match self.redis.run::<redis::Value>(&cmd).await {
+            return match self.redis.append(key, &cmd).await {
                 Ok(_) => Ok(()),
-                Err(e) => {
+                Err(AppendFailure::ShortOfReplicas { .. }) => {
+                    metrics::stream_wait_short();
+                    Err(NotStored)
+                }
+                Err(AppendFailure::Failed(e)) => {
                     let after = in_doubt::lower_bound(None, at_ms);
                     let stored = after_failure(&self.redis, key, &cmd, &after, self.settle_budget, &e).await;
                     if stored {
@@ -144,12 +148,19 @@ impl Lane {
             }
             metrics::entry_requests(group.len());
             let cmd = entry_cmd(&self.key, &group);
-            match self.redis.run::<String>(&cmd).await {
+            match self.redis.append(&self.key, &cmd).await {
                 Ok(id) => {
                     last_id = Some(id);
                     answer(group.drain(..), true);
                 }
-                Err(e) => {
+                Err(AppendFailure::ShortOfReplicas { id }) => {
+                    // In the stream but not on enough replicas: refused, so a resend is a duplicate
+                    // the aggregator drops (rows are unique on device, metric and ts).
+                    metrics::stream_wait_short();
+                    last_id = Some(id);
+                    answer(group.drain(..), false);
+                }
+                Err(AppendFailure::Failed(e)) => {
                     // Settled apart, so the lane goes on writing what comes next meanwhile.
                     let after = in_doubt::lower_bound(last_id.as_deref(), group[0].at_ms);
                     let (group, redis, key, budget) =

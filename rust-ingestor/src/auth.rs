@@ -135,8 +135,7 @@ pub async fn lookup(state: &AppState, digest: &[u8; 32]) -> Result<Option<Device
         return Ok(cached);
     }
     metrics::token_cache(false);
-    let mut cmd = redis::cmd("HGET");
-    cmd.arg(&state.config.token_index_key).arg(index_field(digest));
+    let cmd = hget_cmd(&state.config.token_index_key, digest);
     let value: Option<String> = state.redis("token_lookup", &cmd).await?;
     let device = value.as_deref().and_then(parse_logged);
     state.tokens.insert(*digest, device, now);
@@ -146,12 +145,7 @@ pub async fn lookup(state: &AppState, digest: &[u8; 32]) -> Result<Option<Device
 /// The index entries of many digests in one `HMGET`, straight from Redis (the
 /// cache is refreshed with them): how open MQTT connections learn of revocations.
 pub async fn lookup_many(state: &AppState, digests: &[[u8; 32]]) -> Result<Vec<Option<Device>>, RedisFailure> {
-    let mut cmd = redis::cmd("HMGET");
-    cmd.arg(&state.config.token_index_key);
-    for digest in digests {
-        cmd.arg(index_field(digest));
-    }
-    let values: Vec<Option<String>> = state.run(&cmd).await?;
+    let values: Vec<Option<String>> = state.run(&hmget_cmd(&state.config.token_index_key, digests)).await?;
     let now = Instant::now();
     Ok(digests
         .iter()
@@ -162,6 +156,21 @@ pub async fn lookup_many(state: &AppState, digests: &[[u8; 32]]) -> Result<Vec<O
             device
         })
         .collect())
+}
+
+pub fn hget_cmd(index_key: &str, digest: &[u8; 32]) -> redis::Cmd {
+    let mut cmd = redis::cmd("HGET");
+    cmd.arg(index_key).arg(index_field(digest));
+    cmd
+}
+
+pub fn hmget_cmd(index_key: &str, digests: &[[u8; 32]]) -> redis::Cmd {
+    let mut cmd = redis::cmd("HMGET");
+    cmd.arg(index_key);
+    for digest in digests {
+        cmd.arg(index_field(digest));
+    }
+    cmd
 }
 
 fn parse_logged(value: &str) -> Option<Device> {

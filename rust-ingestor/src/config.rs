@@ -70,6 +70,12 @@ pub struct Config {
     pub token_cache_ttl: Duration,
     pub limits: Limits,
     pub redis_timeout: Duration,
+    /// `REDIS_URL` is a seed node of a Redis Cluster: cluster-aware clients, every command on one slot.
+    pub redis_cluster: bool,
+    /// Replicas that must have each stream entry before its requests are answered (Redis `WAIT`); 0: none.
+    pub stream_wait_replicas: u32,
+    /// How long an append waits for them before its requests are refused.
+    pub stream_wait_timeout: Duration,
     pub request_timeout: Duration,
     /// A `tracing` level name: trace, debug, info, warn or error.
     pub log_level: &'static str,
@@ -123,6 +129,14 @@ impl Config {
     }
 
     fn read(env: &Env) -> Result<Self, ConfigError> {
+        let config = Self::read_each(env)?;
+        if config.redis_cluster {
+            cluster_url_problem(&config.redis_url).map_or(Ok(()), |r| Err(err("REDIS_URL", &config.redis_url, r)))?;
+        }
+        Ok(config)
+    }
+
+    fn read_each(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             redis_url: env.checked("REDIS_URL", "redis://127.0.0.1:6379/0", "a Redis URL", redis_url_problem)?,
             listen_addr: env.parsed("VT_LISTEN_ADDR", "0.0.0.0:8080", "a socket address like 0.0.0.0:8080")?,
@@ -143,6 +157,9 @@ impl Config {
                 retention_days: env.int("VT_RETENTION_DAYS", 30, 1, 36_500)?,
             },
             redis_timeout: Duration::from_millis(env.int("VT_REDIS_TIMEOUT_MS", 1000, 1, 600_000)?),
+            redis_cluster: env.flag("VT_REDIS_CLUSTER", false)?,
+            stream_wait_replicas: env.int("VT_STREAM_WAIT_REPLICAS", 0, 0, 16)?,
+            stream_wait_timeout: Duration::from_millis(env.int("VT_STREAM_WAIT_TIMEOUT_MS", 500, 1, 60_000)?),
             request_timeout: Duration::from_millis(env.int("VT_REQUEST_TIMEOUT_MS", 10_000, 1, 3_600_000)?),
             log_level: env.choice("VT_LOG_LEVEL", "info", LOG_LEVELS)?,
             log_format: env.choice("VT_LOG_FORMAT", "text", LOG_FORMATS)?,
@@ -205,6 +222,14 @@ const LOG_FORMATS: &[(&str, LogFormat)] = &[("text", LogFormat::Text), ("json", 
 
 fn redis_url_problem(url: &str) -> Option<String> {
     redis::Client::open(url).err().map(|e| format!("not a Redis URL: {e}"))
+}
+
+/// A Redis Cluster has only database 0: a URL naming another would silently write elsewhere than meant.
+fn cluster_url_problem(url: &str) -> Option<String> {
+    use redis::IntoConnectionInfo;
+    let db = url.into_connection_info().ok()?.redis_settings().db();
+    (db != 0)
+        .then(|| format!("a Redis Cluster has only database 0, the URL names database {db} (VT_REDIS_CLUSTER=true)"))
 }
 
 const MAX_WORKER_THREADS: usize = 256;
@@ -302,6 +327,18 @@ impl<'a> Env<'a> {
         Ok(value)
     }
 
+    /// A boolean, as the Python parts read one: 1/true/yes/on or 0/false/no/off, in any case.
+    fn flag(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        const EXPECTED: &str = "true or false (also 1/0, yes/no, on/off)";
+        self.record(var, if default { "true" } else { "false" }, Accepts::Text { format: Some(EXPECTED) });
+        let Some(raw) = self.get(var) else { return Ok(default) };
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(err(var, &raw, format!("expected {EXPECTED}"))),
+        }
+    }
+
     /// The value of the option named (in any case) by the variable.
     fn choice<T: Copy>(
         &self,
@@ -366,6 +403,33 @@ mod tests {
     }
 
     #[test]
+    fn cluster_and_wait_settings() {
+        let c = with(&[]).unwrap();
+        assert!(!c.redis_cluster);
+        assert_eq!((c.stream_wait_replicas, c.stream_wait_timeout), (0, Duration::from_millis(500)));
+        let c = with(&[
+            ("VT_REDIS_CLUSTER", " Yes"),
+            ("REDIS_URL", "redis://127.0.0.1:7000"),
+            ("VT_STREAM_WAIT_REPLICAS", "2"),
+            ("VT_STREAM_WAIT_TIMEOUT_MS", "60000"),
+        ])
+        .unwrap();
+        assert!(c.redis_cluster);
+        assert_eq!((c.stream_wait_replicas, c.stream_wait_timeout), (2, Duration::from_mins(1)));
+        assert!(!with(&[("VT_REDIS_CLUSTER", "off")]).unwrap().redis_cluster);
+        assert_eq!(with(&[("VT_REDIS_CLUSTER", "maybe")]).unwrap_err().var, "VT_REDIS_CLUSTER");
+        assert_eq!(with(&[("VT_STREAM_WAIT_REPLICAS", "17")]).unwrap_err().var, "VT_STREAM_WAIT_REPLICAS");
+        assert_eq!(with(&[("VT_STREAM_WAIT_TIMEOUT_MS", "0")]).unwrap_err().var, "VT_STREAM_WAIT_TIMEOUT_MS");
+        // Database 0 only on a cluster; any database on a single server.
+        let db3 = [("VT_REDIS_CLUSTER", "true"), ("REDIS_URL", "redis://127.0.0.1:7000/3")];
+        let e = with(&db3).unwrap_err();
+        assert_eq!(e.var, "REDIS_URL");
+        assert!(e.reason.contains("only database 0"), "{e}");
+        assert!(with(&[("VT_REDIS_CLUSTER", "true"), ("REDIS_URL", "redis://h:7000/0")]).is_ok());
+        assert!(with(&[("REDIS_URL", "redis://127.0.0.1:7000/3")]).is_ok());
+    }
+
+    #[test]
     fn rate_zero_turns_a_limit_off() {
         let c = with(&[("VT_RATE_LIMIT", "0"), ("VT_BACKFILL_RATE_LIMIT", "0")]).unwrap();
         assert_eq!(c.rate_limit.live, None);
@@ -401,7 +465,7 @@ mod tests {
     fn settings_list_each_variable_read_with_its_default_and_range() {
         let specs = Config::settings();
         let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
-        assert_eq!(names.len(), 35);
+        assert_eq!(names.len(), 38);
         assert_eq!(names.iter().collect::<std::collections::HashSet<_>>().len(), names.len());
         let shards = specs.iter().find(|s| s.name == "VT_STREAM_SHARDS").unwrap();
         assert_eq!(shards.default, 1);

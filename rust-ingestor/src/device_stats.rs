@@ -9,8 +9,11 @@
 //! reasons: `docs/contracts.md`, section 5.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::cluster_routing::Slot;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -24,8 +27,10 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 pub const BUCKET_MS: i64 = 300_000;
 /// Lifetime of a bucket's hash after its last write: past the hour it is summed in.
 pub const BUCKET_TTL_SECONDS: u64 = 3_900;
-/// Most devices (of one bucket) per `EVAL`: a script holds Redis while it runs.
-const DEVICES_PER_EVAL: usize = 500;
+/// Most hashes per `EVAL`: a script holds Redis while it runs.
+const KEYS_PER_EVAL: usize = 1000;
+/// `EVAL`s of one flush in flight at once (on a cluster, one per slot touched).
+const CONCURRENT_EVALS: usize = 64;
 
 /// The counters of one device in one bucket.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -44,17 +49,6 @@ pub struct Counts {
 impl Counts {
     fn new() -> Self {
         Self { newest_ts_ms: i64::MIN, ..Self::default() }
-    }
-
-    fn merge(&mut self, other: &Counts) {
-        self.received += other.received;
-        self.accepted += other.accepted;
-        self.readings += other.readings;
-        for (reason, n) in &other.rejected {
-            self.reject(reason, *n);
-        }
-        self.last_accepted_ms = self.last_accepted_ms.max(other.last_accepted_ms);
-        self.newest_ts_ms = self.newest_ts_ms.max(other.newest_ts_ms);
     }
 
     fn reject(&mut self, reason: &'static str, n: u64) {
@@ -101,16 +95,6 @@ pub fn take() -> Deltas {
     DELTAS.with(|d| std::mem::take(&mut *d.borrow_mut()))
 }
 
-/// Puts counts back (a flush Redis refused), to go with the next one.
-pub fn restore(deltas: Deltas) {
-    DELTAS.with(|d| {
-        let mut map = d.borrow_mut();
-        for (key, counts) in deltas {
-            map.entry(key).or_insert_with(Counts::new).merge(&counts);
-        }
-    });
-}
-
 /// The reason a refused request is counted under: the error code, or for bad
 /// readings the kind of the first problem (one reason per request, so that
 /// received = accepted + the sum of rejected).
@@ -150,50 +134,42 @@ pub fn key_prefix(device_id: u64) -> String {
     format!("{KEY_PREFIX}:{device_id}")
 }
 
-/// Adds the deltas of each device to its since-ever hash (`…:total`) and to its
-/// hash of that bucket (`…:b:<epoch bucket>`, expiring), and raises
-/// `last_accepted_ms` / `newest_ts_ms` of the since-ever hash to their maximum.
-const SCRIPT: &str = r"
-local ttl = tonumber(ARGV[1])
-local a = 2
-for i = 1, #KEYS, 2 do
-  local total, bucket = KEYS[i], KEYS[i + 1]
-  local n = tonumber(ARGV[a]); a = a + 1
-  for _ = 1, n do
-    local f, d = ARGV[a], tonumber(ARGV[a + 1]); a = a + 2
-    redis.call('HINCRBY', total, f, d)
-    redis.call('HINCRBY', bucket, f, d)
-  end
-  redis.call('EXPIRE', bucket, ttl)
-  for _, f in ipairs({'last_accepted_ms', 'newest_ts_ms'}) do
-    local v = ARGV[a]; a = a + 1
-    if v ~= '' then
-      local cur = redis.call('HGET', total, f)
-      if not cur or tonumber(cur) < tonumber(v) then redis.call('HSET', total, f, v) end
-    end
-  end
-end
-return #KEYS / 2
-";
-
-/// The (device, bucket) keys of `deltas` in order, at most [`DEVICES_PER_EVAL`] per `EVAL`.
-pub fn chunks(deltas: &Deltas) -> Vec<Vec<(u64, i64)>> {
-    let mut keys: Vec<_> = deltas.keys().copied().collect();
-    keys.sort_unstable();
-    keys.chunks(DEVICES_PER_EVAL).map(<[_]>::to_vec).collect()
+/// What one hash of `KEY_PREFIX` gets from a flush: increments, and for a
+/// device's since-ever hash (`…:total`) its maxima, for a bucket hash
+/// (`…:b:<epoch bucket>`) a new expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyDelta {
+    pub fields: Vec<(String, u64)>,
+    /// `Some((last_accepted_ms, newest_ts_ms))` for a since-ever hash, each `None` when there is none.
+    pub maxima: Option<(Option<i64>, Option<i64>)>,
 }
 
-/// The `EVAL` that adds the deltas of `chunk`.
-pub fn eval_cmd(deltas: &Deltas, chunk: &[(u64, i64)]) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(SCRIPT).arg(chunk.len() * 2);
-    for (device_id, bucket) in chunk {
-        let prefix = key_prefix(*device_id);
-        cmd.arg(format!("{prefix}:total")).arg(format!("{prefix}:b:{bucket}"));
+impl KeyDelta {
+    fn merge(&mut self, other: KeyDelta) {
+        for (f, n) in other.fields {
+            match self.fields.iter_mut().find(|(g, _)| *g == f) {
+                Some((_, m)) => *m += n,
+                None => self.fields.push((f, n)),
+            }
+        }
+        if let (Some((a, b)), Some((c, d))) = (&mut self.maxima, other.maxima) {
+            *a = (*a).max(c);
+            *b = (*b).max(d);
+        }
     }
-    cmd.arg(BUCKET_TTL_SECONDS);
-    for key in chunk {
-        let c = &deltas[key];
+}
+
+/// Hash key → what it gets; sorted, so a flush's commands come out the same each time.
+pub type KeyDeltas = BTreeMap<String, KeyDelta>;
+
+/// The deltas of each device and bucket as what each of its two hashes gets
+/// (the same increments). Hash by hash, so that on a Redis Cluster each
+/// `EVAL` can take the hashes of one slot: a device's two are on different ones.
+pub fn key_deltas(deltas: Deltas) -> KeyDeltas {
+    let mut keys = KeyDeltas::new();
+    let mut deltas: Vec<_> = deltas.into_iter().collect();
+    deltas.sort_unstable_by_key(|(key, _)| *key);
+    for ((device_id, bucket), c) in deltas {
         let mut fields: Vec<(String, u64)> =
             [("received", c.received), ("accepted", c.accepted), ("readings", c.readings)]
                 .into_iter()
@@ -201,35 +177,133 @@ pub fn eval_cmd(deltas: &Deltas, chunk: &[(u64, i64)]) -> redis::Cmd {
                 .map(|(f, n)| (f.to_owned(), n))
                 .collect();
         fields.extend(c.rejected.iter().map(|(r, n)| (format!("rejected:{r}"), *n)));
-        cmd.arg(fields.len());
-        for (f, n) in fields {
+        let last = (c.accepted > 0).then_some(c.last_accepted_ms);
+        let newest = (c.newest_ts_ms > i64::MIN).then_some(c.newest_ts_ms);
+        let prefix = key_prefix(device_id);
+        let bucket_delta = KeyDelta { fields: fields.clone(), maxima: None };
+        merge_key(&mut keys, format!("{prefix}:total"), KeyDelta { fields, maxima: Some((last, newest)) });
+        merge_key(&mut keys, format!("{prefix}:b:{bucket}"), bucket_delta);
+    }
+    keys
+}
+
+fn merge_key(keys: &mut KeyDeltas, key: String, delta: KeyDelta) {
+    match keys.entry(key) {
+        std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge(delta),
+        std::collections::btree_map::Entry::Vacant(e) => {
+            e.insert(delta);
+        }
+    }
+}
+
+/// Adds each key's increments; a since-ever hash (kind `t`) then raises
+/// `last_accepted_ms` / `newest_ts_ms` to their maximum, a bucket's (kind `b`) expires.
+const SCRIPT: &str = r"
+local ttl = tonumber(ARGV[1])
+local a = 2
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local n = tonumber(ARGV[a]); a = a + 1
+  for _ = 1, n do
+    redis.call('HINCRBY', key, ARGV[a], tonumber(ARGV[a + 1])); a = a + 2
+  end
+  local kind = ARGV[a]; a = a + 1
+  if kind == 'b' then
+    redis.call('EXPIRE', key, ttl)
+  else
+    for _, f in ipairs({'last_accepted_ms', 'newest_ts_ms'}) do
+      local v = ARGV[a]; a = a + 1
+      if v ~= '' then
+        local cur = redis.call('HGET', key, f)
+        if not cur or tonumber(cur) < tonumber(v) then redis.call('HSET', key, f, v) end
+      end
+    end
+  end
+end
+return #KEYS
+";
+
+/// The `EVAL`s that add `keys`, each with the names of the keys it carries: at
+/// most [`KEYS_PER_EVAL`]; on a cluster, only keys of one hash slot together.
+pub fn eval_cmds(keys: &KeyDeltas, cluster: bool) -> Vec<(Vec<String>, redis::Cmd)> {
+    let names: Vec<&String> = keys.keys().collect();
+    let groups: Vec<Vec<&String>> = if cluster {
+        let mut by_slot: HashMap<Slot, Vec<&String>> = HashMap::new();
+        for name in names {
+            by_slot.entry(Slot::for_key(name)).or_default().push(name);
+        }
+        by_slot.into_values().collect()
+    } else {
+        vec![names]
+    };
+    groups
+        .iter()
+        .flat_map(|group| group.chunks(KEYS_PER_EVAL))
+        .map(|chunk| (chunk.iter().map(|k| (*k).clone()).collect(), eval_cmd(keys, chunk)))
+        .collect()
+}
+
+fn eval_cmd(keys: &KeyDeltas, chunk: &[&String]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(SCRIPT).arg(chunk.len());
+    for key in chunk {
+        cmd.arg(key.as_str());
+    }
+    cmd.arg(BUCKET_TTL_SECONDS);
+    let text = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+    for key in chunk {
+        let delta = &keys[*key];
+        cmd.arg(delta.fields.len());
+        for (f, n) in &delta.fields {
             cmd.arg(f).arg(n);
         }
-        cmd.arg(if c.accepted > 0 { c.last_accepted_ms.to_string() } else { String::new() });
-        cmd.arg(if c.newest_ts_ms > i64::MIN { c.newest_ts_ms.to_string() } else { String::new() });
+        match delta.maxima {
+            None => cmd.arg("b"),
+            Some((last, newest)) => cmd.arg("t").arg(text(last)).arg(text(newest)),
+        };
     }
     cmd
+}
+
+thread_local! {
+    /// What Redis refused at the last flush, to go with the next one.
+    static UNSENT: RefCell<KeyDeltas> = const { RefCell::new(BTreeMap::new()) };
 }
 
 /// Sends this thread's deltas to Redis. What Redis refused is kept for the next
 /// flush; an `EVAL` whose answer was lost (a timeout after Redis ran it) may
 /// count its second twice, which accounting tolerates better than losing a
-/// Redis outage's refusals.
+/// Redis outage's refusals. On a cluster the `EVAL`s (one per slot) go out
+/// together, so one slow or failing node holds up only its own keys.
 pub async fn flush(state: &AppState) {
-    let mut deltas = take();
-    if deltas.is_empty() {
+    let mut keys = UNSENT.with(|u| std::mem::take(&mut *u.borrow_mut()));
+    for (key, delta) in key_deltas(take()) {
+        merge_key(&mut keys, key, delta);
+    }
+    if keys.is_empty() {
         return;
     }
-    for chunk in chunks(&deltas) {
-        if let Err(e) = state.run::<i64>(&eval_cmd(&deltas, &chunk)).await {
-            state.redis_failed("device_stats", &e);
-            restore(deltas);
-            return;
-        }
-        for key in &chunk {
-            deltas.remove(key);
+    let cmds = eval_cmds(&keys, state.config.redis_cluster).into_iter().map(|(names, cmd)| {
+        let state = state.clone();
+        async move { (names, state.run::<i64>(&cmd).await) }
+    });
+    let results: Vec<_> = futures_util::stream::iter(cmds).buffer_unordered(CONCURRENT_EVALS).collect().await;
+    let mut failure = None;
+    for (names, result) in results {
+        match result {
+            Ok(_) => names.iter().for_each(|k| drop(keys.remove(k))),
+            Err(e) => failure = Some(e),
         }
     }
+    if let Some(e) = failure {
+        state.redis_failed("device_stats", &e);
+    }
+    UNSENT.with(|u| {
+        let mut unsent = u.borrow_mut();
+        for (key, delta) in keys {
+            merge_key(&mut unsent, key, delta);
+        }
+    });
 }
 
 /// Flushes this server thread's counters every [`FLUSH_EVERY`], for ever.
@@ -296,13 +370,10 @@ mod tests {
         assert_eq!((c.last_accepted_ms, c.newest_ts_ms), (NOW + 10, NOW - 5));
         let c8 = &d[&(8, NOW / BUCKET_MS + 1)];
         assert_eq!((c8.received, c8.accepted, c8.newest_ts_ms), (1, 0, i64::MIN));
-        restore(d.clone());
-        restore(d);
-        assert_eq!(take()[&(7, NOW / BUCKET_MS)].received, 12);
     }
 
     #[test]
-    fn one_eval_carries_keys_fields_and_maxima() {
+    fn each_hash_gets_the_device_deltas_the_total_its_maxima_the_bucket_an_expiry() {
         let mut d = Deltas::new();
         let mut c = Counts::new();
         c.received = 3;
@@ -312,26 +383,23 @@ mod tests {
         c.last_accepted_ms = 10;
         c.newest_ts_ms = 9;
         d.insert((4, 100), c);
-        d.insert((5, 100), Counts { received: 1, rejected: vec![("topic", 1)], ..Counts::new() });
-        let chunks = chunks(&d);
-        assert_eq!(chunks.len(), 1);
-        let cmd = eval_cmd(&d, &chunks[0]);
-        let args: Vec<String> = cmd
-            .args_iter()
-            .map(|a| match a {
-                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
-                _ => String::new(),
-            })
-            .collect();
+        d.insert((4, 101), Counts { received: 1, rejected: vec![("topic", 1)], ..Counts::new() });
+        let keys = key_deltas(d);
+        let names: Vec<&str> = keys.keys().map(String::as_str).collect();
+        assert_eq!(names, ["vt:device-stats:4:b:100", "vt:device-stats:4:b:101", "vt:device-stats:4:total"]);
+        assert_eq!(keys["vt:device-stats:4:total"].fields[0], ("received".to_owned(), 4));
+        let cmds = eval_cmds(&keys, false);
+        assert_eq!(cmds.len(), 1, "one server: one EVAL");
+        let args: Vec<String> =
+            crate::stream::tests::args(&cmds[0].1).iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         assert_eq!(args[0], "EVAL");
         assert_eq!(
             &args[2..],
             [
-                "4",
-                "vt:device-stats:4:total",
+                "3",
                 "vt:device-stats:4:b:100",
-                "vt:device-stats:5:total",
-                "vt:device-stats:5:b:100",
+                "vt:device-stats:4:b:101",
+                "vt:device-stats:4:total",
                 "3900",
                 "4",
                 "received",
@@ -342,16 +410,30 @@ mod tests {
                 "5",
                 "rejected:invalid_ts",
                 "1",
-                "10",
-                "9",
+                "b",
                 "2",
                 "received",
                 "1",
                 "rejected:topic",
                 "1",
-                "",
-                "",
+                "b",
+                "5",
+                "received",
+                "4",
+                "accepted",
+                "2",
+                "readings",
+                "5",
+                "rejected:invalid_ts",
+                "1",
+                "rejected:topic",
+                "1",
+                "t",
+                "10",
+                "9",
             ]
         );
+        let on_cluster = eval_cmds(&keys, true);
+        assert_eq!(on_cluster.iter().map(|(k, _)| k.len()).sum::<usize>(), 3);
     }
 }

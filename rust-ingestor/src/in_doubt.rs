@@ -66,9 +66,8 @@ pub enum Settled {
     Unknown,
 }
 
-/// Asks Redis, until it answers or `budget` has passed, whether the XADD `xadd`
-/// (of `key`) appended its entry after `after` (from [`lower_bound`]).
-pub async fn settle(link: &Link, key: &str, xadd: &redis::Cmd, after: &str, budget: Duration) -> Settled {
+/// The `EVAL` looking in `key` for the entry of `xadd` after `after` (one key: one slot).
+pub fn find_cmd(key: &str, xadd: &redis::Cmd, after: &str) -> redis::Cmd {
     let mut find = redis::cmd("EVAL");
     find.arg(FIND_ENTRY).arg(1).arg(key).arg(after);
     // XADD <key> <id> then the fields and their values, as the entry holds them.
@@ -77,6 +76,13 @@ pub async fn settle(link: &Link, key: &str, xadd: &redis::Cmd, after: &str, budg
             find.arg(bytes);
         }
     }
+    find
+}
+
+/// Asks Redis, until it answers or `budget` has passed, whether the XADD `xadd`
+/// (of `key`) appended its entry after `after` (from [`lower_bound`]).
+pub async fn settle(link: &Link, key: &str, xadd: &redis::Cmd, after: &str, budget: Duration) -> Settled {
+    let find = find_cmd(key, xadd, after);
     let deadline = Instant::now() + budget;
     let settled = loop {
         match link.run::<redis::Value>(&find).await {

@@ -8,6 +8,7 @@
 
 pub mod append;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod device_stats;
 pub mod error;

@@ -16,6 +16,7 @@ pub const INGEST_REJECTED: &str = "visiontrack_ingestor_ingest_rejected_total";
 pub const BATCH_SIZE: &str = "visiontrack_ingestor_batch_readings";
 pub const ENTRY_REQUESTS: &str = "visiontrack_ingestor_stream_entry_requests";
 pub const WRITES_IN_DOUBT: &str = "visiontrack_ingestor_writes_in_doubt_total";
+pub const STREAM_WAIT_SHORT: &str = "visiontrack_ingestor_stream_wait_short_total";
 pub const BACKPRESSURE: &str = "visiontrack_ingestor_backpressure_events_total";
 pub const REDIS_ERRORS: &str = "visiontrack_ingestor_redis_errors_total";
 pub const TOKEN_CACHE_HITS: &str = "visiontrack_ingestor_token_cache_hits_total";
@@ -67,6 +68,10 @@ fn describe() {
     metrics::describe_counter!(
         WRITES_IN_DOUBT,
         "XADDs whose answer was lost, by what asking Redis found: stored, not_stored or unknown"
+    );
+    metrics::describe_counter!(
+        STREAM_WAIT_SHORT,
+        "Stream entries fewer replicas than VT_STREAM_WAIT_REPLICAS confirmed in time (their requests got 503)"
     );
     metrics::describe_counter!(BACKPRESSURE, "Requests refused because the stream backlog is over the high-water mark");
     metrics::describe_counter!(REDIS_ERRORS, "Failed or timed-out Redis commands, by operation");
@@ -191,6 +196,11 @@ pub fn write_in_doubt(settled: crate::in_doubt::Settled) {
         Settled::Unknown => "unknown",
     };
     counter!(WRITES_IN_DOUBT, "outcome" => outcome).increment(1);
+}
+
+/// A stream entry that fewer replicas than `VT_STREAM_WAIT_REPLICAS` confirmed in time (its requests got 503).
+pub fn stream_wait_short() {
+    counter!(STREAM_WAIT_SHORT).increment(1);
 }
 
 /// An ingest request answered with an error; `readings` when the body was parsed that far.

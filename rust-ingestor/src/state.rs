@@ -6,11 +6,14 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::FromRedisValue;
 use redis::IntoConnectionInfo;
 
 use crate::append::Appender;
 use crate::auth::TokenCache;
+use crate::cluster;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics;
@@ -33,22 +36,106 @@ pub struct Inner {
     redis: Link,
 }
 
-/// One Redis connection (reconnected when lost) and the deadline of every command on it.
+/// One way to Redis (reconnected when lost) and the deadline of every command on it.
 #[derive(Clone)]
 pub struct Link {
-    connection: ConnectionManager,
+    connection: Connection,
     timeout: Duration,
+    /// Replicas each stream entry must reach before it counts as written (`VT_STREAM_WAIT_REPLICAS`).
+    wait: Option<Wait>,
+}
+
+/// A single server (the default) or a Redis Cluster (`VT_REDIS_CLUSTER`).
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+#[derive(Clone, Copy)]
+struct Wait {
+    replicas: u32,
+    timeout: Duration,
+}
+
+/// Why an append is not acknowledged.
+#[derive(Debug)]
+pub enum AppendFailure {
+    /// The XADD failed or its answer was lost: the entry may be in or not.
+    Failed(RedisFailure),
+    /// The entry `id` is in the stream, but fewer replicas than asked for confirmed it in time.
+    ShortOfReplicas { id: String },
 }
 
 impl Link {
     /// Runs one command with the deadline (which also bounds the wait for a
     /// reconnect, not only the reply).
     pub async fn run<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisFailure> {
-        let mut conn = self.connection.clone();
-        match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(RedisFailure::Timeout(self.timeout)),
+        match &self.connection {
+            Connection::Single(c) => within(self.timeout, cmd.query_async(&mut c.clone())).await,
+            Connection::Cluster(c) => within(self.timeout, cmd.query_async(&mut c.clone())).await,
         }
+    }
+
+    /// Whether Redis answers `PING`. On a cluster one node, any: a master down until its replica takes
+    /// over costs the requests of its slots, it must not make every ingestor unready at once.
+    pub async fn ping(&self) -> Result<(), RedisFailure> {
+        let ping = redis::cmd("PING");
+        match &self.connection {
+            Connection::Single(_) => self.run::<String>(&ping).await.map(drop),
+            Connection::Cluster(c) => {
+                let any = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+                within::<redis::Value>(self.timeout, c.clone().route_command(ping, any)).await.map(drop)
+            }
+        }
+    }
+
+    /// Runs the XADD `xadd` of stream `key` and returns the entry id; with
+    /// `VT_STREAM_WAIT_REPLICAS`, then `WAIT`s on the same connection to the same
+    /// node (WAIT counts the writes of the connection it comes on).
+    pub async fn append(&self, key: &str, xadd: &redis::Cmd) -> Result<String, AppendFailure> {
+        let Some(wait) = self.wait else { return self.run(xadd).await.map_err(AppendFailure::Failed) };
+        let mut wait_cmd = redis::cmd("WAIT");
+        wait_cmd.arg(wait.replicas).arg(u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX));
+        let deadline = self.timeout + wait.timeout;
+        let (id, replicas) = match &self.connection {
+            Connection::Single(c) => {
+                // One pipeline: both go out back to back on the one connection.
+                let mut pipe = redis::pipe();
+                pipe.add_command(xadd.clone()).add_command(wait_cmd);
+                within::<(String, i64)>(deadline, pipe.query_async(&mut c.clone()))
+                    .await
+                    .map_err(AppendFailure::Failed)?
+            }
+            Connection::Cluster(c) => {
+                let id: String = self.run(xadd).await.map_err(AppendFailure::Failed)?;
+                let mut c = c.clone();
+                let waited = within::<redis::Value>(deadline, c.route_command(wait_cmd, cluster::master_of(key))).await;
+                match waited.and_then(|v| i64::from_redis_value(v).map_err(|e| RedisFailure::Redis(e.into()))) {
+                    Ok(n) => (id, n),
+                    Err(e) => {
+                        // The entry is in; only its replicas are unknown.
+                        redis_failed("wait", &e);
+                        return Err(AppendFailure::ShortOfReplicas { id });
+                    }
+                }
+            }
+        };
+        if replicas < i64::from(wait.replicas) {
+            return Err(AppendFailure::ShortOfReplicas { id });
+        }
+        Ok(id)
+    }
+}
+
+/// A reply within `deadline`, else a timeout failure.
+async fn within<T: FromRedisValue>(
+    deadline: Duration,
+    reply: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, RedisFailure> {
+    match tokio::time::timeout(deadline, reply).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(RedisFailure::Timeout(deadline)),
     }
 }
 
@@ -83,6 +170,29 @@ pub fn redis_failed(op: &'static str, error: &RedisFailure) {
     }
 }
 
+/// The connection to a single Redis server: one multiplexed connection that
+/// pipelines concurrent commands and reconnects in the background.
+fn single(config: &Config, response_timeout: Duration) -> Result<ConnectionManager, redis::RedisError> {
+    // redis-rs leaves Nagle's algorithm on, which holds a command written while
+    // an earlier one is unacknowledged until that ACK comes; request and reply
+    // gain nothing from the wait (Redis sets TCP_NODELAY on its side too).
+    let info = config
+        .redis_url
+        .as_str()
+        .into_connection_info()?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    let client = redis::Client::open(info)?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response_timeout))
+        .set_connection_timeout(Some(config.redis_timeout))
+        // Few quick retries: a request must not wait on a long reconnect loop;
+        // the next command starts a new attempt anyway.
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(200))
+        .set_pipeline_buffer_size(4096);
+    ConnectionManager::new_lazy_with_config(client, manager_config)
+}
+
 impl AppState {
     /// Builds the state; Redis is connected lazily, so the service starts (and
     /// answers 503) while Redis is still down.
@@ -104,25 +214,16 @@ impl AppState {
         shards: Arc<[Shard]>,
         limiter: Arc<Limiter>,
     ) -> Result<Self, redis::RedisError> {
-        // redis-rs leaves Nagle's algorithm on, which holds a command written while
-        // an earlier one is unacknowledged until that ACK comes; request and reply
-        // gain nothing from the wait (Redis sets TCP_NODELAY on its side too).
-        let info = config
-            .redis_url
-            .as_str()
-            .into_connection_info()?
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.redis_timeout))
-            .set_connection_timeout(Some(config.redis_timeout))
-            // Few quick retries: a request must not wait on a long reconnect loop;
-            // the next command starts a new attempt anyway.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200))
-            .set_pipeline_buffer_size(4096);
-        let connection = ConnectionManager::new_lazy_with_config(client, manager_config)?;
-        let redis = Link { connection, timeout: config.redis_timeout };
+        let wait = (config.stream_wait_replicas > 0)
+            .then_some(Wait { replicas: config.stream_wait_replicas, timeout: config.stream_wait_timeout });
+        // The clients' own reply deadline must let a WAIT run its course; `Link` bounds every other command.
+        let response_timeout = config.redis_timeout + wait.map_or(Duration::ZERO, |w| w.timeout);
+        let connection = if config.redis_cluster {
+            Connection::Cluster(cluster::connect(&config.redis_url, config.redis_timeout, response_timeout)?)
+        } else {
+            Connection::Single(single(&config, response_timeout)?)
+        };
+        let redis = Link { connection, timeout: config.redis_timeout, wait };
         // Three quarters of the request's deadline: long enough for a restarted Redis to answer (about
         // 4 s on Kubernetes), short enough that a write in doubt is answered before the request times out.
         let settle_budget = config.request_timeout * 3 / 4;
@@ -136,6 +237,11 @@ impl AppState {
             appender,
             redis,
         })))
+    }
+
+    /// `PING`, as [`Link::ping`]; a failure is counted and logged.
+    pub async fn ping(&self) -> Result<(), RedisFailure> {
+        self.redis.ping().await.inspect_err(|e| self.redis_failed("ping", e))
     }
 
     /// Runs one command on this thread's connection, with the configured deadline.

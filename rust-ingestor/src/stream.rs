@@ -110,6 +110,7 @@ pub fn xadd_cmd(key: &str, device_id: u64, readings_json: &[u8], at_ms: i64) -> 
 }
 
 /// One request's part of an entry of format 2: its device, receive time and encoded readings.
+#[derive(Clone, Copy)]
 pub struct Part<'a> {
     pub device_id: u64,
     pub at_ms: i64,
@@ -174,9 +175,7 @@ fn int(v: &redis::Value) -> Option<u64> {
 
 /// Samples one shard's backlog; a stream that does not exist yet has none.
 pub async fn sample_shard(state: &AppState, key: &str) -> Result<u64, RedisFailure> {
-    let mut info = redis::cmd("XINFO");
-    info.arg("GROUPS").arg(key);
-    match state.run::<redis::Value>(&info).await {
+    match state.run::<redis::Value>(&xinfo_groups_cmd(key)).await {
         Ok(reply) => {
             if let Some(n) = backlog_from_groups(&reply, &state.config.stream_group) {
                 return Ok(n);
@@ -185,9 +184,19 @@ pub async fn sample_shard(state: &AppState, key: &str) -> Result<u64, RedisFailu
         Err(RedisFailure::Redis(e)) if e.to_string().contains("no such key") => return Ok(0),
         Err(e) => return Err(e),
     }
-    let mut xlen = redis::cmd("XLEN");
-    xlen.arg(key);
-    state.run(&xlen).await
+    state.run(&xlen_cmd(key)).await
+}
+
+pub fn xinfo_groups_cmd(key: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("XINFO");
+    cmd.arg("GROUPS").arg(key);
+    cmd
+}
+
+pub fn xlen_cmd(key: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("XLEN");
+    cmd.arg(key);
+    cmd
 }
 
 /// Keeps every shard's backlog fresh, every `VT_BACKLOG_CHECK_MS`, so requests

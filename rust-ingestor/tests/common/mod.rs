@@ -39,11 +39,18 @@ pub fn redis_available() -> bool {
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
-        let mut server = Self { port: free_port(), child: None };
+        Self::start_with(&[])
+    }
+
+    /// A server given more arguments, e.g. `--replicaof 127.0.0.1 <port>`.
+    pub fn start_with(extra: &[&str]) -> Self {
+        let mut server =
+            Self { port: free_port(), child: None, extra: extra.iter().map(|a| (*a).to_owned()).collect() };
         server.restart();
         server
     }
@@ -56,6 +63,7 @@ impl RedisServer {
     pub fn restart(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
