@@ -79,6 +79,22 @@ class RedisCluster:
         if created.returncode != 0:
             raise StackError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}{created.stderr}")
         self.wait_healthy(timeout)
+        self.wait_replicas_linked(timeout)
+
+    def wait_replicas_linked(self, timeout: float = 60.0) -> None:
+        """Until every running replica has finished its sync with its master (before, a WAIT counts it out)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pending = []
+            for node in self.running_nodes():
+                info = _redis_cli(node.port, "info", "replication")
+                if _info_field(info, "role") == "slave" and _info_field(info, "master_link_status") != "up":
+                    pending.append(node.port)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise StackError(f"Redis replicas {pending} not in sync within {timeout:.0f}s")
+            time.sleep(0.1)
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         """Until every running node says the cluster is ok and the expected number of masters serve slots."""

@@ -63,6 +63,13 @@ class Outcome:
     status: int | None  # None: no answer (connection error, timeout)
     retry_after: str | None = None
     error: str | None = None  # "ConnectionError: ..." when there was no answer
+    message: str | None = None  # a refusal's message (the API's error body)
+
+    @property
+    def may_be_stored(self) -> bool:
+        """A 503 saying the write may be stored (too few replicas confirmed it, or its answer was lost and
+        Redis could not say): unlike other refusals, finding it stored is no defect."""
+        return self.status == 503 and "may be stored" in (self.message or "")
 
     @property
     def kind(self) -> str:
@@ -91,6 +98,7 @@ class Summary:
     stored_after_error: int  # no answer, stored: the outcome was unknown, so not a defect; counted
     seconds: float  # how long the sending lasted
     drained: bool  # every accepted reading was found before the timeout
+    stored_in_doubt: int = 0  # refused with a 503 saying it may be stored (too few replicas confirmed it; its answer lost), stored
     first_error_at: float | None = None  # wall clock of the first and last request not answered 202
     last_error_at: float | None = None
     examples: dict[str, list[str]] = field(default_factory=dict)
@@ -115,7 +123,8 @@ class Summary:
                 f"({rate:.0f}/s), accepted {self.accepted}, refused {refused}; stored {self.stored}: "
                 f"missing {self.missing}, duplicated {self.duplicated}, wrong value {self.wrong_value}, "
                 f"unexpected {self.unexpected}, stored though refused {self.stored_refused}, "
-                f"stored after no answer {self.stored_after_error}{'' if self.drained else ' (not drained)'}"
+                f"stored after no answer {self.stored_after_error}, stored after a 503 saying it may be "
+                f"{self.stored_in_doubt}{'' if self.drained else ' (not drained)'}"
                 f"{errors}: {'OK' if self.ok else 'FAILED'}")
 
     def report(self) -> str:
@@ -180,8 +189,14 @@ def send_batch(session: requests.Session, url: str, device: Device, readings: tu
         resp = session.post(url, json=body, headers=_bearer(device.token), timeout=timeout)
     except requests.RequestException as exc:
         return Outcome(device.id, readings, at, time.monotonic() - started, None, error=f"{type(exc).__name__}: {exc}")
+    message = None
+    if resp.status_code != 202:
+        try:
+            message = resp.json().get("message")
+        except ValueError:
+            message = resp.text[:200]
     return Outcome(device.id, readings, at, time.monotonic() - started, resp.status_code,
-                   retry_after=resp.headers.get("Retry-After"))
+                   retry_after=resp.headers.get("Retry-After"), message=message)
 
 
 class LoadGenerator:
@@ -354,7 +369,8 @@ def _compare(summary: Summary, sent: dict, accepted: set, rows: dict[tuple, list
             continue
         value, outcome = sent[key]
         if key not in accepted:
-            name = "stored_after_error" if outcome.status is None else "stored_refused"
+            name = ("stored_after_error" if outcome.status is None else
+                    "stored_in_doubt" if outcome.may_be_stored else "stored_refused")
             setattr(summary, name, getattr(summary, name) + 1)
             _example(summary.examples, name, f"{what}, answered {outcome.kind} at {_clock(outcome.at)}")
             continue

@@ -24,12 +24,18 @@ struct Waiting {
     device_id: u64,
     at_ms: i64,
     readings_json: Vec<u8>,
-    stored: oneshot::Sender<bool>,
+    stored: oneshot::Sender<Result<(), NotStored>>,
 }
 
-/// The readings were not written: Redis failed or did not answer in time (counted and logged).
-#[derive(Debug)]
-pub struct NotStored;
+/// Why a request's readings were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// Not written: Redis failed or did not answer in time (counted and logged).
+    Failed,
+    /// Perhaps written: fewer replicas than `VT_STREAM_WAIT_REPLICAS` confirmed it in time, or its answer was
+    /// lost and Redis could not say. It may be stored (a resend is a duplicate, dropped), or lost.
+    MayBeStored,
+}
 
 /// One lane per shard, each a task on the server thread that first used it.
 pub struct Appender {
@@ -69,26 +75,18 @@ impl Appender {
                 Ok(_) => Ok(()),
                 Err(AppendFailure::ShortOfReplicas { .. }) => {
                     metrics::stream_wait_short();
-                    Err(NotStored)
+                    Err(NotStored::MayBeStored)
                 }
                 Err(AppendFailure::Failed(e)) => {
                     let after = in_doubt::lower_bound(None, at_ms);
-                    let stored = after_failure(&self.redis, key, &cmd, &after, self.settle_budget, &e).await;
-                    if stored {
-                        Ok(())
-                    } else {
-                        Err(NotStored)
-                    }
+                    after_failure(&self.redis, key, &cmd, &after, self.settle_budget, &e).await
                 }
             };
         }
         let (stored, answer) = oneshot::channel();
         let waiting = Waiting { device_id, at_ms, readings_json, stored };
-        self.lane(shard).send(waiting).await.map_err(|_| NotStored)?;
-        match answer.await {
-            Ok(true) => Ok(()),
-            _ => Err(NotStored),
-        }
+        self.lane(shard).send(waiting).await.map_err(|_| NotStored::Failed)?;
+        answer.await.unwrap_or(Err(NotStored::Failed))
     }
 
     /// The shard's lane, started on first use (inside the server thread's runtime).
@@ -151,14 +149,14 @@ impl Lane {
             match self.redis.append(&self.key, &cmd).await {
                 Ok(id) => {
                     last_id = Some(id);
-                    answer(group.drain(..), true);
+                    answer(group.drain(..), Ok(()));
                 }
                 Err(AppendFailure::ShortOfReplicas { id }) => {
                     // In the stream but not on enough replicas: refused, so a resend is a duplicate
                     // the aggregator drops (rows are unique on device, metric and ts).
                     metrics::stream_wait_short();
                     last_id = Some(id);
-                    answer(group.drain(..), false);
+                    answer(group.drain(..), Err(NotStored::MayBeStored));
                 }
                 Err(AppendFailure::Failed(e)) => {
                     // Settled apart, so the lane goes on writing what comes next meanwhile.
@@ -184,12 +182,21 @@ async fn after_failure(
     after: &str,
     budget: Duration,
     failure: &RedisFailure,
-) -> bool {
+) -> Result<(), NotStored> {
     redis_failed("xadd", failure);
-    in_doubt::may_have_run(failure) && in_doubt::settle(redis, key, cmd, after, budget).await == Settled::Stored
+    if !in_doubt::may_have_run(failure) {
+        return Err(NotStored::Failed);
+    }
+    match in_doubt::settle(redis, key, cmd, after, budget).await {
+        // Found, but no replica was asked: with VT_STREAM_WAIT_REPLICAS, not the promise a 202 makes.
+        Settled::Stored if redis.waits_for_replicas() => Err(NotStored::MayBeStored),
+        Settled::Stored => Ok(()),
+        Settled::NotStored => Err(NotStored::Failed),
+        Settled::Unknown => Err(NotStored::MayBeStored),
+    }
 }
 
-fn answer(group: impl Iterator<Item = Waiting>, stored: bool) {
+fn answer(group: impl Iterator<Item = Waiting>, stored: Result<(), NotStored>) {
     for waiting in group {
         // The request may be gone (its client left); its readings are in the stream all the same.
         let _ = waiting.stored.send(stored);

@@ -90,6 +90,11 @@ impl Link {
         }
     }
 
+    /// Whether appends wait for replicas (`VT_STREAM_WAIT_REPLICAS` > 0).
+    pub fn waits_for_replicas(&self) -> bool {
+        self.wait.is_some()
+    }
+
     /// Runs the XADD `xadd` of stream `key` and returns the entry id; with
     /// `VT_STREAM_WAIT_REPLICAS`, then `WAIT`s on the same connection to the same
     /// node (WAIT counts the writes of the connection it comes on).

@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import listen_port
 from tests.e2e.conftest import TARGET, local_aggregator, needs_ingestor
 from tests.load import ACCEPTED, RETRY_LATER, LoadGenerator, Outcome
+from visiontrack.stream_writer import MAY_BE_STORED
 
 RATE, SECONDS, BATCH = 200.0, 3.0, 5
 
@@ -94,6 +95,17 @@ def test_the_verifier_reports_records_that_do_not_match_what_is_stored(clean_run
     assert summary.refused == ({kind: BATCH} if kind else {}), summary.report()
     assert not summary.ok and summary.line().endswith("FAILED")
     assert summary.examples.get(field), summary.report()
+
+
+@needs_ingestor
+def test_the_verifier_counts_a_write_refused_as_perhaps_stored_apart_and_not_as_a_defect(clean_run):
+    """A 503 saying the write reached the stream but too few replicas (VT_STREAM_WAIT_REPLICAS) says it may be
+    stored: finding it stored is counted, not failed. Any other 503 still fails when stored."""
+    gen, clean = clean_run
+    in_doubt = _with(gen.outcomes, status=503, retry_after="1", message=MAY_BE_STORED)
+    summary = gen.verify(TARGET.reader_token, timeout=10, settle=1, outcomes=in_doubt)
+    assert (summary.stored_in_doubt, summary.stored_refused) == (BATCH, 0), summary.report()
+    assert summary.ok, summary.report()
 
 
 @pytest.mark.local_processes  # changes rows in the local Postgres

@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
+use crate::append::NotStored;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::{auth, device_stats, metrics, stream, validate};
@@ -51,6 +52,11 @@ pub fn refuse(state: &AppState, rejection: Rejection, parts: &Parts, body: Body)
 /// rest is read and dropped beside the answer, which goes out at once, within
 /// bounds: this many times the body limit (a longer declared body is not
 /// waited for), and `DRAIN_TIME`.
+/// The 503 of readings that may be stored (too few replicas confirmed them, or their answer was lost and Redis
+/// could not say): unlike the other 503s. docs/api.md.
+pub const MAY_BE_STORED: &str = "the write may be stored (too few replicas confirmed it in time, or its answer was \
+                                 lost); resend it: a resent reading is stored once";
+
 const DRAIN_FACTOR: usize = 4;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
@@ -127,10 +133,14 @@ async fn accept_for(
 
     let mut encoded = Vec::with_capacity(readings.len() * 40 + 2);
     stream::encode_readings(&readings, &mut encoded);
-    state.appender.append(shard_index, device.id, now_ms, encoded).await.map_err(|_| {
-        // Not stored: the device will resend these readings, and must not pay for them twice.
+    state.appender.append(shard_index, device.id, now_ms, encoded).await.map_err(|why| {
+        // Refused: the device will resend these readings, and must not pay for them twice.
         limiter.give_back(device.id, budget, readings.len(), Instant::now());
-        Rejection { error: state.unavailable("storage is unavailable"), readings: readings.len() }
+        let message = match why {
+            NotStored::Failed => "storage is unavailable",
+            NotStored::MayBeStored => MAY_BE_STORED,
+        };
+        Rejection { error: state.unavailable(message), readings: readings.len() }
     })?;
     device_stats::accepted(device.id, 1, &readings, now_ms);
     Ok(readings.len())

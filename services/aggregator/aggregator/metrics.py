@@ -15,6 +15,10 @@ log = logging.getLogger("aggregator.metrics")
 READINGS = Counter("visiontrack_aggregator_readings_total",
                    "Readings taken from the stream, by outcome (inserted or duplicate).", ["outcome"])
 ENTRIES = Counter("visiontrack_aggregator_entries_total", "Stream entries processed.", ["stream"])
+STANDBY_CONFIRMS = Counter("visiontrack_aggregator_standby_confirms_total",
+                           "Batches under VT_STANDBY_CONFIRM_SECONDS, by outcome: confirmed by a standby, "
+                           "no_standby (none streaming: acknowledged at commit), behind (not in time: stored again "
+                           "later).", ["outcome"])
 DEAD_LETTERS = Counter("visiontrack_aggregator_dead_letters_total", "Entries moved to the dead-letter stream.")
 BATCH_READINGS = Histogram("visiontrack_aggregator_batch_readings", "Readings per stored batch.",
                            buckets=(1, 10, 100, 1_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000))

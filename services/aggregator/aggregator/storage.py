@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import psycopg2
 import psycopg2.errors
 
+from . import metrics
 from .copy_encoding import COPY_HEADER, COPY_TRAILER, DAY_MS, EncodedEntry, encode_rollup_row, fold_rollups
 
 log = logging.getLogger("aggregator.storage")
@@ -104,9 +105,11 @@ class StandbyBehind(psycopg2.OperationalError):
     rows are then duplicates, dropped) once a standby keeps up."""
 
 
-# The WAL position just after this session's commit, and whether a standby has flushed up to a position.
-_WAL_AFTER_COMMIT = "SELECT pg_current_wal_lsn()"
-_STANDBY_FLUSHED = "SELECT coalesce(bool_or(flush_lsn >= %s::pg_lsn), false) FROM pg_stat_replication"
+# The WAL position just after this session's commit; how many standbys stream, and whether one has flushed
+# up to a position.
+_WAL_AFTER_COMMIT = "SELECT pg_current_wal_insert_lsn()"  # not _lsn(): an asynchronous commit may not be written yet
+_STANDBY_FLUSHED = ("SELECT count(*), coalesce(bool_or(flush_lsn >= %s::pg_lsn), false) FROM pg_stat_replication "
+                    "WHERE state = 'streaming'")
 _STANDBY_POLL_SECONDS = 0.002
 
 
@@ -189,9 +192,12 @@ class TelemetryStorage:
         return StoreResult(total, inserted)
 
     def wait_for_standby(self) -> None:
-        """Until a standby has flushed this commit (docs/scale-out.md, "An asynchronous standby"): the caller
-        acknowledges the batch's entries after, so a standby promoted later holds every acknowledged reading."""
-        self.conn.autocommit = True  # two reads of the server's state, no transaction to keep open
+        """Until a streaming standby has flushed this commit (docs/scale-out.md, "An asynchronous standby"): the
+        caller acknowledges the batch's entries after, so a standby promoted later holds every acknowledged
+        reading. With no standby streaming (the one there was just promoted, say) there is nothing to wait
+        for: the batch is acknowledged at commit and counted, rather than the pipeline stopping until a new
+        standby is built."""
+        self.conn.autocommit = True  # reads of the server's state, no transaction to keep open
         try:
             with self.conn.cursor() as cur:
                 cur.execute(_WAL_AFTER_COMMIT)
@@ -199,9 +205,12 @@ class TelemetryStorage:
                 deadline = time.monotonic() + self.standby_confirm_seconds
                 while True:
                     cur.execute(_STANDBY_FLUSHED, (position,))
-                    if cur.fetchone()[0]:
+                    streaming, flushed = cur.fetchone()
+                    if flushed or not streaming:
+                        metrics.STANDBY_CONFIRMS.labels("confirmed" if flushed else "no_standby").inc()
                         return
                     if time.monotonic() >= deadline:
+                        metrics.STANDBY_CONFIRMS.labels("behind").inc()
                         raise StandbyBehind(f"no standby flushed WAL position {position} within "
                                             f"{self.standby_confirm_seconds:g}s")
                     time.sleep(_STANDBY_POLL_SECONDS)

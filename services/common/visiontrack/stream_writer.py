@@ -13,6 +13,11 @@ from .errors import ApiError
 from .redis_client import is_cluster, node_client
 from .stream import Reading, backlog, encode_entry, shard_key_for
 
+# The 503 of a write that may be stored (too few replicas confirmed it, or its answer was lost and Redis could
+# not say): unlike the other 503s. The ingestor answers the same (docs/api.md).
+MAY_BE_STORED = ("the write may be stored (too few replicas confirmed it in time, or its answer was lost); "
+                 "resend it: a resent reading is stored once")
+
 log = logging.getLogger(__name__)
 
 # A write whose answer was lost (docs/design.md, "A write in doubt"): entry ids carry Redis's clock, so the
@@ -98,11 +103,12 @@ class StreamWriter:
         except (redis.RedisError, RedisClusterException) as exc:
             if is_cluster(self.redis) and not isinstance(exc, redis.TimeoutError):
                 self._relearn_slots()
-            raise self._unreachable() from None
+            # The XADD may have run before the connection failed: refused as unconfirmed, not as unwritten.
+            raise self._unavailable(MAY_BE_STORED) from None
         if int(replicas) < self.wait_replicas:
             log.warning("an entry of %s reached %s of %d replicas within %d ms; answered 503", key, replicas,
                         self.wait_replicas, self.wait_timeout_ms)
-            raise self._unavailable("the telemetry stream's replicas did not confirm the write in time; retry later")
+            raise self._unavailable(MAY_BE_STORED)
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
     def _relearn_slots(self) -> None:
@@ -115,7 +121,7 @@ class StreamWriter:
 
     def _find(self, key: str, fields: dict[str, str], after: str) -> bytes | None:
         """The id of an entry holding exactly `fields` after `after`, asking until Redis answers (at most
-        SETTLE_SECONDS); None when it is not there, or nobody could tell."""
+        SETTLE_SECONDS); None when it is not there. When nobody can tell, 503 saying it may be stored."""
         want = {name.encode(): value.encode() for name, value in fields.items()}
         deadline = time.monotonic() + SETTLE_SECONDS
         while True:
@@ -125,9 +131,12 @@ class StreamWriter:
             except redis.RedisError:
                 if time.monotonic() + SETTLE_PAUSE >= deadline:
                     log.warning("the answer to an XADD on %s was lost and Redis did not answer since", key)
-                    return None
+                    raise self._unavailable(MAY_BE_STORED) from None
                 time.sleep(SETTLE_PAUSE)
         found = next((entry_id for entry_id, got in entries if got == want), None)
+        if found is None and len(entries) == SCAN_LIMIT:  # it may be past what was read
+            log.warning("the answer to an XADD on %s was lost; not among the %d entries after it", key, SCAN_LIMIT)
+            raise self._unavailable(MAY_BE_STORED)
         log.warning("the answer to an XADD on %s was lost; Redis %s the entry", key,
                     "holds" if found else "does not hold")
         return found
