@@ -41,7 +41,7 @@ ingest costs on one Redis against a Redis Cluster of three masters.
 
 Every server runs on free loopback ports and is stopped at the end. Environment: BENCH_SCALE_READINGS (M,
 3,000,000: about 20 s for one process here), BENCH_SCALE_PROCESSES ("1,2,4"), BENCH_SCALE_INGEST_SECONDS
-(10 per run), BENCH_SCALE_RATE (8,000 requests/s of 100 readings), BENCH_SCALE_SINGLE_RATE (60,000
+(10 per run), BENCH_SCALE_RATE (15,000 requests/s of 100 readings), BENCH_SCALE_SINGLE_RATE (60,000
 requests/s of 1 reading).
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ from visiontrack.tokens import index_value, token_sha256  # noqa: E402
 READINGS = int(os.environ.get("BENCH_SCALE_READINGS", "3000000"))
 PROCESSES = [int(n) for n in os.environ.get("BENCH_SCALE_PROCESSES", "1,2,4").split(",") if n.strip()]
 INGEST_SECONDS = float(os.environ.get("BENCH_SCALE_INGEST_SECONDS", "10"))
-RATE = int(os.environ.get("BENCH_SCALE_RATE", "8000"))
+RATE = int(os.environ.get("BENCH_SCALE_RATE", "15000"))
 SINGLE_RATE = int(os.environ.get("BENCH_SCALE_SINGLE_RATE", "60000"))
 STREAM = "vt:telemetry"
 GROUP = "aggregators"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,24 @@ from .servers import Postgres, Redis, StackError, _as_postgres_user, _give_to_po
 
 # A master silent this long is failed over to its replica: short, so a drill's failover takes seconds.
 NODE_TIMEOUT_MS = 2000
+
+
+def _cluster_port() -> int:
+    """A free port for a cluster node whose bus port (10000 higher, 65535 at most) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 <= 65535 and _bindable(port + 10000):
+            return port
+    raise StackError("no free port with a free cluster bus port 10000 above it")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _redis_cli(port: int, *args: str, timeout: float = 10) -> str:
@@ -46,7 +65,7 @@ class RedisCluster:
 
     def start(self, timeout: float = 60.0) -> None:
         for _ in range(self.masters * (1 + self.replicas)):
-            port = free_port()
+            port = _cluster_port()
             node = Redis(self.base_dir / f"node-{port}", port, self.base_dir / "logs" / f"redis-{port}.log",
                          options=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                                   "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
