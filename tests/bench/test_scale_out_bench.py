@@ -55,8 +55,8 @@ def test_each_aggregator_count_should_report_rate_speed_up_and_cpu(table):
     for n, what in ((1, "1 worker process over 1 shard"), (2, "2 worker processes over 2 shards")):
         result, note = table[f"aggregator, {what}"]
         assert re.fullmatch(r"[\d,]+ readings/s", result)
-        assert re.match(rf"\d+% of COPY; speed-up x\d+\.\d\d against 1 process \(linear: x{n}\); all 60,000 stored",
-                        note)
+        assert re.match(rf"\d+% of COPY; speed-up x\d+\.\d\d against 1 process \(linear: x{n}, the cores allow "
+                        r"x\d+\.\d\d\); all 60,000 stored", note)
         assert re.search(r"cores busy \d+\.\d\d ours, \d+\.\d\d of \d+ machine-wide", note)
         result, note = table[f"aggregator, {what}: CPU per 1M readings"]
         assert re.fullmatch(r"\d+\.\d s", result)
