@@ -80,6 +80,7 @@ bench: deps venv ingestor-build ## Measure throughput and latency; prints tables
 	$(MAKE) --no-print-directory ingestor-bench
 	$(MAKE) --no-print-directory mqtt-bench
 	$(PY) -m bench.end_to_end
+	$(PY) -m bench.scale_out
 
 .PHONY: migrate
 migrate: venv ## Apply database migrations to DATABASE_URL

@@ -353,8 +353,8 @@ def device_stats_rows(env: dict, run_dir: Path, db, client: redis.Redis, pg: Pos
     return rows
 
 
-def bench_copy(db) -> float:
-    """Readings/s of a raw binary COPY of the rows of BATCHED's entries into the same (emptied) table."""
+def bench_copy(db, shape: Shape = BATCHED) -> float:
+    """Readings/s of a raw binary COPY of the rows of `shape`'s entries into the same (emptied) table."""
     from aggregator.copy_encoding import COPY_HEADER, COPY_TRAILER, encode_entry
     from aggregator.storage import COPY_TELEMETRY, copy_in
     from visiontrack.stream import Entry
@@ -363,8 +363,8 @@ def bench_copy(db) -> float:
         cur.execute("TRUNCATE telemetry")
     base_ms = int(time.time() * 1000) - 6 * 3_600_000
     rows = []
-    for n in range(BATCHED.entries):
-        device, readings = BATCHED.entry(n, base_ms)
+    for n in range(shape.entries):
+        device, readings = shape.entry(n, base_ms)
         rows.append(encode_entry(Entry(str(n), device, readings, base_ms), -10**9, 10**9).rows)
     payload = COPY_HEADER + b"".join(rows) + COPY_TRAILER
     db.autocommit = False
@@ -374,7 +374,7 @@ def bench_copy(db) -> float:
     db.commit()
     elapsed = time.perf_counter() - started
     db.autocommit = True
-    return BATCHED.readings / elapsed
+    return shape.readings / elapsed
 
 
 def load_query_table(db, rows: int) -> tuple[int, int]:
