@@ -252,5 +252,8 @@ def rust_routes() -> set[str]:
             continue
         text = path.read_text().split("#[cfg(test)]")[0]
         routes |= set(re.findall(r'\.route\(\s*"([^"]+)"', text))
+        # A path named by a constant of the same file: .route(INGEST_PATH, ...)
+        consts = dict(re.findall(r'const ([A-Z_]+): &str = "([^"]+)";', text))
+        routes |= {consts[name] for name in re.findall(r'\.route\(\s*([A-Z_]+)\s*,', text) if name in consts}
     assert routes, "found no .route(\"...\") in rust-ingestor/src"
     return routes
