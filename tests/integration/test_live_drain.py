@@ -81,6 +81,73 @@ def test_a_drain_that_does_not_listen_returns_when_the_stream_is_empty(isolated,
     assert _count(db, [device]) == 1
 
 
+def _backlog(client, key, device: int, entries: int, seconds_old: float) -> None:
+    """Entries Redis appended `seconds_old` ago, as a backlog a listener has not reached (explicit ids)."""
+    at = int((time.time() - seconds_old) * 1000)
+    pipe = client.pipeline(transaction=False)
+    for n in range(entries):
+        pipe.xadd(key, _entry(device, [["t", at - 60_000 + n, float(n)]]), id=f"{at}-{n + 1}")
+    pipe.execute()
+
+
+def test_a_helper_beside_a_listener_returns_once_it_has_caught_up(isolated, db):
+    """Two drains splitting a stream the listener keeps up with only make smaller batches (more commits,
+    more CPU a reading): a helper returns as soon as the entries it reads are fresh."""
+    client, key, _, cfg = isolated
+    device = DEVICE_BASE + 700
+    stop = threading.Event()
+
+    def write():  # a steady trickle of fresh entries, as under load the listener keeps up with
+        n = 0
+        while not stop.is_set():
+            client.xadd(key, _entry(device, [["t", int(time.time() * 1000) - 5_000 + n % 1000, float(n)]]))
+            n += 1
+            time.sleep(0.002)
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        time.sleep(0.2)
+        started = time.monotonic()
+        helped = _pipeline(cfg, client, "helper").drain(3, helper=True)
+        helped_for = time.monotonic() - started
+        started = time.monotonic()
+        plain = _pipeline(cfg, client, "plain").drain(3)
+        plain_for = time.monotonic() - started
+    finally:
+        stop.set()
+        writer.join()
+    assert helped.entries >= 1 and not helped.more and helped_for < 1.0, (helped, helped_for)
+    # Without a listener beside it, the same drain works on until its budget: the stream is never empty.
+    assert plain.more and plain_for >= 2.9, (plain, plain_for)
+
+
+def test_a_helper_works_off_a_backlog_the_listener_is_behind_on(isolated, db):
+    client, key, _, cfg = isolated
+    device = DEVICE_BASE + 710
+    _backlog(client, key, device, 5_000, seconds_old=10)
+    result = _pipeline(cfg, client, "helper").drain(10, helper=True)
+    assert result.entries == 5_000 and _count(db, [device]) == 5_000
+
+
+def test_a_listener_that_falls_behind_asks_for_help_once_a_second(isolated, db):
+    from aggregator.pipeline import HELP_EVERY_SECONDS
+
+    client, key, _, cfg = isolated
+    device = DEVICE_BASE + 720
+    drain = _pipeline(cfg, client)
+    drain.batch_entries = 500  # several batches, several reads of old entries
+    asked: list[float] = []
+    _backlog(client, key, device, 3_000, seconds_old=5)
+    started = time.monotonic()
+    result = drain.drain(2.5, listen=True, ask_for_help=lambda: asked.append(time.monotonic() - started))
+    assert result.entries == 3_000 and _count(db, [device]) == 3_000
+    assert 1 <= len(asked) <= 2.5 / HELP_EVERY_SECONDS + 1, asked
+    fresh: list[float] = []
+    client.xadd(key, _entry(device, [["t", int(time.time() * 1000), 1.0]]))
+    drain.drain(1.0, listen=True, ask_for_help=lambda: fresh.append(1.0))
+    assert fresh == [] and _count(db, [device]) == 3_001, "a listener keeping up asks for nobody"
+
+
 def _drain_until(pipe, done, budget: float = 2.0, rounds: int = 30):
     """Listening drains one after another, as the task hands over, until `done()`; their results summed."""
     from aggregator.pipeline import DrainResult
@@ -132,3 +199,16 @@ def test_a_lease_expires_and_a_late_release_frees_nothing_of_another(lease_facto
     assert successor.acquire()
     killed.release()  # it comes back: its release must not free the successor's leases
     assert client.get(shard_lease_key(key)).decode() == successor.token
+
+
+def test_a_drain_refused_the_lease_knows_whether_another_listens(lease_factory, isolated):
+    _, key, _, _ = isolated
+    listener, beside = lease_factory(node="n1"), lease_factory(node="n2")
+    assert not beside.taken_by_another(), "nobody listens yet"
+    assert listener.acquire() and not beside.acquire()
+    assert beside.taken_by_another() and not listener.taken_by_another()
+    node_full = lease_factory(slots=0, shard=f"{key}:other")
+    assert not node_full.acquire() and not node_full.taken_by_another(), \
+        "refused for want of a node slot, the shard has no listener: drain it to the end"
+    listener.release()
+    assert not beside.taken_by_another()

@@ -48,6 +48,10 @@ class ListenLease:
         self._release([self.shard_key])
         return False
 
+    def taken_by_another(self) -> bool:
+        """Whether another drain listens on the shard (asked after acquire() refused)."""
+        return not self.held and bool(self.redis.exists(self.shard_key))
+
     def release(self) -> None:
         if self.held:
             self._release(self.held)

@@ -11,6 +11,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Callable
 
 import psycopg2
 
@@ -30,6 +31,17 @@ TRANSIENT = (psycopg2.OperationalError, psycopg2.InterfaceError)
 IDLE_SLICE_SECONDS = 0.005
 # Longest a listening drain's read blocks at once; the budget is checked between two.
 LONGEST_BLOCK_SECONDS = 1.0
+# A drain beside a shard's listener (a helper) returns once the oldest entry it reads is younger than this:
+# the listener keeps up alone, in larger batches than two drains splitting the entries would make.
+CAUGHT_UP_SECONDS = 0.1
+# A listener whose oldest entry read is older than this asks for a helper, at most once per HELP_EVERY.
+FALLING_BEHIND_SECONDS = 0.5
+HELP_EVERY_SECONDS = 1.0
+
+
+def entry_age_seconds(entry_id: str) -> float:
+    """How long ago Redis appended an entry (its id starts with Redis' clock, in ms)."""
+    return time.time() - int(entry_id.split("-", 1)[0]) / 1000
 
 
 @dataclass
@@ -59,6 +71,7 @@ class Pipeline:
     max_wait_seconds: float = 0.05  # how old a batch may grow before it is closed (VT_BATCH_MAX_WAIT_MS)
     _own_pending_done: bool = field(default=False, init=False)
     _readings_per_entry: float = field(default=100.0, init=False)
+    _help_asked_at: float = field(default=float("-inf"), init=False)
     _writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "pg-writer"), init=False)
 
     def _next_count(self) -> int:
@@ -106,6 +119,12 @@ class Pipeline:
         batch = self.prepare(raw)
         return self.finish(batch, self.store(batch))
 
+    def _ask_for_help(self, ask: Callable[[], None]) -> None:
+        now = time.monotonic()
+        if now - self._help_asked_at >= HELP_EVERY_SECONDS:
+            self._help_asked_at = now
+            ask()
+
     def _store_one_by_one(self, batch: Batch) -> tuple[int, int]:
         fields = dict(batch.raw)
         readings = inserted = 0
@@ -122,11 +141,13 @@ class Pipeline:
                                      f"postgres refused it: {exc}".strip()))
         return readings, inserted
 
-    def drain(self, budget_seconds: float, listen: bool = False) -> DrainResult:
+    def drain(self, budget_seconds: float, listen: bool = False, helper: bool = False,
+              ask_for_help: Callable[[], None] | None = None) -> DrainResult:
         """Store until the budget is spent, or until the shard is empty unless `listen`; `more` says whether
         work is left. Listening, an empty shard is waited on (a blocking read), and a batch that is neither
         full nor old enough waits for more entries, so a quiet shard's readings are stored within
-        max_wait_seconds and a busy one's in full batches."""
+        max_wait_seconds and a busy one's in full batches; a listener that falls behind calls `ask_for_help`.
+        A `helper` (another drain listens on the shard) also returns once it has caught up with the stream."""
         started = time.monotonic()
         deadline = started + budget_seconds
         total = DrainResult()
@@ -149,25 +170,27 @@ class Pipeline:
                 total.add(self.process(raw))  # not overlapped: re-reading "0" would return in-flight entries
         batch, target = new_batch(self.storage.rollups), self._next_count()
         in_flight: tuple[Batch, Future] | None = None
+        caught_up = False
         try:
             while True:
                 over = time.monotonic() >= deadline
+                stop = over or caught_up
                 if in_flight is not None and in_flight[1].done():
                     total.add(self.finish(in_flight[0], in_flight[1].result()))
                     in_flight = None
                 if batch.raw:
                     full = batch.entries >= target or batch.readings >= self.batch_readings
-                    if full or over or not listen or batch.age() >= self.max_wait_seconds:
+                    if full or stop or not listen or batch.age() >= self.max_wait_seconds:
                         if in_flight is None:  # close it: store it while the next one is read
                             in_flight = (batch, self._writer.submit(self.store, self._seal(batch)))
                             batch, target = new_batch(self.storage.rollups), self._next_count()
                             continue
-                        if full or over:  # nothing more to add to it: wait for the writer
+                        if full or stop:  # nothing more to add to it: wait for the writer
                             total.add(self.finish(in_flight[0], in_flight[1].result()))
                             in_flight = None
                             continue
-                elif over:
-                    total.more = True
+                elif stop:
+                    total.more = over
                     break
                 want = target - batch.entries
                 block = None
@@ -175,7 +198,12 @@ class Pipeline:
                     block = 1000 * max(0.001, min(LONGEST_BLOCK_SECONDS, deadline - time.monotonic()))
                 raw = self.consumer.read(want, ">", block)
                 add(batch, raw, self.retention_days, self.future_days)
-                if len(raw) >= want:
+                if raw:
+                    behind = entry_age_seconds(raw[0][0])
+                    caught_up = helper and behind < CAUGHT_UP_SECONDS
+                    if listen and ask_for_help is not None and behind > FALLING_BEHIND_SECONDS:
+                        self._ask_for_help(ask_for_help)
+                if len(raw) >= want and not caught_up:
                     continue
                 if in_flight is not None:  # the stream is drained for now: let the store get on
                     wait([in_flight[1]], timeout=IDLE_SLICE_SECONDS)

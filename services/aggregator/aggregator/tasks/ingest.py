@@ -14,16 +14,19 @@ def drain(stream_key: str) -> dict:
     """Store what the shard holds for up to the drain budget; hand the rest to a fresh task.
 
     With VT_LIVE_DRAIN, the drain that holds the shard's listen lease waits on the stream for its whole
-    budget and then hands over to a fresh task at once, so the shard always has a listener; any other drain
-    (beat's ticks) helps with a backlog and returns when the shard is empty."""
+    budget and then hands over to a fresh task at once, so the shard always has a listener; when it falls
+    behind it enqueues a helper. Any other drain (beat's ticks, a helper) works off a backlog and returns
+    when the shard is empty, or, beside a listener, once it has caught up."""
     if stream_key not in config.stream_keys:
         log.warning("ignoring drain of unknown stream %s", stream_key)
         return {}
     st = state.get()
     lease = st.listen_lease(stream_key) if config.live_drain else None
     listen = lease is not None and lease.acquire()
+    helper = lease is not None and not listen and lease.taken_by_another()
     try:
-        result = st.pipeline(stream_key).drain(config.drain_budget_seconds, listen=listen)
+        result = st.pipeline(stream_key).drain(config.drain_budget_seconds, listen=listen, helper=helper,
+                                               ask_for_help=lambda: drain.apply_async(args=(stream_key,), expires=5))
     finally:
         if listen:
             lease.release()
