@@ -6,15 +6,12 @@ benchmark that broke would otherwise be found only by the next person who needs 
 """
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from bench.pipeline import QUERY_KINDS, RollupCost, Rounds
-from tests.conftest import ROOT
+from tests.bench.table import run_bench
 
 TOY = {"BENCH_ENTRIES": "3000", "BENCH_SINGLE_ENTRIES": "50000", "BENCH_QUERY_ROWS": "20000",
        "BENCH_QUERY_SECONDS": "1", "BENCH_ROUNDS": "1", "BENCH_STALL_ENTRIES": "5000", "BENCH_TX_BATCHES": "4"}
@@ -22,16 +19,7 @@ TOY = {"BENCH_ENTRIES": "3000", "BENCH_SINGLE_ENTRIES": "50000", "BENCH_QUERY_RO
 
 @pytest.fixture(scope="module")
 def table() -> dict[str, tuple[str, str]]:
-    out = subprocess.run([sys.executable, "-m", "bench.pipeline"], cwd=ROOT, env={**os.environ, **TOY},
-                         capture_output=True, text=True, timeout=400)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    lines = out.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("measure ") and line.endswith("| note"))
-    rows = {}
-    for line in lines[header + 2:]:
-        measure, result, note = (cell.strip() for cell in line.split(" | ", 2))
-        rows[measure] = (result, note)
-    return rows
+    return run_bench("bench.pipeline", TOY, timeout=400)
 
 
 def test_every_row_should_carry_a_figure(table):

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from bench.scale_out import NO_CLUSTER, ingestor_knows_cluster
-from tests.conftest import ROOT
+from tests.bench.table import run_bench
 
 # Batches of 50 entries (VT_BATCH_READINGS), so that a toy stream still takes several batches per shard.
 TOY = {"BENCH_SCALE_READINGS": "60000", "BENCH_SCALE_PROCESSES": "1,2", "BENCH_SCALE_INGEST_SECONDS": "1",
@@ -23,16 +21,7 @@ TOY = {"BENCH_SCALE_READINGS": "60000", "BENCH_SCALE_PROCESSES": "1,2", "BENCH_S
 
 @pytest.fixture(scope="module")
 def table() -> dict[str, tuple[str, str]]:
-    out = subprocess.run([sys.executable, "-m", "bench.scale_out"], cwd=ROOT, env={**os.environ, **TOY},
-                         capture_output=True, text=True, timeout=240)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    lines = out.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("measure ") and line.endswith("| note"))
-    rows = {}
-    for line in lines[header + 2:]:
-        measure, result, note = (cell.strip() for cell in line.split(" | ", 2))
-        rows[measure] = (result, note)
-    return rows
+    return run_bench("bench.scale_out", TOY, timeout=240)
 
 
 def test_every_row_should_carry_a_figure(table):

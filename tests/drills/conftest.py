@@ -54,9 +54,4 @@ def table() -> DrillTable:
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not TABLE.rows:
-        return
-    TABLE.write(TABLE_FILE)
-    terminalreporter.section("drills")
-    terminalreporter.write_line(TABLE.render())
-    terminalreporter.write_line(f"(also in {TABLE_FILE})")
+    TABLE.report(terminalreporter, "drills", TABLE_FILE)

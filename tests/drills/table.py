@@ -34,8 +34,9 @@ class Row:
 
 
 class DrillTable:
-    def __init__(self) -> None:
+    def __init__(self, note: str = NOTE) -> None:
         self.rows: list[Row] = []
+        self.note = note  # what the columns mean, printed under the table
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -45,11 +46,20 @@ class DrillTable:
         widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
         lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
                  for line in cells]
-        return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], NOTE])
+        return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], self.note])
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.render() + "\n")
+
+    def report(self, terminalreporter, title: str, path: Path) -> None:
+        """At the end of a session that ran drills: the table in its own section, and kept in `path`."""
+        if not self.rows:
+            return
+        self.write(path)
+        terminalreporter.section(title)
+        terminalreporter.write_line(self.render())
+        terminalreporter.write_line(f"(also in {path})")
 
 
 TABLE = DrillTable()  # the session's: filled by the drills, printed by conftest.py's terminal summary

@@ -148,6 +148,25 @@ def test_a_listener_that_falls_behind_asks_for_help_once_a_second(isolated, db):
     assert fresh == [] and _count(db, [device]) == 3_001, "a listener keeping up asks for nobody"
 
 
+def test_a_worker_whose_listener_falls_behind_starts_a_helper_without_waiting_for_beat(
+        isolated, db, aggregator_factory):
+    """The whole path through Celery: the listening drain reads old entries, enqueues a helper drain, and the
+    worker's other process runs it (a second consumer of the group) long before beat's next tick."""
+    client, key, env, cfg = isolated
+    device = DEVICE_BASE + 730
+    agg = aggregator_factory(**{**env, "VT_DRAIN_INTERVAL_SECONDS": "15", "VT_DRAIN_BUDGET_SECONDS": "60",
+                                "VT_WORKER_CONCURRENCY": "2"}).start()
+    poll(lambda: client.exists(shard_lease_key(key)), timeout=40, interval=0.05, what="a drain listening")
+    poll(lambda: len(client.xinfo_consumers(key, cfg.stream_group)) == 1, timeout=5, interval=0.05,
+         what="the listener reading")
+    _backlog(client, key, device, 20_000, seconds_old=10)
+    # Within 5 s, where beat's next tick is 15 s after the listener's.
+    poll(lambda: len(client.xinfo_consumers(key, cfg.stream_group)) == 2, timeout=5, interval=0.05,
+         what="a helper drain reading beside the listener")
+    poll(lambda: _count(db, [device]) == 20_000, timeout=60, what="the backlog stored")
+    agg.stop()
+
+
 def _drain_until(pipe, done, budget: float = 2.0, rounds: int = 30):
     """Listening drains one after another, as the task hands over, until `done()`; their results summed."""
     from aggregator.pipeline import DrainResult

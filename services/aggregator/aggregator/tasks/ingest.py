@@ -26,7 +26,7 @@ def drain(stream_key: str) -> dict:
     helper = lease is not None and not listen and lease.taken_by_another()
     try:
         result = st.pipeline(stream_key).drain(config.drain_budget_seconds, listen=listen, helper=helper,
-                                               ask_for_help=lambda: drain.apply_async(args=(stream_key,), expires=5))
+                                               ask_for_help=lambda: _ask_for_help(stream_key))
     finally:
         if listen:
             lease.release()
@@ -38,6 +38,14 @@ def drain(stream_key: str) -> dict:
     if result.more or listen:
         drain.apply_async(args=(stream_key,), expires=60)
     return {"entries": result.entries, "inserted": result.inserted, "more": result.more, "listened": listen}
+
+
+def _ask_for_help(stream_key: str) -> None:
+    """A helper drain for a listener that fell behind; the listener goes on whatever the broker says."""
+    try:
+        drain.apply_async(args=(stream_key,), expires=5, retry=False)
+    except Exception as exc:  # the broker is out of reach: beat's next tick brings a helper all the same
+        log.warning("could not enqueue a helper drain of %s (%s)", stream_key, exc)
 
 
 @app.task(name="aggregator.trim_streams", ignore_result=True)
