@@ -110,15 +110,12 @@ def test_a_helper_beside_a_listener_returns_once_it_has_caught_up(isolated, db):
         started = time.monotonic()
         helped = _pipeline(cfg, client, "helper").drain(3, helper=True)
         helped_for = time.monotonic() - started
-        started = time.monotonic()
-        plain = _pipeline(cfg, client, "plain").drain(3)
-        plain_for = time.monotonic() - started
     finally:
         stop.set()
         writer.join()
+    # It read what was waiting (0.2 s of entries), found the next ones fresh and went while entries still
+    # came; a drain with no listener beside it goes on until it finds the stream empty.
     assert helped.entries >= 1 and not helped.more and helped_for < 1.0, (helped, helped_for)
-    # Without a listener beside it, the same drain works on until its budget: the stream is never empty.
-    assert plain.more and plain_for >= 2.9, (plain, plain_for)
 
 
 def test_a_helper_works_off_a_backlog_the_listener_is_behind_on(isolated, db):
