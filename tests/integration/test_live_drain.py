@@ -151,8 +151,8 @@ def test_a_worker_whose_listener_falls_behind_starts_a_helper_without_waiting_fo
     worker's other process runs it (a second consumer of the group) long before beat's next tick."""
     client, key, env, cfg = isolated
     device = DEVICE_BASE + 730
-    agg = aggregator_factory(**{**env, "VT_DRAIN_INTERVAL_SECONDS": "15", "VT_DRAIN_BUDGET_SECONDS": "60",
-                                "VT_WORKER_CONCURRENCY": "2"}).start()
+    aggregator_factory(**{**env, "VT_DRAIN_INTERVAL_SECONDS": "15", "VT_DRAIN_BUDGET_SECONDS": "60",
+                          "VT_WORKER_CONCURRENCY": "2"}).start()  # stopped by the fixture
     poll(lambda: client.exists(shard_lease_key(key)), timeout=40, interval=0.05, what="a drain listening")
     poll(lambda: len(client.xinfo_consumers(key, cfg.stream_group)) == 1, timeout=5, interval=0.05,
          what="the listener reading")
@@ -161,7 +161,6 @@ def test_a_worker_whose_listener_falls_behind_starts_a_helper_without_waiting_fo
     poll(lambda: len(client.xinfo_consumers(key, cfg.stream_group)) == 2, timeout=5, interval=0.05,
          what="a helper drain reading beside the listener")
     poll(lambda: _count(db, [device]) == 20_000, timeout=60, what="the backlog stored")
-    agg.stop()
 
 
 def _drain_until(pipe, done, budget: float = 2.0, rounds: int = 30):
